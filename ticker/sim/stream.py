@@ -1,0 +1,384 @@
+"""The simulated Kite ticker WebSocket: connections, subscriptions, the tick clock, heartbeats.
+
+`GET /?api_key=...&access_token=...` upgrades to the ticker stream, as `wss://ws.kite.trade`.
+- A bad, unknown or expired access token: the upgrade is refused with HTTP 403 and
+  `{"status": "error", "error_type": "TokenException", ...}` (what Kite does).
+- More than `max_connections_per_key` (Kite: 3) open connections for one API key: the upgrade
+  is refused with HTTP 429 and `error_type` NetworkException (Kite's "too many requests" type).
+  The refusal happens before the upgrade, so nothing counts against the key and `KiteTicker`
+  reports it through on_error/on_close and retries with backoff.
+- Client text messages `{"a": "subscribe"|"unsubscribe"|"mode", "v": ...}`; `mode`'s v is
+  `[mode, [tokens]]`. New subscriptions start in quote mode. Subscribing (and changing mode)
+  sends the token's current tick at once, as Kite re-sends its last cached tick.
+- At most `max_tokens_per_connection` (Kite: 3000) tokens per connection: the excess is
+  ignored and reported in a text error frame `{"type": "error", "data": "..."}`. Unknown tokens
+  and malformed messages get an error frame too; the connection stays open.
+- Every `1 / tick_rate` seconds the market steps every subscribed token once (all connections
+  see the same tick) and each connection gets one binary frame with all its packets. A 1-byte
+  heartbeat goes to every connection about once a second.
+- When a connection's access token dies (invalidated, expired), it gets an error frame and a
+  close (code 1008). A client that cannot keep up (`OUTBOX_FRAMES` messages queued) has its
+  TCP connection aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from ticker.feed import protocol
+from ticker.sim.accounts import AccountStore
+from ticker.sim.errors import error_response
+from ticker.sim.market import Market
+
+HEARTBEAT_INTERVAL_SECS = 1.0  # Kite sends a 1-byte heartbeat about every second
+OUTBOX_FRAMES = 256  # queued messages per connection before it counts as too slow
+CLOSE_POLICY = 1008  # WebSocket close code for "token died" and "too slow"
+_CLOSE = object()  # outbox sentinel: close the socket after what is queued
+
+
+def error_frame(message: str) -> str:
+    """A Kite text error frame."""
+    return json.dumps({"type": "error", "data": message})
+
+
+class TickerConnection:
+    """One client WebSocket: its subscriptions (token -> mode) and its outgoing queue."""
+
+    def __init__(self, connection_id: int, api_key: str, access_token: str,
+                 ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
+        self.id = connection_id
+        self.api_key = api_key
+        self.access_token = access_token
+        self.ws = ws
+        self.transport = transport
+        self.modes: dict[int, str] = {}
+        self.max_tokens = 0
+        self.stalled_until = 0.0
+        self.pongs_while_stalled = False
+        self.outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=OUTBOX_FRAMES)
+        self.closing = False
+        self.close_reason = ""
+
+    def stalled(self, now: float) -> bool:
+        """Whether an operator stall (`/_sim/stall`) silences this connection now."""
+        return now < self.stalled_until
+
+    def queue(self, message: bytes | str) -> bool:
+        """Queue a message for the writer; False if the client is too slow to take it.
+        Messages to a closing or stalled connection are dropped."""
+        if self.closing or self.stalled(time.time()):
+            return True
+        try:
+            self.outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def write_loop(self) -> None:
+        """Send queued messages in order; stop on the close sentinel or a dead socket."""
+        try:
+            while (message := await self.outbox.get()) is not _CLOSE:
+                if isinstance(message, bytes):
+                    await self.ws.send_bytes(message)
+                else:
+                    await self.ws.send_str(message)
+            await self.ws.close(code=CLOSE_POLICY, message=self.close_reason.encode())
+        except (ConnectionError, RuntimeError):  # the client went away mid-send
+            self.abort()
+
+    def close(self, reason: str) -> None:
+        """Send an error frame, then close; what is already queued goes first."""
+        if self.closing:
+            return
+        self.close_reason = reason
+        try:
+            self.outbox.put_nowait(error_frame(reason))
+            self.outbox.put_nowait(_CLOSE)
+        except asyncio.QueueFull:
+            self.abort()
+        self.closing = True
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a closing handshake (what a network failure looks like)."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class TickerHub:
+    """All ticker connections, the shared tick clock and the heartbeat loop."""
+
+    def __init__(self, market: Market, accounts: AccountStore, tick_rate: float,
+                 max_tokens_per_connection: int, max_connections_per_key: int) -> None:
+        self.market = market
+        self.accounts = accounts
+        self.tick_rate = tick_rate
+        self.max_tokens = max_tokens_per_connection
+        self.max_connections = max_connections_per_key
+        self.connections: dict[int, TickerConnection] = {}
+        self._ids = itertools.count(1)
+        self._subscribers: Counter[int] = Counter()  # token -> connections subscribed to it
+        self._max_connections_seen: Counter[str] = Counter()
+        self._max_tokens_seen = 0
+        self.totals: Counter[str] = Counter()
+
+    # -- the WebSocket endpoint --
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """`GET /?api_key=&access_token=`: check the token and the key's limit, then stream."""
+        api_key = request.query.get("api_key", "")
+        access_token = request.query.get("access_token", "")
+        if not self.accounts.is_valid(api_key, access_token, time.time()):
+            return error_response(403, "TokenException", "Incorrect `api_key` or `access_token`.")
+        if self._open_count(api_key) >= self.max_connections:
+            return error_response(
+                429, "NetworkException",
+                f"Too many connections: at most {self.max_connections} per api_key.")
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=0)
+        connection = self._register(api_key, access_token, ws, request.transport)
+        writer = None
+        try:
+            await ws.prepare(request)
+            writer = asyncio.create_task(connection.write_loop())
+            await self._read_loop(connection)
+        finally:
+            self._unregister(connection)
+            if writer is not None:
+                writer.cancel()
+        return ws
+
+    async def _read_loop(self, connection: TickerConnection) -> None:
+        async for message in connection.ws:
+            if message.type == WSMsgType.TEXT:
+                self.on_text(connection, message.data)
+            elif message.type == WSMsgType.PING:
+                if not connection.stalled(time.time()) or connection.pongs_while_stalled:
+                    await connection.ws.pong(message.data)
+            elif message.type == WSMsgType.BINARY:
+                self._send_error(connection, "Binary messages are not understood; send JSON text.")
+
+    def _open_count(self, api_key: str) -> int:
+        return sum(1 for c in self.connections.values() if c.api_key == api_key)
+
+    def _register(self, api_key: str, access_token: str, ws: web.WebSocketResponse,
+                  transport: asyncio.BaseTransport | None) -> TickerConnection:
+        connection = TickerConnection(next(self._ids), api_key, access_token, ws, transport)
+        self.connections[connection.id] = connection
+        now_open = self._open_count(api_key)
+        self._max_connections_seen[api_key] = max(self._max_connections_seen[api_key], now_open)
+        self.totals["connections"] += 1
+        return connection
+
+    def _unregister(self, connection: TickerConnection) -> None:
+        self.connections.pop(connection.id, None)
+        self._forget(connection, list(connection.modes))
+
+    # -- client messages --
+
+    def on_text(self, connection: TickerConnection, text: str) -> None:
+        """Handle one client message; anything malformed gets an error frame."""
+        message = protocol.parse_text(text) or {}
+        action, value = message.get("a"), message.get("v")
+        if action in ("subscribe", "unsubscribe"):
+            tokens = self._tokens_or_error(connection, value)
+            if tokens is not None:
+                (self.subscribe if action == "subscribe" else self.unsubscribe)(connection, tokens)
+        elif action == "mode":
+            self._on_mode(connection, value)
+        else:
+            self._send_error(connection, f"Invalid message {text[:200]!r}: expected "
+                             '{"a": "subscribe"|"unsubscribe"|"mode", "v": ...}.')
+
+    def _tokens_or_error(self, connection: TickerConnection, value: Any) -> list[int] | None:
+        tokens = _token_list(value)
+        if tokens is None:
+            self._send_error(connection,
+                             f"Invalid instrument tokens {value!r:.200}: expected a list of integers.")
+        return tokens
+
+    def _on_mode(self, connection: TickerConnection, value: Any) -> None:
+        if not (isinstance(value, list) and len(value) == 2 and value[0] in protocol.MODES):
+            self._send_error(connection, f"Invalid mode message {value!r:.200}: expected "
+                             '["ltp"|"quote"|"full", [tokens]].')
+            return
+        tokens = self._tokens_or_error(connection, value[1])
+        if tokens is not None:
+            self.set_mode(connection, value[0], tokens)
+
+    def subscribe(self, connection: TickerConnection, tokens: list[int]) -> None:
+        """Subscribe in quote mode (up to the per-connection limit) and send current ticks."""
+        known = [t for t in tokens if self.market.knows(t)]
+        unknown = [t for t in tokens if not self.market.knows(t)]
+        new = [t for t in known if t not in connection.modes]
+        room = max(0, self.max_tokens - len(connection.modes))
+        accepted, excess = new[:room], new[room:]
+        now = time.time()
+        for token in accepted:
+            self.market.ensure(token, now)
+            connection.modes[token] = protocol.MODE_QUOTE
+            self._subscribers[token] += 1
+        self._note_token_count(connection)
+        if unknown:
+            self._send_error(connection, f"Unknown instrument tokens ignored: {unknown[:50]}")
+        if excess:
+            self._send_error(connection, f"Subscription limit of {self.max_tokens} instruments per "
+                             f"connection reached: {len(excess)} tokens ignored.")
+        self._send_ticks(connection, [t for t in known if t in connection.modes])
+
+    def unsubscribe(self, connection: TickerConnection, tokens: list[int]) -> None:
+        """Stop streaming the tokens on this connection."""
+        self._forget(connection, [t for t in tokens if connection.modes.pop(t, None)])
+
+    def set_mode(self, connection: TickerConnection, mode: str, tokens: list[int]) -> None:
+        """Change the mode of subscribed tokens (others are ignored) and send them at once."""
+        changed = [t for t in tokens if t in connection.modes]
+        for token in changed:
+            connection.modes[token] = mode
+        self._send_ticks(connection, changed)
+
+    def _forget(self, connection: TickerConnection, tokens: Iterable[int]) -> None:
+        for token in tokens:
+            connection.modes.pop(token, None)
+            self._subscribers[token] -= 1
+            if self._subscribers[token] <= 0:
+                del self._subscribers[token]
+
+    def _note_token_count(self, connection: TickerConnection) -> None:
+        connection.max_tokens = max(connection.max_tokens, len(connection.modes))
+        self._max_tokens_seen = max(self._max_tokens_seen, connection.max_tokens)
+
+    # -- sending --
+
+    def _send_error(self, connection: TickerConnection, message: str) -> None:
+        self._queue(connection, error_frame(message))
+        self.totals["error_frames"] += 1
+
+    def _send_ticks(self, connection: TickerConnection, tokens: list[int]) -> None:
+        if not tokens or connection.stalled(time.time()) or connection.closing:
+            return
+        packets = [self.market.packet(t, connection.modes[t]) for t in tokens]
+        for start in range(0, len(packets), protocol.MAX_PACKETS_PER_FRAME):
+            chunk = packets[start:start + protocol.MAX_PACKETS_PER_FRAME]
+            self._queue(connection, protocol.encode_frame(chunk))
+            self.totals["frames"] += 1
+            self.totals["packets"] += len(chunk)
+
+    def _queue(self, connection: TickerConnection, message: bytes | str) -> None:
+        if not connection.queue(message):
+            self.totals["slow_consumers_closed"] += 1
+            connection.abort()
+
+    def push_text(self, api_key: str, payload: dict[str, Any]) -> int:
+        """Send a text frame (e.g. an order update) to the key's open connections; how many."""
+        targets = [c for c in self.connections.values() if c.api_key == api_key]
+        for connection in targets:
+            self._queue(connection, json.dumps(payload))
+        return len(targets)
+
+    # -- the clocks --
+
+    async def run_clock(self) -> None:
+        """Step the market `tick_rate` times a second and send each connection one frame."""
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.tick_rate
+        next_at = loop.time()
+        while True:
+            next_at += period
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if loop.time() - next_at > period:  # fell behind (a busy loop): skip, don't burst
+                next_at = loop.time()
+            self.step(time.time())
+
+    def step(self, now: float) -> None:
+        """One market step for every subscribed token, fanned out to every connection."""
+        self.market.step(list(self._subscribers), now)
+        for connection in list(self.connections.values()):
+            self._send_ticks(connection, list(connection.modes))
+
+    async def run_heartbeats(self) -> None:
+        """About once a second: a heartbeat to each connection; close those whose token died."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL_SECS)
+            now = time.time()
+            self.close_unauthorised(now)
+            for connection in list(self.connections.values()):
+                if not connection.stalled(now):
+                    self._queue(connection, protocol.HEARTBEAT)
+                    self.totals["heartbeats"] += 1
+
+    # -- operator controls (/_sim/...) --
+
+    def _selected(self, api_key: str | None) -> list[TickerConnection]:
+        return [c for c in self.connections.values() if api_key in (None, c.api_key)]
+
+    def close_unauthorised(self, now: float) -> int:
+        """Close connections whose access token is no longer valid; how many."""
+        dead = [c for c in self.connections.values()
+                if not self.accounts.is_valid(c.api_key, c.access_token, now)]
+        for connection in dead:
+            connection.close("TokenException: the access token has expired or been invalidated.")
+        return len(dead)
+
+    def drop(self, api_key: str | None = None) -> int:
+        """Abort connections (all, or one key's) without a closing handshake; how many."""
+        targets = self._selected(api_key)
+        for connection in targets:
+            connection.abort()
+        return len(targets)
+
+    def stall(self, seconds: float, api_key: str | None = None, pongs: bool = False) -> int:
+        """Silence open connections for `seconds`: no ticks, no heartbeats, no pongs unless
+        `pongs`. The market keeps moving; ticks missed meanwhile are not replayed."""
+        targets = self._selected(api_key)
+        until = time.time() + seconds
+        for connection in targets:
+            connection.stalled_until = until
+            connection.pongs_while_stalled = pongs
+        return len(targets)
+
+    def stats(self) -> dict[str, Any]:
+        """Connections per key (now and max ever), tokens per connection, totals sent."""
+        per_key: dict[str, dict[str, int]] = defaultdict(lambda: {"now": 0, "max": 0})
+        for api_key, seen in self._max_connections_seen.items():
+            per_key[api_key]["max"] = seen
+        for connection in self.connections.values():
+            per_key[connection.api_key]["now"] += 1
+        return {
+            "connections_per_key": dict(per_key),
+            "connections": [
+                {"id": c.id, "api_key": c.api_key, "tokens": len(c.modes),
+                 "max_tokens": c.max_tokens, "modes": dict(Counter(c.modes.values())),
+                 "stalled": c.stalled(time.time())}
+                for c in self.connections.values()
+            ],
+            "max_tokens_per_connection_seen": self._max_tokens_seen,
+            "subscribed_tokens": len(self._subscribers),
+            "limits": {"max_tokens_per_connection": self.max_tokens,
+                       "max_connections_per_key": self.max_connections},
+            "tick_rate": self.tick_rate,
+            "totals": dict(self.totals),
+        }
+
+    async def close_all(self) -> None:
+        """On shutdown: close every connection so clients see a proper close."""
+        for connection in list(self.connections.values()):
+            with contextlib.suppress(Exception):
+                await connection.ws.close(code=1001, message=b"server shutdown")
+
+
+def _token_list(value: Any) -> list[int] | None:
+    """The value as a list of int tokens, or None if it isn't one."""
+    if not isinstance(value, list):
+        return None
+    if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= 0xFFFFFFFF for t in value):
+        return None
+    return list(dict.fromkeys(value))  # de-duplicated, order kept
