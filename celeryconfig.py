@@ -1,0 +1,29 @@
+"""Celery configuration: explicit, JSON only, named queues.
+
+Shard tasks run for as long as their worker lives, so they get a queue (and a worker) of their
+own, where each task gets a fresh child process (`--max-tasks-per-child 1` in the Procfile).
+Everything else (supervision, token checks, registry reloads) runs on `default`.
+"""
+
+from kombu import Queue
+
+from ticker.config import Config
+
+broker_url = Config.REDIS_URL
+result_backend = None
+task_ignore_result = True
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+timezone = "Asia/Kolkata"  # Kite's schedule is IST: token expiry 06:00, instrument dump 08:00
+enable_utc = True
+
+task_default_queue = "default"
+task_queues = (Queue("default"), Queue("shards"))
+task_routes = {"tasks.shards.run_shard": {"queue": "shards"}}
+
+worker_prefetch_multiplier = 1  # a long-running shard task must not hold other tasks back
+worker_hijack_root_logger = False
+broker_connection_retry_on_startup = True
+broker_transport_options = {"visibility_timeout": 3600}

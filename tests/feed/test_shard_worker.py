@@ -1,0 +1,89 @@
+"""A real Celery shard worker: streams its slot, gives it up on shutdown, and a worker child can
+run a second shard task after the first one ended (each gets a fresh process)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import ISOLATED_REDIS_URL
+from tests.support.processes import VENV_BIN, Process, wait_for
+from ticker.bus import keys
+from ticker.bus.connection import redis_client
+from ticker.bus.demand import ReplicaDemand
+from ticker.db import engine_for
+
+pytestmark = pytest.mark.integration
+
+SLOT = "sim_key:0"
+
+
+@pytest.fixture
+def own_redis():
+    client = redis_client(ISOLATED_REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def worker_env(service_env, sim):
+    return {**service_env, "REDIS_URL": ISOLATED_REDIS_URL}
+
+
+def start_worker(env, workdir) -> Process:
+    return Process("shard-worker", [
+        str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-Q", "shards,default", "-n", "shard-test@%h",
+        "--concurrency", "2", "--max-tasks-per-child", "1", "--without-gossip", "--without-mingle", "-l", "INFO",
+    ], env, workdir)
+
+
+def streaming_pid(client) -> int | None:
+    state = client.hgetall(keys.shard_state(SLOT))
+    return int(state["pid"]) if state.get("state") == "streaming" else None
+
+
+@pytest.fixture
+def token(database, registry) -> int:
+    with engine_for(database).connect() as connection:
+        return connection.scalar(text("SELECT min(instrument_token) FROM instruments WHERE segment = 'NSE'"))
+
+
+def test_shard_streams_demand_and_stops_cleanly_on_warm_shutdown(own_redis, worker_env, workdir, token):
+    demand = ReplicaDemand(own_redis, "test-replica")
+    demand.heartbeat()
+    worker = start_worker(worker_env, workdir)
+    try:
+        wait_for(lambda: streaming_pid(own_redis), 30, "the shard to stream")
+        demand.add([token], "quote")
+        wait_for(lambda: own_redis.hget(keys.LAST_TICKS, token), 5, "a tick for the demanded token")
+
+        worker.kill(signal.SIGTERM)  # a warm shutdown, as a deploy does it
+        worker.proc.wait(20)
+        assert worker.proc.returncode == 0
+        assert not own_redis.exists(keys.shard_lease(SLOT))
+        assert not own_redis.exists(keys.shard_state(SLOT))
+    finally:
+        worker.stop()
+
+
+def test_a_worker_child_runs_a_second_shard_task_after_the_first(own_redis, worker_env, workdir, token):
+    worker = start_worker(worker_env, workdir)
+    try:
+        first = wait_for(lambda: streaming_pid(own_redis), 30, "the first shard to stream")
+        own_redis.delete(keys.shard_lease(SLOT), keys.shard_dispatched(SLOT))  # the first loses its lease
+        wait_for(lambda: not own_redis.exists(keys.shard_state(SLOT)), 10, "the first shard to stop")
+
+        subprocess.run([str(VENV_BIN / "celery"), "-A", "tasks", "call", "tasks.shards.supervise_shards"],
+                       env=worker_env, check=True, capture_output=True, timeout=30)
+        second = wait_for(lambda: streaming_pid(own_redis), 30, "a second shard to stream")
+        assert second != first  # a fresh child process, not a second reactor in the old one
+        demand = ReplicaDemand(own_redis, "test-replica")
+        demand.heartbeat()
+        demand.add([token], "ltp")
+        wait_for(lambda: own_redis.hget(keys.LAST_TICKS, token), 5, "ticks from the second shard")
+    finally:
+        worker.stop()

@@ -1,0 +1,102 @@
+"""Connect requires a valid JWT; each refusal says why, at connect time."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.conftest import AUDIENCE, ISSUER
+from tests.support.clients import RecordingClient
+from tests.support.processes import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def claims(**overrides) -> dict:
+    now = int(time.time())
+    return {"sub": "mallory", "iat": now, "nbf": now, "exp": now + 600, "aud": AUDIENCE, "iss": ISSUER,
+            "type": "access", "jti": "x", "fresh": False, **overrides}
+
+
+def refusal(url: str, **connect_kwargs) -> dict:
+    return RecordingClient().try_connect(url, **connect_kwargs)
+
+
+def test_a_valid_token_connects_and_is_greeted(stack, make_token):
+    client = RecordingClient().connect(stack["url"], make_token("alice"))
+    try:
+        greeting = wait_for(lambda: client.events["connected"], 5, "connected")[0]
+        assert greeting["user"] == "alice"
+        assert greeting["connection_id"]
+        assert greeting["limits"]["max_tokens_per_connection"] > 0
+        assert "+05:30" in greeting["server_time"]
+    finally:
+        client.close()
+
+
+def test_no_token_is_refused(stack):
+    error = refusal(stack["url"])
+    assert error.get("code") == "auth_required", error
+
+
+def test_expired_token_is_refused(stack, jwt_keys):
+    token = pyjwt.encode(claims(exp=int(time.time()) - 60), jwt_keys[0].read_bytes(), algorithm="RS256")
+    assert refusal(stack["url"], auth={"token": token})["code"] == "token_expired"
+
+
+def test_token_signed_by_another_key_is_refused(stack):
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = pyjwt.encode(claims(), other, algorithm="RS256")
+    error = refusal(stack["url"], auth={"token": token})
+    assert error["code"] == "token_invalid" and "signature" in error["message"]
+
+
+def test_unsigned_alg_none_token_is_refused(stack):
+    token = pyjwt.encode(claims(), None, algorithm="none")
+    assert refusal(stack["url"], auth={"token": token})["code"] == "token_invalid"
+
+
+def hs256_by_hand(payload: dict, secret: bytes) -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(payload).encode())
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(signature)
+
+
+def test_hs256_token_signed_with_the_public_key_is_refused(stack, jwt_keys):
+    # The classic algorithm-confusion attack: only the configured algorithms are accepted.
+    token = hs256_by_hand(claims(), jwt_keys[1].read_bytes())
+    assert refusal(stack["url"], auth={"token": token})["code"] == "token_invalid"
+
+
+def test_wrong_audience_and_issuer_are_refused(stack, jwt_keys):
+    key = jwt_keys[0].read_bytes()
+    wrong_aud = pyjwt.encode(claims(aud="someone-else"), key, algorithm="RS256")
+    wrong_iss = pyjwt.encode(claims(iss="https://evil.invalid/"), key, algorithm="RS256")
+    assert refusal(stack["url"], auth={"token": wrong_aud})["code"] == "token_wrong_audience"
+    assert refusal(stack["url"], auth={"token": wrong_iss})["code"] == "token_wrong_issuer"
+
+
+def test_garbage_token_is_refused(stack):
+    assert refusal(stack["url"], auth={"token": "not.a.jwt"})["code"] == "token_invalid"
+
+
+def test_token_in_query_string_and_bearer_header_are_accepted(stack, make_token):
+    token = make_token("carol")
+    by_header = RecordingClient()
+    by_header.sio.connect(stack["url"], headers={"Authorization": f"Bearer {token}"},
+                          transports=["websocket"], wait_timeout=5)
+    by_query = RecordingClient()
+    by_query.sio.connect(f"{stack['url']}?token={token}", transports=["websocket"], wait_timeout=5)
+    for client in (by_header, by_query):
+        assert wait_for(lambda c=client: c.events["connected"], 5, "connected")[0]["user"] == "carol"
+        client.close()

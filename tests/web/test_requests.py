@@ -1,0 +1,31 @@
+"""Validation of client messages (pure logic)."""
+
+import pytest
+
+from ticker.web.errors import ClientError
+from ticker.web.requests import parse_subscribe, parse_unsubscribe
+
+
+def test_defaults_to_quote_and_deduplicates():
+    request = parse_subscribe({"tokens": [5, 5, 6], "instruments": ["nse:infy"]}, limit=10)
+    assert (request.tokens, request.instruments, request.mode) == ([5, 6], ["NSE:INFY"], "quote")
+
+
+@pytest.mark.parametrize("payload", [[1], "x", 3, {"tokens": {"a": 1}}, {"tokens": [1.5]}, {"tokens": [0]},
+                                     {"tokens": [[1]]}, {"instruments": [1]}, {"instruments": ["A" * 100 + ":B"]}])
+def test_malformed_subscribes_raise_client_errors(payload):
+    with pytest.raises(ClientError) as error:
+        parse_subscribe(payload, limit=10)
+    assert error.value.code == "bad_request"
+
+
+def test_too_many_tokens_counts_tokens_and_instruments_together():
+    with pytest.raises(ClientError) as error:
+        parse_subscribe({"tokens": list(range(1, 9)), "instruments": ["NSE:A", "NSE:B", "NSE:C"]}, limit=10)
+    assert error.value.code == "too_many_tokens"
+
+
+def test_unsubscribe_needs_a_token_list():
+    assert parse_unsubscribe({"tokens": [7]}, limit=10) == [7]
+    with pytest.raises(ClientError):
+        parse_unsubscribe({}, limit=10)

@@ -1,0 +1,55 @@
+"""The ticker service: Kite ticker connections fanned out to authenticated Socket.IO clients.
+
+A tick travels feed/ (Kite side: protocol, shard runtime) → bus/ (Redis: channels, snapshots,
+demand, leases) → web/ (Socket.IO rooms, HTTP). registry/ holds instruments and accounts;
+sim/ is the bundled Kite simulator.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from ticker.config import Config
+from ticker.extensions import jwt, socketio
+
+
+def create_app(config_class: type[Config] = Config, async_mode: str = "threading") -> Flask:
+    """Build the Flask app.
+
+    `async_mode` is the Socket.IO server's concurrency model; only the web entry point
+    (`wsgi.py`, which monkey-patches first) passes eventlet or gevent. Other processes (CLI,
+    Celery) keep threading, since they serve no sockets.
+    """
+    app = Flask(__name__)
+    app.config.from_object(config_class)
+    configure_logging(app.config["LOG_LEVEL"])
+
+    from ticker.web import auth
+
+    auth.init_keys(app)
+    jwt.init_app(app)
+    socketio.init_app(
+        app,
+        async_mode=async_mode,
+        message_queue=app.config["REDIS_URL"],
+        channel="ticker-socketio",
+        cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"] or [],
+    )
+
+    from ticker.web import events, routes  # noqa: F401  (registers handlers)
+
+    app.register_blueprint(routes.bp)
+
+    from ticker import cli
+
+    cli.register(app)
+    return app
+
+
+def configure_logging(level: str) -> None:
+    """One line per event, to stderr, where Procfile runners and containers collect it."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

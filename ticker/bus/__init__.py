@@ -1,0 +1,1 @@
+"""The Redis boundary between shards and web replicas: channels, snapshots, demand, leases."""

@@ -1,0 +1,77 @@
+"""`flask` commands for operators: migrations, instruments, development JWTs, the simulator."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+db_cli = AppGroup("db", help="Database migrations (Alembic).")
+instruments_cli = AppGroup("instruments", help="The instrument registry.")
+jwt_cli = AppGroup("jwt", help="Development JWTs.")
+sim_cli = AppGroup("sim", help="The bundled Kite simulator.")
+
+
+@db_cli.command("create")
+def db_create() -> None:
+    """Create the configured database if it does not exist (local runs and tests)."""
+    from ticker.registry import migrate
+
+    created = migrate.create_database(current_app.config["DATABASE_URL"])
+    click.echo("created the database" if created else "the database exists")
+
+
+@db_cli.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from ticker.registry import migrate
+
+    migrate.upgrade(current_app.config["DATABASE_URL"], revision)
+
+
+@db_cli.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION."""
+    from ticker.registry import migrate
+
+    migrate.downgrade(current_app.config["DATABASE_URL"], revision)
+
+
+@instruments_cli.command("load")
+def instruments_load() -> None:
+    """Load the instruments dump from Kite (or the simulator) into the registry."""
+    from ticker.registry.loader import load_instruments
+
+    click.echo(f"loaded {load_instruments(current_app):,} instruments")
+
+
+@jwt_cli.command("mint")
+@click.option("--user", default="dev", show_default=True, help="The token's subject.")
+@click.option("--ttl", default=3600 * 12, show_default=True, help="Lifetime in seconds.")
+@click.option("--admin", is_flag=True, help="Add the admin claim (for /ws/stats).")
+def jwt_mint(user: str, ttl: int, admin: bool) -> None:
+    """Print a JWT signed with the development (or configured) private key."""
+    from ticker.web.auth import mint
+
+    click.echo(mint(user, timedelta(seconds=ttl), admin=admin))
+
+
+@sim_cli.command("run")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True)
+@click.option("--seed", default=1, show_default=True)
+@click.option("--tick-rate", default=1.0, show_default=True, help="Ticks per second per instrument.")
+def sim_run(host: str, port: int, seed: int, tick_rate: float) -> None:
+    """Run the Kite simulator (ticker WebSocket and REST API on one port)."""
+    from ticker.sim.server import run
+
+    run(host=host, port=port, seed=seed, tick_rate=tick_rate)
+
+
+def register(app: Flask) -> None:
+    for group in (db_cli, instruments_cli, jwt_cli, sim_cli):
+        app.cli.add_command(group)

@@ -1,0 +1,92 @@
+"""Configuration: every environment variable the service reads, read here and only here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCE = Path(os.environ.get("TICKER_INSTANCE_DIR", ROOT / "instance"))
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def _read(path: str) -> str | None:
+    return Path(path).read_text() if path else None
+
+
+# The bundled simulator's defaults, so a local run needs no Kite credentials.
+SIM_URL = "http://127.0.0.1:8765"
+SIM_API_KEY = "sim_key"
+SIM_API_SECRET = "sim_secret"
+SIM_ACCESS_TOKEN = "sim_access_token"
+
+
+class Config:
+    """Production-shaped defaults; each value can be overridden from the environment."""
+
+    ENV = _env("TICKER_ENV", "development")
+    SECRET_KEY = _env("SECRET_KEY", "dev-only-secret-change-me")
+    LOG_LEVEL = _env("LOG_LEVEL", "INFO")
+
+    REDIS_URL = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
+    DATABASE_URL = _env("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ticker")
+
+    # Kite endpoints: the real ones in production, the bundled simulator by default.
+    KITE_API_ROOT = _env("KITE_API_ROOT", SIM_URL)
+    KITE_TICKER_ROOT = _env("KITE_TICKER_ROOT", SIM_URL.replace("http", "ws", 1))
+    KITE_LOGIN_ROOT = _env("KITE_LOGIN_ROOT", SIM_URL)
+    KITE_API_KEY = _env("KITE_API_KEY", SIM_API_KEY)
+    KITE_API_SECRET = _env("KITE_API_SECRET", SIM_API_SECRET)
+    KITE_ACCESS_TOKEN = _env("KITE_ACCESS_TOKEN", SIM_ACCESS_TOKEN)
+    # Kite's limits; configurable because Kite has changed them before.
+    KITE_CONNECTIONS_PER_KEY = _int("KITE_CONNECTIONS_PER_KEY", 3)
+    KITE_TOKENS_PER_CONNECTION = _int("KITE_TOKENS_PER_CONNECTION", 3000)
+
+    # Shards: tokens always streamed (operator watchlist) and how long an unwanted token stays.
+    WATCHLIST_TOKENS = [int(t) for t in _list("WATCHLIST_TOKENS")]
+    SHARD_SLOTS = _int("SHARD_SLOTS", 1)
+    UNSUBSCRIBE_GRACE_SECS = _float("UNSUBSCRIBE_GRACE_SECS", 60.0)
+
+    # Socket.IO server.
+    ASYNC_MODE = _env("ASYNC_MODE", "eventlet")
+    WEB_HOST = _env("WEB_HOST", "127.0.0.1")
+    WEB_PORT = _int("PORT", 5000)
+    CORS_ALLOWED_ORIGINS = _list("CORS_ALLOWED_ORIGINS", "*" if ENV == "development" else "")
+    MAX_TOKENS_PER_CONNECTION = _int("MAX_TOKENS_PER_CONNECTION", 3000)
+    MAX_TOKENS_PER_REQUEST = _int("MAX_TOKENS_PER_REQUEST", 1000)
+
+    # JWT: RS256 with a public key (PEM text or file) or a JWKS URL. The private key is only
+    # for minting development tokens; production tokens come from the platform's user service.
+    JWT_ALGORITHM = _env("JWT_ALGORITHM", "RS256")
+    JWT_DECODE_ALGORITHMS = _list("JWT_ALGORITHMS", "RS256")
+    JWT_PUBLIC_KEY = _env("JWT_PUBLIC_KEY") or _read(_env("JWT_PUBLIC_KEY_FILE"))
+    JWT_PRIVATE_KEY = _env("JWT_PRIVATE_KEY") or _read(_env("JWT_PRIVATE_KEY_FILE"))
+    JWT_JWKS_URL = _env("JWT_JWKS_URL")
+    JWT_DECODE_AUDIENCE = _env("JWT_AUDIENCE") or None
+    JWT_ENCODE_AUDIENCE = JWT_DECODE_AUDIENCE
+    JWT_DECODE_ISSUER = _env("JWT_ISSUER") or None
+    JWT_ENCODE_ISSUER = JWT_DECODE_ISSUER
+    JWT_DEV_KEY_DIR = INSTANCE
+
+
+class TestConfig(Config):
+    """What the test suite overrides: its own Redis database and PostgreSQL database."""
+
+    ENV = "test"
+    REDIS_URL = _env("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+    DATABASE_URL = _env("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ticker_test")

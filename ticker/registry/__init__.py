@@ -1,0 +1,1 @@
+"""Instruments and Kite accounts: the service's durable state, in PostgreSQL."""

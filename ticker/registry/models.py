@@ -1,0 +1,52 @@
+"""SQLAlchemy models. Every change here needs an Alembic migration (tests check they agree)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, Index, Integer, Numeric, String, Text, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ticker.db import Base
+
+
+class Instrument(Base):
+    """One row of Kite's instruments dump."""
+
+    __tablename__ = "instruments"
+    # "EXCHANGE:TRADINGSYMBOL" lookups from subscribe and the search box.
+    __table_args__ = (Index("ix_instruments_exchange_tradingsymbol", "exchange", "tradingsymbol"),)
+
+    instrument_token: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    exchange_token: Mapped[int] = mapped_column(BigInteger)
+    tradingsymbol: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128), default="")
+    last_price: Mapped[float] = mapped_column(Numeric(18, 7), default=0)
+    expiry: Mapped[date | None] = mapped_column(Date)
+    strike: Mapped[float] = mapped_column(Numeric(18, 7), default=0)
+    tick_size: Mapped[float] = mapped_column(Numeric(18, 7))
+    lot_size: Mapped[int] = mapped_column(Integer)
+    instrument_type: Mapped[str] = mapped_column(String(8))
+    segment: Mapped[str] = mapped_column(String(16))
+    exchange: Mapped[str] = mapped_column(String(8))
+
+    @property
+    def symbol(self) -> str:
+        return f"{self.exchange}:{self.tradingsymbol}"
+
+
+class KiteAccount(Base):
+    """A Kite Connect app (API key) whose ticker connections the service owns.
+
+    `api_secret` and `access_token` are stored encrypted (ticker.registry.secrets)."""
+
+    __tablename__ = "kite_accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    api_key: Mapped[str] = mapped_column(String(64), unique=True)
+    api_secret_encrypted: Mapped[str] = mapped_column(Text)
+    access_token_encrypted: Mapped[str | None] = mapped_column(Text)
+    token_valid: Mapped[bool] = mapped_column(Boolean, default=False)
+    token_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

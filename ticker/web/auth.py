@@ -1,0 +1,114 @@
+"""JWT verification for Socket.IO connections and HTTP, and development tokens.
+
+Tokens are verified with flask-jwt-extended against a public key or a JWKS URL (keys picked
+by `kid` and cached), with the audience, issuer and algorithm allow-list from Config. The
+private key exists only for minting development tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jwt as pyjwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask, current_app
+from flask_jwt_extended import create_access_token, decode_token
+from flask_jwt_extended.exceptions import JWTDecodeError
+
+from ticker.extensions import jwt
+from ticker.web import errors
+from ticker.web.errors import ClientError
+
+log = logging.getLogger(__name__)
+
+JWKS_CACHE_SECS = 300  # a rotated key is picked up on its first unknown `kid` anyway
+
+
+def init_keys(app: Flask) -> None:
+    """In development with no key configured, use (and create once) a local key pair."""
+    config = app.config
+    if config["JWT_PUBLIC_KEY"] or config["JWT_JWKS_URL"] or config["ENV"] != "development":
+        return
+    private, public = dev_key_paths(Path(config["JWT_DEV_KEY_DIR"]))
+    if not private.exists():
+        write_key_pair(private, public)
+        log.warning("created a development JWT key pair in %s", private.parent)
+    config["JWT_PRIVATE_KEY"] = private.read_text()
+    config["JWT_PUBLIC_KEY"] = public.read_text()
+
+
+def dev_key_paths(directory: Path) -> tuple[Path, Path]:
+    return directory / "jwt-dev-private.pem", directory / "jwt-dev-public.pem"
+
+
+def write_key_pair(private_path: Path, public_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    private_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    private_path.chmod(0o600)
+    public_path.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+@lru_cache(maxsize=4)
+def _jwks_client(url: str) -> pyjwt.PyJWKClient:
+    return pyjwt.PyJWKClient(url, cache_keys=True, lifespan=JWKS_CACHE_SECS, timeout=5)
+
+
+@jwt.decode_key_loader
+def _decode_key(header: dict, _payload: dict) -> Any:
+    url = current_app.config["JWT_JWKS_URL"]
+    if not url:
+        return current_app.config["JWT_PUBLIC_KEY"]
+    return _jwks_client(url).get_signing_key(header.get("kid")).key
+
+
+def bearer_token(auth: Any, args: Any, headers: Any) -> str | None:
+    """The JWT from Socket.IO `auth: {token}`, `?token=` or `Authorization: Bearer`."""
+    if isinstance(auth, dict) and isinstance(auth.get("token"), str):
+        return auth["token"]
+    if args.get("token"):
+        return args["token"]
+    scheme, _, value = headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+_FAILURES = [
+    (pyjwt.ExpiredSignatureError, errors.TOKEN_EXPIRED, "token has expired"),
+    (pyjwt.InvalidAudienceError, errors.TOKEN_AUDIENCE, "token is not for this audience"),
+    (pyjwt.InvalidIssuerError, errors.TOKEN_ISSUER, "token is not from a trusted issuer"),
+    (pyjwt.InvalidAlgorithmError, errors.TOKEN_INVALID, "token algorithm is not allowed"),
+    (pyjwt.InvalidSignatureError, errors.TOKEN_INVALID, "token signature does not verify"),
+]
+
+
+def verify(token: str | None) -> dict[str, Any]:
+    """The token's claims, or ClientError saying exactly why it is refused."""
+    if not token:
+        raise ClientError(errors.AUTH_REQUIRED, "a JWT is required: auth: {token}, ?token= or Authorization: Bearer")
+    try:
+        return decode_token(token)
+    except pyjwt.PyJWTError as exc:
+        for kind, code, message in _FAILURES:
+            if isinstance(exc, kind):
+                raise ClientError(code, message) from exc
+        raise ClientError(errors.TOKEN_INVALID, f"token is not valid: {exc}") from exc
+    except (JWTDecodeError, ValueError) as exc:
+        raise ClientError(errors.TOKEN_INVALID, f"token is not valid: {exc}") from exc
+
+
+def mint(identity: str, ttl: timedelta, admin: bool = False) -> str:
+    """A token signed with the configured private key (development and tests)."""
+    if not current_app.config.get("JWT_PRIVATE_KEY"):
+        raise RuntimeError("no JWT private key configured: set JWT_PRIVATE_KEY(_FILE) to mint tokens")
+    return create_access_token(identity=identity, expires_delta=ttl, additional_claims={"admin": admin})

@@ -1,0 +1,28 @@
+"""Stable error codes a client can rely on (documented in docs/API.md)."""
+
+from __future__ import annotations
+
+AUTH_REQUIRED = "auth_required"  # no token at connect
+TOKEN_EXPIRED = "token_expired"
+TOKEN_INVALID = "token_invalid"  # malformed, wrongly signed, disallowed algorithm, missing claims
+TOKEN_AUDIENCE = "token_wrong_audience"
+TOKEN_ISSUER = "token_wrong_issuer"
+BAD_REQUEST = "bad_request"  # a message of the wrong shape
+TOO_MANY_TOKENS = "too_many_tokens"  # one request names more tokens than allowed
+LIMIT_EXCEEDED = "limit_exceeded"  # the connection already holds its maximum of tokens
+UNKNOWN_TOKEN = "unknown_token"
+UNKNOWN_INSTRUMENT = "unknown_instrument"
+UNKNOWN_EVENT = "unknown_event"
+INTERNAL = "internal_error"
+
+
+class ClientError(Exception):
+    """A request the client got wrong; becomes an `error` event, never a disconnect."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}

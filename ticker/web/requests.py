@@ -1,0 +1,66 @@
+"""Validation of client messages (pure logic, no I/O): every malformed input gets a clear
+`ClientError`, nothing else escapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ticker.bus.ticks import DEFAULT_MODE, MODES
+from ticker.web.errors import BAD_REQUEST, TOO_MANY_TOKENS, ClientError
+
+MAX_TOKEN = 2**32 - 1  # Kite's instrument tokens are unsigned 32-bit integers
+MAX_SYMBOL_LEN = 64
+
+
+@dataclass
+class Subscribe:
+    tokens: list[int]
+    instruments: list[str]
+    mode: str
+
+
+def _tokens(value: Any, limit: int) -> list[int]:
+    if not isinstance(value, list):
+        raise ClientError(BAD_REQUEST, "'tokens' must be a list of instrument tokens (integers)")
+    if len(value) > limit:
+        raise ClientError(TOO_MANY_TOKENS, f"at most {limit} tokens per request; got {len(value)}")
+    for token in value:
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 < token <= MAX_TOKEN:
+            raise ClientError(BAD_REQUEST, f"not an instrument token: {str(token)[:40]!r}")
+    return list(dict.fromkeys(value))
+
+
+def _instruments(value: Any, limit: int) -> list[str]:
+    if not isinstance(value, list):
+        raise ClientError(BAD_REQUEST, "'instruments' must be a list of \"EXCHANGE:TRADINGSYMBOL\" strings")
+    if len(value) > limit:
+        raise ClientError(TOO_MANY_TOKENS, f"at most {limit} instruments per request; got {len(value)}")
+    for name in value:
+        if not isinstance(name, str) or len(name) > MAX_SYMBOL_LEN or name.count(":") != 1:
+            raise ClientError(BAD_REQUEST, f"not an \"EXCHANGE:TRADINGSYMBOL\" name: {str(name)[:40]!r}")
+    return list(dict.fromkeys(name.upper() for name in value))
+
+
+def _payload(data: Any) -> dict:
+    if not isinstance(data, dict):
+        raise ClientError(BAD_REQUEST, "expected an object such as {\"tokens\": [256265]}")
+    return data
+
+
+def parse_subscribe(data: Any, limit: int) -> Subscribe:
+    """`{tokens: [int], instruments: ["NSE:INFY"], mode: "ltp"|"quote"|"full"}`."""
+    data = _payload(data)
+    if "tokens" not in data and "instruments" not in data:
+        raise ClientError(BAD_REQUEST, "name what to subscribe to in 'tokens' or 'instruments'")
+    mode = data.get("mode", DEFAULT_MODE)
+    if mode not in MODES:
+        raise ClientError(BAD_REQUEST, f"'mode' must be one of {', '.join(MODES)}")
+    tokens = _tokens(data.get("tokens", []), limit)
+    instruments = _instruments(data.get("instruments", []), limit - len(tokens))
+    return Subscribe(tokens, instruments, mode)
+
+
+def parse_unsubscribe(data: Any, limit: int) -> list[int]:
+    """`{tokens: [int]}`."""
+    return _tokens(_payload(data).get("tokens"), limit)

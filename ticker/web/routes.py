@@ -1,0 +1,80 @@
+"""HTTP routes: health for load balancers and operators."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+from sqlalchemy import text
+
+from ticker.bus.connection import redis_client
+from ticker.db import engine_for
+from ticker.feed.shard import SILENCE_SECS
+from ticker.web.replica import replica
+
+bp = Blueprint("web", __name__)
+
+SHARD_STALE_SECS = 10  # a shard reports every second; ten seconds of silence means it is gone
+
+
+def _check_redis() -> dict[str, Any]:
+    redis_client(current_app.config["REDIS_URL"]).ping()
+    return {"ok": True}
+
+
+def _check_database() -> dict[str, Any]:
+    with engine_for(current_app.config["DATABASE_URL"]).connect() as connection:
+        connection.execute(text("SELECT 1"))
+    return {"ok": True}
+
+
+def _check_shards() -> dict[str, Any]:
+    client = redis_client(current_app.config["REDIS_URL"])
+    shards = {}
+    for key in client.scan_iter(match="ticker:shard:*:state", count=1000):
+        state = client.hgetall(key)
+        age = time.time() - float(state.get("heartbeat", 0))
+        slot = key.split(":", 2)[2].rsplit(":", 1)[0]
+        shards[slot] = {
+            "state": state.get("state"),
+            "tokens": int(state.get("tokens", 0)),
+            "last_error": state.get("last_error") or None,
+            "live": age < SHARD_STALE_SECS and state.get("state") == "streaming",
+        }
+    live = any(s["live"] for s in shards.values())
+    reason = None if live else f"no shard streaming in the last {SHARD_STALE_SECS}s (silence limit {SILENCE_SECS:.0f}s)"
+    return {"ok": live, "shards": shards, **({"reason": reason} if reason else {})}
+
+
+def _check_registry() -> dict[str, Any]:
+    size = replica().registry.size()
+    return {"ok": size > 0, "instruments": size, **({} if size else {"reason": "instrument registry is empty"})}
+
+
+CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "redis": _check_redis,
+    "database": _check_database,
+    "shards": _check_shards,
+    "registry": _check_registry,
+}
+
+
+@bp.get("/health")
+def health():
+    """200 when this replica can serve ticks; 503 with the reasons when it cannot."""
+    results = {}
+    for name, check in CHECKS.items():
+        try:
+            results[name] = check()
+        except Exception as exc:  # noqa: BLE001  (a failing dependency is a result, not a crash)
+            results[name] = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+    healthy = all(r["ok"] for r in results.values())
+    return jsonify({"status": "ok" if healthy else "unavailable", "checks": results}), 200 if healthy else 503
+
+
+@bp.get("/health/live")
+def live():
+    """Liveness: the process answers. Cheap; touches no dependency."""
+    return jsonify({"status": "ok"})

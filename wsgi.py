@@ -1,0 +1,27 @@
+"""Entry point of a web replica: `python wsgi.py` (or a WSGI server pointed at `app`).
+
+Monkey-patching must happen before anything imports sockets, so it comes first.
+"""
+
+import os
+
+ASYNC_MODE = os.environ.get("ASYNC_MODE", "eventlet")
+if ASYNC_MODE == "eventlet":
+    import eventlet
+
+    eventlet.monkey_patch()
+elif ASYNC_MODE == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
+
+from ticker import create_app  # noqa: E402
+from ticker.extensions import socketio  # noqa: E402
+from ticker.web.replica import replica  # noqa: E402
+
+app = create_app(async_mode=ASYNC_MODE)
+
+if __name__ == "__main__":
+    with app.app_context():
+        replica().start()
+    socketio.run(app, host=app.config["WEB_HOST"], port=app.config["WEB_PORT"], log_output=False)
