@@ -1,0 +1,34 @@
+# `make help` lists the targets. Everything installs into .venv on first use.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help install services db run test lint
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create .venv and install the pinned requirements
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+services: ## Start the local Redis and PostgreSQL if they are down
+	scripts/ensure-services
+
+db: install services ## Create the database and apply the migrations
+	$(BIN)/flask --app ticker db create
+	$(BIN)/flask --app ticker db upgrade
+
+run: db ## Run the whole service locally (simulator feed, shard worker, jobs, beat, web)
+	scripts/run-local
+
+test: install services ## Run the test suite (what CI runs)
+	$(BIN)/python -m pytest
+
+lint: install ## Lint with ruff
+	$(BIN)/ruff check .
