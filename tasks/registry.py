@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
+import requests
 from celery import signals
+from kiteconnect.exceptions import KiteException
 from flask import current_app
 
 from tasks import celery
@@ -18,7 +20,13 @@ ENSURE_EVERY_SECS = 30.0
 LOCK_SECS = 300  # longer than any load takes; a crashed loader's lock expires by itself
 
 
-@celery.task(ignore_result=True)
+@celery.task(
+    ignore_result=True,
+    autoretry_for=(OSError, requests.RequestException, KiteException),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=None,  # Kite (or the simulator) not up yet: keep trying, the registry is essential
+)
 def ensure_registry() -> int:
     """Load the registry if it is empty (a fresh install); returns instruments loaded."""
     if registry_size(current_app) > 0:
