@@ -7,12 +7,11 @@ sim/ is the bundled Kite simulator.
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
 from ticker.config import Config
 from ticker.extensions import jwt, socketio
+from ticker.logs import configure_logging
 
 
 def create_app(config_class: type[Config] = Config, async_mode: str = "threading") -> Flask:
@@ -24,7 +23,10 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
     """
     app = Flask(__name__)
     app.config.from_object(config_class)
-    configure_logging(app.config["LOG_LEVEL"])
+    configure_logging(
+        app.config["LOG_LEVEL"],
+        secrets=[app.config[key] for key in ("SECRET_KEY", "KITE_API_SECRET", "KITE_ACCESS_TOKEN", "JWT_PRIVATE_KEY")],
+    )
 
     from ticker.web import auth
 
@@ -46,10 +48,3 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
 
     cli.register(app)
     return app
-
-
-def configure_logging(level: str) -> None:
-    """One line per event, to stderr, where Procfile runners and containers collect it."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
