@@ -75,3 +75,6 @@ def sim_run(host: str, port: int, seed: int, tick_rate: float) -> None:
 def register(app: Flask) -> None:
     for group in (db_cli, instruments_cli, jwt_cli, sim_cli):
         app.cli.add_command(group)
+    from ticker.registry.commands import accounts_cli
+
+    app.cli.add_command(accounts_cli)

@@ -53,6 +53,16 @@ class Config:
     KITE_API_KEY = _env("KITE_API_KEY", SIM_API_KEY)
     KITE_API_SECRET = _env("KITE_API_SECRET", SIM_API_SECRET)
     KITE_ACCESS_TOKEN = _env("KITE_ACCESS_TOKEN", SIM_ACCESS_TOKEN)
+    # Kite account secrets at rest: comma-separated Fernet keys, the first encrypts, all decrypt
+    # (rotate by prepending a new key). Empty in development/test: a key derived from SECRET_KEY.
+    SECRETS_KEYS = _list("SECRETS_KEYS")
+    # Optional "package.module:function" called as f(api_key) -> access token or None, for
+    # operators who obtain Kite tokens their own way (see tasks/accounts.py).
+    KITE_TOKEN_PROVIDER = _env("KITE_TOKEN_PROVIDER")
+    # Where the Kite login redirect lands after a successful login (the operator's dashboard).
+    KITE_LOGIN_DONE_URL = _env("KITE_LOGIN_DONE_URL")
+    # Exchange holidays (one YYYY-MM-DD per line, # comments): beat skips the registry reload.
+    HOLIDAYS_FILE = _env("HOLIDAYS_FILE", str(ROOT / "holidays.txt"))
     # Kite's limits; configurable because Kite has changed them before.
     KITE_CONNECTIONS_PER_KEY = _int("KITE_CONNECTIONS_PER_KEY", 3)
     KITE_TOKENS_PER_CONNECTION = _int("KITE_TOKENS_PER_CONNECTION", 3000)

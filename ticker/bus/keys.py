@@ -65,3 +65,22 @@ REGISTRY_TOKENS = f"{PREFIX}:registry:tokens"  # hash token -> "EXCHANGE:TRADING
 REGISTRY_SYMBOLS = f"{PREFIX}:registry:symbols"  # hash "EXCHANGE:TRADINGSYMBOL" -> token
 REGISTRY_LOCK = f"{PREFIX}:registry:lock"  # one replica rebuilds the Redis mirror at a time
 REGISTRY_LOADING = f"{PREFIX}:registry:loading"  # one loader of the dump at a time
+# Published after each successful reload: {"renumbered": {"<old token>": <new token>}, "removed": [token]}
+REGISTRY_RELOADED = f"{PREFIX}:registry:reloaded"
+REGISTRY_VERSION = f"{PREFIX}:registry:version"  # bumped by each reload: replicas drop their caches
+
+# Published with the api_key after any change to an account's access token (shards reconnect).
+ACCOUNTS_CHANGED = f"{PREFIX}:accounts:changed"
+
+
+def job_status(name: str) -> str:
+    """Hash a beat job writes after each run: last run time, outcome, duration, detail."""
+    return f"{PREFIX}:job:{name}:status"
+
+
+def job_lock(name: str) -> str:
+    """Held while a beat job runs, so two copies never run at once."""
+    return f"{PREFIX}:job:{name}:lock"
+
+
+JOBS = f"{PREFIX}:jobs"  # set of job names that have reported a status

@@ -38,7 +38,8 @@ class Instrument(Base):
 class KiteAccount(Base):
     """A Kite Connect app (API key) whose ticker connections the service owns.
 
-    `api_secret` and `access_token` are stored encrypted (ticker.registry.secrets)."""
+    `api_secret`, `access_token` and `refresh_token` are stored encrypted
+    (ticker.registry.secrets); ticker.registry.accounts is the one place that reads or writes them."""
 
     __tablename__ = "kite_accounts"
 
@@ -46,7 +47,13 @@ class KiteAccount(Base):
     api_key: Mapped[str] = mapped_column(String(64), unique=True)
     api_secret_encrypted: Mapped[str] = mapped_column(Text)
     access_token_encrypted: Mapped[str | None] = mapped_column(Text)
+    refresh_token_encrypted: Mapped[str | None] = mapped_column(Text)
     token_valid: Mapped[bool] = mapped_column(Boolean, default=False)
     token_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When Kite will stop accepting the token (its daily expiry, about 06:00 IST).
+    token_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Why the token was marked invalid (Kite's message), for operators; None while valid.
+    token_invalid_reason: Mapped[str | None] = mapped_column(Text)
+    token_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
