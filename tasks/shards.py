@@ -9,34 +9,45 @@ from celery import signals
 from flask import current_app
 
 from tasks import celery
-from ticker.bus import keys
+from ticker.bus import assignment, keys
 from ticker.bus.connection import redis_client
 from ticker.bus.lease import ShardLease, lease_owner
 from ticker.bus.ticks import DEFAULT_MODE
-from ticker.feed.shard import ShardRunner, ShardSettings
+from ticker.db import session_for
+from ticker.feed.shard import Credentials, ShardRunner, ShardSettings, token_fingerprint
+from ticker.feed.sharding import slot_api_key, slots_for
+from ticker.registry import accounts
 
 log = logging.getLogger(__name__)
 
-SUPERVISE_EVERY_SECS = 5.0
-DISPATCH_GUARD_SECS = 15  # one dispatch per slot in flight: a queued task has this long to start
-
-
-def configured_slots(config) -> list[str]:
-    """Connection slots this deployment streams: "<api key>:<slot number>"."""
-    count = min(config["SHARD_SLOTS"], config["KITE_CONNECTIONS_PER_KEY"])
-    return [f"{config['KITE_API_KEY']}:{n}" for n in range(count)]
+SUPERVISE_EVERY_SECS = 2.0  # with the lease TTL, bounds how long a dead shard's slot stays dark
+DISPATCH_GUARD_SECS = 10  # one dispatch per slot in flight: a queued task has this long to start
 
 
 def shard_settings(config, slot: str) -> ShardSettings:
     return ShardSettings(
         slot=slot,
         ticker_root=config["KITE_TICKER_ROOT"],
-        api_key=config["KITE_API_KEY"],
-        access_token=config["KITE_ACCESS_TOKEN"],
         capacity=config["KITE_TOKENS_PER_CONNECTION"],
         grace_secs=config["UNSUBSCRIBE_GRACE_SECS"],
         watchlist=dict.fromkeys(config["WATCHLIST_TOKENS"], DEFAULT_MODE),
     )
+
+
+def _credentials(api_key: str) -> Credentials:
+    with session_for(current_app.config["DATABASE_URL"]) as session:
+        account = accounts.account_credentials(session, api_key)
+    if not account.access_token:
+        raise accounts.AccountError(f"account {api_key} has no access token")
+    return Credentials(api_key, account.access_token)
+
+
+def _token_rejected(api_key: str, reason: str) -> None:
+    """Stop using the account at once: its slots leave the pool and its tokens move elsewhere."""
+    client = redis_client(current_app.config["REDIS_URL"])
+    assignment.drop_slots_of(client, api_key)
+    with session_for(current_app.config["DATABASE_URL"]) as session:
+        accounts.mark_token_invalid(session, api_key, reason, notify=client)
 
 
 @celery.task(bind=True, acks_late=False, ignore_result=True)
@@ -53,19 +64,54 @@ def run_shard(self, slot: str) -> None:
         log.info("slot %s already owned by %s", slot, lease_owner(client, slot))
         return
     log.info("shard %s leased (generation %s)", slot, lease.generation)
+    api_key = slot_api_key(slot)
 
     def should_stop() -> bool:
         return os.getppid() != parent or bool(client.exists(keys.worker_stopping(hostname)))
 
-    ShardRunner(shard_settings(current_app.config, slot), client, lease, should_stop).run()
+    try:
+        runner = ShardRunner(
+            shard_settings(current_app.config, slot), client, lease,
+            load_credentials=lambda: _credentials(api_key),
+            on_token_rejected=lambda reason: _token_rejected(api_key, reason),
+            should_stop=should_stop,
+        )
+    except Exception:
+        lease.release()
+        raise
+    runner.run()
+
+
+def refresh_slots(config) -> dict[str, int]:
+    """Publish the usable slots (accounts with a valid token) and their tokens' fingerprints."""
+    client = redis_client(config["REDIS_URL"])
+    with session_for(config["DATABASE_URL"]) as session:
+        accounts.ensure_config_account(session, config)
+        usable = [a for a in accounts.active_accounts(session) if a.token_valid and a.access_token]
+    capacity = dict.fromkeys(
+        slots_for([a.api_key for a in usable], config["KITE_CONNECTIONS_PER_KEY"]),
+        config["KITE_TOKENS_PER_CONNECTION"],
+    )
+    assignment.set_usable_slots(client, capacity)
+    if usable:
+        client.hset(keys.ACCOUNT_TOKEN_FINGERPRINTS,
+                    mapping={a.api_key: token_fingerprint(a.access_token) for a in usable})
+    return capacity
 
 
 @celery.task(ignore_result=True)
 def supervise_shards() -> list[str]:
-    """Dispatch a shard task for every slot with no live owner; returns the slots dispatched."""
-    client = redis_client(current_app.config["REDIS_URL"])
+    """Keep the pool right: usable slots from the accounts, the assignment current, and a shard
+    task for every slot with work (and the first slot, kept warm) that has no live owner."""
+    config = current_app.config
+    client = redis_client(config["REDIS_URL"])
+    capacity = refresh_slots(config)
+    assignment.rebalance(client, dict.fromkeys(config["WATCHLIST_TOKENS"], DEFAULT_MODE),
+                         config["UNSUBSCRIBE_GRACE_SECS"])
+    busy = set(client.hvals(keys.ASSIGNED_SLOT))
+    wanted = [slot for n, slot in enumerate(capacity) if n == 0 or slot in busy]
     dispatched = []
-    for slot in configured_slots(current_app.config):
+    for slot in wanted:
         if lease_owner(client, slot) is None and client.set(
             keys.shard_dispatched(slot), "1", nx=True, ex=DISPATCH_GUARD_SECS
         ):
@@ -78,7 +124,7 @@ def supervise_shards() -> list[str]:
 
 @celery.on_after_finalize.connect
 def schedule(sender, **_):
-    # Beat re-dispatches any slot whose owner died (its lease expired).
+    # Beat keeps every slot with work owned: a dead shard's slot is re-dispatched once its lease expires.
     sender.add_periodic_task(SUPERVISE_EVERY_SECS, supervise_shards.s(), name="supervise shards")
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
+
+# This process is a deployment of its own too: its Redis (and so its pub/sub channel
+# namespace) is the test database's, set before anything reads the configuration.
+os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 from datetime import timedelta
 from pathlib import Path
 

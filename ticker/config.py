@@ -44,6 +44,9 @@ class Config:
     LOG_LEVEL = _env("LOG_LEVEL", "INFO")
 
     REDIS_URL = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
+    # Pub/sub channels are global to a Redis server, not per database: this keeps deployments
+    # (and test runs) that share a server on different database numbers apart.
+    CHANNEL_NAMESPACE = _env("TICKER_CHANNEL_NAMESPACE") or "db" + (REDIS_URL.rsplit("/", 1)[-1] or "0")
     DATABASE_URL = _env("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ticker")
 
     # Kite endpoints: the real ones in production, the bundled simulator by default.
@@ -79,6 +82,15 @@ class Config:
     CORS_ALLOWED_ORIGINS = _list("CORS_ALLOWED_ORIGINS", "*" if ENV == "development" else "")
     MAX_TOKENS_PER_CONNECTION = _int("MAX_TOKENS_PER_CONNECTION", 3000)
     MAX_TOKENS_PER_REQUEST = _int("MAX_TOKENS_PER_REQUEST", 1000)
+    # Fan-out limits (docs/API.md lists the error code of each breach).
+    MAX_MESSAGES_PER_SEC = _float("MAX_MESSAGES_PER_SEC", 20.0)  # client -> server events, per connection
+    MAX_CONNECTIONS_PER_USER = _int("MAX_CONNECTIONS_PER_USER", 20)  # per replica
+    MAX_CONNECTS_PER_ADDRESS_PER_SEC = _float("MAX_CONNECTS_PER_ADDRESS_PER_SEC", 20.0)
+    MAX_CONNECTIONS = _int("MAX_CONNECTIONS", 20000)  # per replica: beyond this, `server_busy`
+    SLOW_CLIENT_SECS = _float("SLOW_CLIENT_SECS", 10.0)  # conflated this long, a client is disconnected
+    TOKEN_EXPIRY_GRACE_SECS = _float("TOKEN_EXPIRY_GRACE_SECS", 30.0)  # time to `reauth` after `exp`
+    # Off only for the benchmark's baseline, where another process emits the ticks.
+    WEB_TICK_DELIVERY = _env("WEB_TICK_DELIVERY", "on") != "off"
 
     # JWT: RS256 with a public key (PEM text or file) or a JWKS URL. The private key is only
     # for minting development tokens; production tokens come from the platform's user service.

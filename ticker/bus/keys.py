@@ -7,7 +7,10 @@ PSUBSCRIBE pattern taxes every PUBLISH on the server.
 
 from __future__ import annotations
 
+from ticker.config import Config
+
 PREFIX = "ticker"
+CHANNELS = f"{PREFIX}:{Config.CHANNEL_NAMESPACE}"  # every pub/sub channel name starts with this
 TICK_BUCKETS = 64  # enough to spread load, few enough that a flush publishes a handful of messages
 
 
@@ -17,7 +20,7 @@ def bucket_of(token: int) -> int:
 
 
 def tick_channel(bucket: int) -> str:
-    return f"{PREFIX}:ticks:{bucket}"
+    return f"{CHANNELS}:ticks:{bucket}"
 
 
 def channel_for(token: int) -> str:
@@ -38,6 +41,19 @@ def demand_of(replica: str) -> str:
 def replica_alive(replica: str) -> str:
     """Expires unless the replica refreshes it: a crashed replica's demand dies with it."""
     return f"{PREFIX}:replica:{replica}:alive"
+
+
+def replica_stats(replica: str) -> str:
+    """JSON of one web replica's connection and delivery figures; expires with the replica."""
+    return f"{PREFIX}:replica:{replica}:stats"
+
+
+STATS_REPLICAS = f"{PREFIX}:stats:replicas"  # set of replica ids that published stats
+
+
+def listener_wake(replica: str) -> str:
+    """Channel a replica publishes to itself so its tick listener subscribes new buckets at once."""
+    return f"{PREFIX}:listener:{replica}"
 
 
 def shard_lease(slot: str) -> str:
@@ -66,11 +82,11 @@ REGISTRY_SYMBOLS = f"{PREFIX}:registry:symbols"  # hash "EXCHANGE:TRADINGSYMBOL"
 REGISTRY_LOCK = f"{PREFIX}:registry:lock"  # one replica rebuilds the Redis mirror at a time
 REGISTRY_LOADING = f"{PREFIX}:registry:loading"  # one loader of the dump at a time
 # Published after each successful reload: {"renumbered": {"<old token>": <new token>}, "removed": [token]}
-REGISTRY_RELOADED = f"{PREFIX}:registry:reloaded"
+REGISTRY_RELOADED = f"{CHANNELS}:registry:reloaded"
 REGISTRY_VERSION = f"{PREFIX}:registry:version"  # bumped by each reload: replicas drop their caches
 
 # Published with the api_key after any change to an account's access token (shards reconnect).
-ACCOUNTS_CHANGED = f"{PREFIX}:accounts:changed"
+ACCOUNTS_CHANGED = f"{CHANNELS}:accounts:changed"
 
 
 def job_status(name: str) -> str:
@@ -84,3 +100,28 @@ def job_lock(name: str) -> str:
 
 
 JOBS = f"{PREFIX}:jobs"  # set of job names that have reported a status
+
+# Assignment of tokens to connection slots (ticker.bus.assignment).
+ASSIGNED_SLOT = f"{PREFIX}:assignment:slot"  # hash token -> slot
+ASSIGNED_MODE = f"{PREFIX}:assignment:mode"  # hash token -> mode streamed upstream
+ASSIGNED_IDLE = f"{PREFIX}:assignment:idle"  # hash token -> epoch secs since nobody wants it
+ASSIGNMENT_OVERFLOW = f"{PREFIX}:assignment:overflow"  # set of wanted tokens with no room
+ASSIGNMENT_VERSION = f"{PREFIX}:assignment:version"  # bumped on every change
+ASSIGNMENT_INPUTS = f"{PREFIX}:assignment:inputs"  # the demand and slots versions last assigned from
+ASSIGNMENT_LOCK = f"{PREFIX}:assignment:lock"
+ASSIGNMENT_NEXT_RELEASE = f"{PREFIX}:assignment:next_release"  # epoch secs the first idle token goes
+USABLE_SLOTS = f"{PREFIX}:slots:usable"  # hash slot -> capacity, for accounts with a valid token
+USABLE_SLOTS_VERSION = f"{PREFIX}:slots:version"
+ACCOUNT_TOKEN_FINGERPRINTS = f"{PREFIX}:accounts:fingerprints"  # hash api key -> hash of its token
+
+
+def slot_tokens(slot: str) -> str:
+    """Hash token -> mode: what one slot's shard must stream."""
+    return f"{PREFIX}:slot:{slot}:tokens"
+
+
+def orders_of(api_key: str) -> str:
+    """Channel of an account's order updates, as Kite's ticker sends them."""
+    return f"{CHANNELS}:orders:{api_key}"
+
+SOCKETIO_CHANNEL = f"{CHANNELS}:socketio"  # the Flask-SocketIO message queue (control plane)

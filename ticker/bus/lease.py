@@ -11,7 +11,7 @@ import redis
 
 from ticker.bus import keys
 
-LEASE_TTL_MS = 10_000  # a killed owner's slot is free again within this
+LEASE_TTL_MS = 6_000  # a killed owner's slot is free again within this
 RENEW_EVERY_SECS = 2.0  # well inside the TTL, so a healthy owner never loses its lease
 
 _RENEW = """
