@@ -7,7 +7,21 @@ and are exported by a collector, since shard tasks run in short-lived Celery chi
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ticker.bus import keys
+from ticker.feed.sharding import slot_api_key
+
+log = logging.getLogger(__name__)
 
 # Ingest (shard parsed the tick) to emit (this replica handed it to Socket.IO).
 DELIVERY_LATENCY_SECONDS = Histogram(
@@ -17,10 +31,215 @@ DELIVERY_LATENCY_SECONDS = Histogram(
 )
 TICKS_DELIVERED = Counter("ticker_ticks_delivered_total", "Tick deliveries (one tick reaching one client)")
 FRAMES_SENT = Counter("ticker_frames_sent_total", "Socket.IO `ticks` frames sent to clients")
-TICKS_CONFLATED = Counter("ticker_ticks_conflated_total", "Ticks replaced by a newer tick before a slow client read them")
+TICKS_CONFLATED = Counter(
+    "ticker_ticks_conflated_total", "Ticks replaced by a newer tick before a slow client read them"
+)
 TICKS_DROPPED = Counter("ticker_ticks_dropped_total", "Ticks not delivered (client disconnected for being too slow)")
 CONNECTIONS_REJECTED = Counter(
     "ticker_connections_rejected_total", "Socket.IO connections refused, by reason code", ["reason"]
 )
-CLIENTS_CONNECTED = Gauge("ticker_clients_connected", "Socket.IO clients connected to this replica")
-SUBSCRIPTIONS = Gauge("ticker_subscriptions", "Token subscriptions held by this replica's clients")
+# livesum: under a forking server (PROMETHEUS_MULTIPROC_DIR), the live worker processes' sum.
+CLIENTS_CONNECTED = Gauge(
+    "ticker_clients_connected", "Socket.IO clients connected to this replica", multiprocess_mode="livesum"
+)
+SUBSCRIPTIONS = Gauge(
+    "ticker_subscriptions", "Token subscriptions held by this replica's clients", multiprocess_mode="livesum"
+)
+
+
+# --- Cluster-wide figures, read from Redis at scrape time -------------------------------------
+# Shards, beat jobs and account token checks run in Celery processes that come and go, so they
+# report to Redis and any replica exports the cluster's view. Every label here is bounded: a
+# slot ("<api key>:<n>", at most a few per key), an account (api key), a job name, a state.
+
+SHARD_STATES = ("streaming", "reconnecting")  # what a shard reports (ticker.feed.shard)
+
+# Shard state hash field -> (metric name, kind, help). A field a shard does not report is skipped.
+_SHARD_FIELDS = {
+    "ticks_ingested": ("ticker_shard_ticks_ingested", "counter", "Ticks parsed from the Kite feed by this shard"),
+    "ticks": ("ticker_shard_ticks_published", "counter", "Ticks published to Redis by this shard"),
+    "frames": ("ticker_shard_frames_received", "counter", "Binary frames received from the Kite feed"),
+    "reconnects": ("ticker_shard_reconnects", "counter", "Times the shard's feed dropped and was reopened"),
+    "gap_secs": ("ticker_shard_feed_gap_seconds", "counter", "Seconds the shard's feed was down"),
+    "tokens": ("ticker_shard_tokens_subscribed", "gauge", "Instruments the shard streams upstream"),
+    "generation": ("ticker_shard_lease_generation", "gauge", "Fencing generation of the shard's lease"),
+    "heartbeat": ("ticker_shard_last_report_timestamp_seconds", "gauge", "When the shard last reported (epoch)"),
+}
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class ClusterCollector(Collector):
+    """Exports what the cluster reports to Redis: shards, accounts, registry, beat jobs.
+
+    Redis being down is itself a figure (`ticker_cluster_redis_up 0`), never a failed scrape.
+    """
+
+    def __init__(self, client: redis.Redis, tokens_per_account: int, stale_secs: float,
+                 accounts: Callable[[], list[dict[str, Any]]] | None = None):
+        """`accounts` lists the Kite accounts (ticker.registry.accounts.account_summaries)."""
+        self.redis = client
+        self.accounts = accounts
+        self.tokens_per_account = tokens_per_account
+        self.stale_secs = stale_secs
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("ticker_cluster_redis_up", "1 when this replica could read the cluster state")
+        try:
+            families = [*self._shards(), *self._registry(), *self._jobs()]
+        except redis.RedisError as exc:
+            log.warning("metrics: cannot read the cluster state from Redis: %s", exc)
+            families = []
+        up.add_metric([], 0 if not families else 1)
+        yield up
+        yield from families
+        yield from self._account_tokens()
+
+    def _shard_states(self) -> dict[str, dict[str, str]]:
+        prefix, suffix = keys.shard_state("\0").split("\0")
+        states = {}
+        for key in self.redis.scan_iter(match=keys.shard_state("*"), count=1000):
+            states[key.removeprefix(prefix).removesuffix(suffix)] = self.redis.hgetall(key)
+        return states
+
+    def _shards(self) -> Iterator[Metric]:
+        shards = self._shard_states()
+        now = time.time()
+        figures = {field: _family(*spec, ["slot"]) for field, spec in _SHARD_FIELDS.items()}
+        state = GaugeMetricFamily("ticker_shard_state", "1 for the state each shard reports", labels=["slot", "state"])
+        live = GaugeMetricFamily("ticker_shard_up", "1 when the shard streams and reported recently", labels=["slot"])
+        owner = InfoMetricFamily("ticker_shard_lease_owner", "Which worker process holds each shard's lease",
+                                 labels=["slot"])
+        streamed: dict[str, float] = {}
+        for slot, fields in sorted(shards.items()):
+            for field, family in figures.items():
+                value = _number(fields.get(field))
+                if value is not None:
+                    family.add_metric([slot], value)
+            for name in SHARD_STATES:
+                state.add_metric([slot, name], 1 if fields.get("state") == name else 0)
+            fresh = now - (_number(fields.get("heartbeat")) or 0) < self.stale_secs
+            live.add_metric([slot], 1 if fresh and fields.get("state") == "streaming" else 0)
+            owner.add_metric([slot], {"owner": fields.get("owner", "")})
+            account = slot_api_key(slot)
+            streamed[account] = streamed.get(account, 0) + (_number(fields.get("tokens")) or 0)
+        yield from (*figures.values(), state, live, owner)
+        yield from self._capacity(streamed)
+
+    def _capacity(self, streamed: dict[str, float]) -> Iterator[Metric]:
+        used = GaugeMetricFamily("ticker_account_tokens_subscribed", "Instruments streamed upstream per Kite account",
+                                 labels=["account"])
+        ratio = GaugeMetricFamily("ticker_account_capacity_used_ratio",
+                                  "Instruments streamed over Kite's limit per key (connections x tokens)",
+                                  labels=["account"])
+        for account, tokens in sorted(streamed.items()):
+            used.add_metric([account], tokens)
+            ratio.add_metric([account], tokens / self.tokens_per_account)
+        yield used
+        yield ratio
+
+    def _registry(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily("ticker_registry_instruments", "Instruments in the registry (Redis mirror)")
+        size.add_metric([], self.redis.hlen(keys.REGISTRY_TOKENS))
+        yield size
+        version = _number(self.redis.get(keys.REGISTRY_VERSION))
+        if version is not None:
+            family = GaugeMetricFamily("ticker_registry_version", "Reload generation of the registry")
+            family.add_metric([], version)
+            yield family
+
+    def _jobs(self) -> Iterator[Metric]:
+        names = sorted(self.redis.smembers(keys.JOBS))
+        last_run = GaugeMetricFamily("ticker_job_last_run_timestamp_seconds", "When each beat job last finished",
+                                     labels=["job"])
+        last_ok = GaugeMetricFamily("ticker_job_last_success_timestamp_seconds",
+                                    "When each beat job last succeeded", labels=["job"])
+        duration = GaugeMetricFamily("ticker_job_last_duration_seconds", "How long each beat job's last run took",
+                                     labels=["job"])
+        outcome = GaugeMetricFamily("ticker_job_last_outcome", "1 for the outcome of each beat job's last run",
+                                    labels=["job", "outcome"])
+        for name in names:
+            status = self.redis.hgetall(keys.job_status(name))
+            for family, fields in ((last_run, _RUN_AT), (last_ok, _OK_AT), (duration, _DURATION)):
+                value = next((_number(status[f]) for f in fields if f in status), None)
+                if value is not None:
+                    family.add_metric([name], value)
+            result = next((status[f] for f in _OUTCOME if status.get(f)), None)
+            if result is not None:
+                outcome.add_metric([name, _bounded_outcome(result)], 1)
+        yield from (last_run, last_ok, duration, outcome)
+
+    def _account_tokens(self) -> Iterator[Metric]:
+        """From the accounts table: whether each account's token works and when it expires."""
+        up = GaugeMetricFamily("ticker_cluster_database_up", "1 when this replica could read the Kite accounts")
+        valid = GaugeMetricFamily("ticker_account_token_valid", "1 when the account's Kite access token works",
+                                  labels=["account"])
+        expires = GaugeMetricFamily("ticker_account_token_expiry_seconds",
+                                    "Seconds until the account's Kite access token expires (negative: expired)",
+                                    labels=["account"])
+        try:
+            accounts = self.accounts() if self.accounts else []
+        except Exception as exc:  # noqa: BLE001  (a database outage is a figure, not a failed scrape)
+            log.warning("metrics: cannot read the Kite accounts: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        now = time.time()
+        for account in accounts:
+            if not account.get("enabled", True):
+                continue
+            valid.add_metric([account["api_key"]], 1 if account.get("token_valid") else 0)
+            if account.get("token_expires_at") is not None:
+                expires.add_metric([account["api_key"]], account["token_expires_at"].timestamp() - now)
+        yield from (up, valid, expires)
+
+
+# Field names a beat job's status hash and an account's token state may use (tasks/, registry/).
+_RUN_AT = ("finished_at", "last_run", "ran_at", "at")
+_OK_AT = ("last_success", "succeeded_at", "last_ok")
+_DURATION = ("duration_secs", "duration", "duration_seconds")
+_OUTCOME = ("outcome", "status", "result")
+_OUTCOMES = ("success", "failure", "skipped", "running")
+
+
+def _bounded_outcome(value: str) -> str:
+    """A job's outcome as one of a few label values, whatever text the job wrote."""
+    value = value.lower()
+    aliases = {"ok": "success", "succeeded": "success", "error": "failure", "failed": "failure", "skip": "skipped"}
+    value = aliases.get(value, value)
+    return value if value in _OUTCOMES else "other"
+
+
+def _family(name: str, kind: str, documentation: str, labels: list[str]) -> Metric:
+    kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+    return kinds[kind](name, documentation, labels=labels)
+
+
+class Scrape:
+    """What one /metrics response exports: any number of collectors, as one registry."""
+
+    def __init__(self, *collectors: Collector):
+        self.collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self.collectors:
+            yield from collector.collect()
+
+
+def process_collector() -> Collector:
+    """This process's metrics; with PROMETHEUS_MULTIPROC_DIR set (a forking server), every
+    worker process's, merged from the files they write there."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    return multiprocess.MultiProcessCollector(None)
+
+
+def render(*collectors: Collector) -> bytes:
+    """The Prometheus text exposition of `collectors`."""
+    return generate_latest(Scrape(*collectors))
