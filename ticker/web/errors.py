@@ -14,6 +14,11 @@ UNKNOWN_TOKEN = "unknown_token"
 UNKNOWN_INSTRUMENT = "unknown_instrument"
 UNKNOWN_EVENT = "unknown_event"
 INTERNAL = "internal_error"
+RATE_LIMITED = "rate_limited"  # too many messages (or connection attempts from one address) a second
+TOO_MANY_CONNECTIONS = "too_many_connections"  # the user already holds its maximum of connections
+SERVER_BUSY = "server_busy"  # this replica holds its maximum of connections: try another
+SLOW_CONSUMER = "slow_consumer"  # the client read too slowly for too long and was disconnected
+ADMIN_REQUIRED = "admin_required"  # an admin JWT is needed (GET /ws/stats)
 
 
 class ClientError(Exception):

@@ -3,92 +3,133 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from flask import current_app, request
-from flask_socketio import ConnectionRefusedError, emit, join_room, leave_room
+from flask_socketio import ConnectionRefusedError
 
-from ticker.bus import keys
-from ticker.bus.ticks import decode, project
 from ticker.clock import now_iso
 from ticker.extensions import socketio
 from ticker.web import auth, errors
 from ticker.web.errors import ClientError
+from ticker.web.fanout import raw_socket
 from ticker.web.replica import Client, replica
-from ticker.web.requests import parse_subscribe, parse_unsubscribe
-from ticker.web.rooms import room_for
+from ticker.web.requests import parse_reauth, parse_subscribe, parse_unsubscribe
 
 log = logging.getLogger(__name__)
 
 
-def _limits() -> dict[str, int]:
+def _limits() -> dict[str, Any]:
     config = current_app.config
     return {
         "max_tokens_per_connection": config["MAX_TOKENS_PER_CONNECTION"],
         "max_tokens_per_request": config["MAX_TOKENS_PER_REQUEST"],
+        "max_messages_per_sec": config["MAX_MESSAGES_PER_SEC"],
+        "max_connections_per_user": config["MAX_CONNECTIONS_PER_USER"],
+        "slow_client_secs": config["SLOW_CLIENT_SECS"],
+        "token_expiry_grace_secs": config["TOKEN_EXPIRY_GRACE_SECS"],
     }
 
 
 @socketio.on("connect")
 def on_connect(auth_data: Any = None) -> None:
+    state = replica()
     try:
+        state.check_address(request.remote_addr)
         claims = auth.verify(auth.bearer_token(auth_data, request.args, request.headers))
+        eio_sid = socketio.server.manager.eio_sid_from_sid(request.sid, "/")
+        client = state.admit(request.sid, eio_sid, claims, raw_socket(request.environ))
     except ClientError as exc:
+        if exc.code.startswith(("auth_", "token_")):
+            state.refusal(exc.code, exc.message)  # counted like the limits' refusals
         log.info("refused connection from %s: %s", request.remote_addr, exc.code)
         # Socket.IO delivers this as connect_error: err.message, and err.data = {code, message}.
         raise ConnectionRefusedError(exc.message, exc.as_dict()) from None
-    user = str(claims.get("sub"))
-    replica().clients[request.sid] = Client(user=user, claims=claims)
-    log.info("connected %s user=%s", request.sid, user)
-    emit("connected", {"connection_id": request.sid, "user": user, "server_time": now_iso(), "limits": _limits()})
+    log.info("connected %s user=%s", request.sid, client.user)
+    _send("connected", {"connection_id": request.sid, "user": client.user, "server_time": now_iso(),
+                        "limits": _limits()})
 
 
 @socketio.on("disconnect")
 def on_disconnect(*_: Any) -> None:
-    client = replica().clients.pop(request.sid, None)
+    client = replica().release(request.sid)
     if client is not None:
-        _drop(client, list(client.subscriptions))
         log.info("disconnected %s user=%s", request.sid, client.user)
 
 
-@socketio.on("subscribe")
-def on_subscribe(data: Any = None) -> dict:
-    client = replica().clients[request.sid]
-    try:
-        wanted = parse_subscribe(data, current_app.config["MAX_TOKENS_PER_REQUEST"])
-    except ClientError as exc:
-        return _error(exc)
-    accepted, rejected = _admit(client, wanted.tokens, wanted.instruments)
-    _add(client, accepted, wanted.mode)
-    reply = {"tokens": accepted, "mode": wanted.mode, "total": len(client.subscriptions), "rejected": rejected}
-    emit("subscribed", reply)
-    _send_snapshot(accepted, wanted.mode)
+def client_event(name: str) -> Callable:
+    """Register a handler of a client message: it gets the Client and the payload; rate
+    limits and ClientErrors become `error` events (and the ack), never a disconnect."""
+
+    def register(handler: Callable[[Client, Any], dict]) -> Callable:
+        @wraps(handler)
+        def handle(*args: Any) -> dict | None:
+            client = replica().clients.get(request.sid)
+            if client is None:
+                return None  # being disconnected
+            if not client.messages.allow():
+                return _error(ClientError(errors.RATE_LIMITED, "too many messages a second; this one was ignored"))
+            try:
+                return handler(client, args[0] if args else None)
+            except ClientError as exc:
+                return _error(exc)
+
+        socketio.on(name)(handle)
+        return handle
+
+    return register
+
+
+@client_event("subscribe")
+def on_subscribe(client: Client, data: Any) -> dict:
+    wanted = parse_subscribe(data, current_app.config["MAX_TOKENS_PER_REQUEST"])
+    names, rejected = _resolve(wanted.instruments, wanted.tokens)
+    accepted, refused = _admit(client, wanted.tokens)
+    state = replica()
+    state.subscribe(client, accepted, wanted.mode, names)
+    reply = {"tokens": accepted, "mode": wanted.mode, "total": len(client.subscriptions),
+             "rejected": rejected + refused}
+    _send("subscribed", reply)
+    state.send_snapshot(client, accepted, wanted.mode)
     return reply
 
 
-@socketio.on("unsubscribe")
-def on_unsubscribe(data: Any = None) -> dict:
-    client = replica().clients[request.sid]
-    try:
-        tokens = parse_unsubscribe(data, current_app.config["MAX_TOKENS_PER_CONNECTION"])
-    except ClientError as exc:
-        return _error(exc)
+@client_event("unsubscribe")
+def on_unsubscribe(client: Client, data: Any) -> dict:
+    tokens = parse_unsubscribe(data, current_app.config["MAX_TOKENS_PER_CONNECTION"])
     removed = [t for t in tokens if t in client.subscriptions]
-    _drop(client, removed)
+    replica().unsubscribe(client, removed)
     reply = {"tokens": removed, "total": len(client.subscriptions)}
-    emit("unsubscribed", reply)
+    _send("unsubscribed", reply)
     return reply
 
 
-@socketio.on("ping")
-def on_ping(*_: Any) -> dict:
+@client_event("ping")
+def on_ping(client: Client, _data: Any) -> dict:
     reply = {"server_time": now_iso()}
-    emit("pong", reply)
+    _send("pong", reply)
+    return reply
+
+
+@client_event("reauth")
+def on_reauth(client: Client, data: Any) -> dict:
+    """A fresh JWT on the open connection, before (or within the grace after) the old one expires."""
+    claims = auth.verify(parse_reauth(data))
+    replica().reauth(client, claims)
+    reply = {"user": client.user, "expires_at": int(client.expires_at)}
+    _send("reauthed", reply)
     return reply
 
 
 @socketio.on("*")
-def on_unknown(event: str, *_: Any) -> dict:
+def on_unknown(event: Any, *_: Any) -> dict | None:
+    client = replica().clients.get(request.sid)
+    if client is None:
+        return None
+    if not client.messages.allow():
+        return _error(ClientError(errors.RATE_LIMITED, "too many messages a second; this one was ignored"))
     return _error(ClientError(errors.UNKNOWN_EVENT, f"unknown event {str(event)[:40]!r}"))
 
 
@@ -98,8 +139,12 @@ def on_failure(exc: Exception) -> dict:
     return _error(ClientError(errors.INTERNAL, "the server could not handle this message"))
 
 
+def _send(event: str, data: Any) -> None:
+    replica().send(request.sid, event, data)
+
+
 def _error(exc: ClientError) -> dict:
-    emit("error", exc.as_dict())
+    _send("error", exc.as_dict())
     return {"error": exc.as_dict()}
 
 
@@ -107,17 +152,26 @@ def _rejection(token: int | str, code: str, message: str) -> dict:
     return {"token": token, "code": code, "message": message}
 
 
-def _admit(client: Client, tokens: list[int], instruments: list[str]) -> tuple[list[int], list[dict]]:
-    """Split the request into accepted tokens and per-token rejections with codes."""
-    registry, rejected = replica().registry, []
-    resolved = registry.resolve(instruments) if instruments else []
-    for name, token in zip(instruments, resolved, strict=True):
+def _resolve(instruments: list[str], tokens: list[int]) -> tuple[dict[int, str], list[dict]]:
+    """Add the tokens of instruments named by symbol to `tokens`; returns token -> name for
+    them (so they follow a renumbering) and the rejections of unknown names."""
+    if not instruments:
+        return {}, []
+    names, rejected = {}, []
+    for name, token in zip(instruments, replica().registry.resolve(instruments), strict=True):
         if token is None:
             rejected.append(_rejection(name, errors.UNKNOWN_INSTRUMENT, f"no instrument {name}"))
-        elif token not in tokens:
+            continue
+        names[token] = name
+        if token not in tokens:
             tokens.append(token)
-    known = registry.known(tokens) if tokens else []
-    accepted = []
+    return names, rejected
+
+
+def _admit(client: Client, tokens: list[int]) -> tuple[list[int], list[dict]]:
+    """Split the request into accepted tokens and per-token rejections with codes."""
+    known = replica().registry.known(tokens) if tokens else []
+    accepted, rejected = [], []
     room = current_app.config["MAX_TOKENS_PER_CONNECTION"] - len(client.subscriptions)
     for token, is_known in zip(tokens, known, strict=True):
         is_new = token not in client.subscriptions
@@ -129,41 +183,3 @@ def _admit(client: Client, tokens: list[int], instruments: list[str]) -> tuple[l
             room -= is_new
             accepted.append(token)
     return accepted, rejected
-
-
-def _add(client: Client, tokens: list[int], mode: str) -> None:
-    """Join the rooms; a token already held in another mode moves to the new mode."""
-    state = replica()
-    for old_mode in {client.subscriptions[t] for t in tokens if t in client.subscriptions}:
-        moved = [t for t in tokens if client.subscriptions.get(t) == old_mode]
-        _drop(client, moved)
-    for token in tokens:
-        join_room(room_for(token, mode))
-        client.subscriptions[token] = mode
-    state.demand.add(tokens, mode)
-    state.demand_changed()
-
-
-def _drop(client: Client, tokens: list[int]) -> None:
-    state = replica()
-    by_mode: dict[str, list[int]] = {}
-    for token in tokens:
-        mode = client.subscriptions.pop(token)
-        by_mode.setdefault(mode, []).append(token)
-        leave_room(room_for(token, mode))
-    for mode, mode_tokens in by_mode.items():
-        state.demand.remove(mode_tokens, mode)
-    state.demand_changed()
-
-
-def _send_snapshot(tokens: list[int], mode: str) -> None:
-    """The last known tick of each token, so a screen fills before the next trade."""
-    if not tokens:
-        return
-    ticks = []
-    for raw in replica().redis.hmget(keys.LAST_TICKS, tokens):
-        tick = project(decode(raw), mode) if raw else None
-        if tick is not None:
-            ticks.append(tick)
-    if ticks:
-        emit("ticks", ticks)

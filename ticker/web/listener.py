@@ -1,46 +1,61 @@
-"""Delivers tick batches from Redis to the members of local rooms.
+"""Reads tick batches from Redis and hands them to local delivery.
 
-Each replica reads each batch once and emits it with `ignore_queue=True`, so the data plane
+Each replica reads each batch once and delivers it to its own clients only, so the data plane
 never goes back through the Socket.IO message queue to every other replica. The listener
-subscribes only to the channels (token buckets) its own clients need.
+subscribes only to the channels (token buckets) its own clients need, keeps a bucket a while
+after its last client left (a client that comes back finds it ready), and tells subscribers
+when a bucket is live, so a snapshot read after that misses no tick.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
 from ticker.bus import keys
-from ticker.bus.ticks import MODES, decode, project
-from ticker.web.rooms import room_for
+from ticker.bus.ticks import decode
 
 log = logging.getLogger(__name__)
 
-POLL_SECS = 0.2  # how soon a newly needed channel is subscribed
+POLL_SECS = 0.2  # longest wait for Redis when nothing is pending
+RETRY_FLUSH_SECS = 0.02  # a client is behind: try its outbox again this soon
+BUCKET_LINGER_SECS = 30.0  # keep a bucket this long after its last local client left
+MAX_BATCHES_PER_FLUSH = 200  # under a flood, still flush (and let sockets write) regularly
 RETRY_SECS = 1.0  # Redis unreachable: try again this often, forever
 
 
 class TickListener:
-    """`needed_buckets` says which channels this replica's clients need; `has_room` whether a
-    room has local members; `emit(room, ticks)` delivers to them."""
+    """`needed_buckets()` says which channels this replica's clients need; `deliver(ticks)`
+    queues a batch, `flush()` sends what is queued and says whether anything still waits;
+    `on_notice(channel, payload)` gets control notices (registry reloads)."""
 
     def __init__(
         self,
         client: redis.Redis,
+        wake_channel: str,
         needed_buckets: Callable[[], set[int]],
-        has_room: Callable[[str], bool],
-        emit: Callable[[str, list], None],
+        deliver: Callable[[list[dict]], None],
+        flush: Callable[[], bool],
+        on_notice: Callable[[str, Any], None],
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.redis = client
+        self.wake_channel = wake_channel
         self.needed_buckets = needed_buckets
-        self.has_room = has_room
-        self.emit = emit
-        self.subscribed: set[int] = set()
+        self.deliver = deliver
+        self.flush = flush
+        self.on_notice = on_notice
+        self.sleep = sleep
+        self.live: set[int] = set()  # buckets whose subscription Redis confirmed
+        self.requested: set[int] = set()
+        self.unneeded_since: dict[int, float] = {}
         self.dirty = True  # set when demand changes; the loop then syncs its channels
+        self.buckets = {keys.tick_channel(b): b for b in range(keys.TICK_BUCKETS)}
         self.batches = 0
 
     def run_forever(self) -> None:
@@ -49,41 +64,79 @@ class TickListener:
                 self._run()
             except redis.RedisError as exc:
                 log.warning("tick listener lost Redis (%s); retrying", exc)
-                self.subscribed.clear()
+                self.live.clear()
+                self.requested.clear()
                 self.dirty = True
-                time.sleep(RETRY_SECS)
+                self.sleep(RETRY_SECS)
+
+    def wait_live(self, buckets: set[int], timeout: float) -> bool:
+        """Block (cooperatively) until every bucket's channel is subscribed, or `timeout`."""
+        deadline = time.monotonic() + timeout
+        if not buckets <= self.live:
+            self.dirty = True
+            self.redis.publish(self.wake_channel, "sync")
+        while not buckets <= self.live:
+            if time.monotonic() > deadline:
+                return False
+            self.sleep(0.002)
+        return True
 
     def _run(self) -> None:
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(keys.PREFIX + ":listener")  # keeps the connection open with no buckets
+        pubsub = self.redis.pubsub()
+        pubsub.subscribe(self.wake_channel, keys.REGISTRY_RELOADED)
+        next_sync = 0.0
         while True:
-            if self.dirty:
+            now = time.monotonic()
+            if self.dirty or now >= next_sync:
                 self.dirty = False
-                self._sync(pubsub)
-            message = pubsub.get_message(timeout=POLL_SECS)
-            if message is not None and message["type"] == "message":
-                self.deliver(message["data"])
+                next_sync = now + 1.0
+                self._sync(pubsub, now)
+            pending = self.flush()
+            message = pubsub.get_message(timeout=RETRY_FLUSH_SECS if pending else POLL_SECS)
+            count = 0
+            while message is not None and count < MAX_BATCHES_PER_FLUSH:
+                count += self._handle(message)
+                message = pubsub.get_message(timeout=0)
+            if message is not None:
+                self._handle(message)
+            self.flush()
+            self.sleep(0)  # let the sockets' writers send what was just queued
 
-    def _sync(self, pubsub) -> None:
+    def _handle(self, message: dict) -> int:
+        kind, channel = message["type"], message["channel"]
+        bucket = self.buckets.get(channel)
+        if kind == "message" and bucket is not None:
+            self.batches += 1
+            self.deliver(decode(message["data"]))
+            return 1
+        if kind == "subscribe" and bucket is not None:
+            self.live.add(bucket)
+        elif kind == "message" and channel == keys.REGISTRY_RELOADED:
+            self._notice(channel, message["data"])
+        elif kind == "message" and channel == self.wake_channel:
+            self.dirty = True
+        return 0
+
+    def _notice(self, channel: str, data: str) -> None:
+        try:
+            self.on_notice(channel, json.loads(data))
+        except Exception:  # noqa: BLE001  (a bad notice must not stop the ticks)
+            log.exception("could not apply notice on %s", channel)
+
+    def _sync(self, pubsub, now: float) -> None:
         needed = self.needed_buckets()
-        add, drop = needed - self.subscribed, self.subscribed - needed
+        for bucket in needed:
+            self.unneeded_since.pop(bucket, None)
+        for bucket in self.requested - needed:
+            self.unneeded_since.setdefault(bucket, now)
+        add = needed - self.requested
+        drop = {b for b, since in self.unneeded_since.items() if now - since >= BUCKET_LINGER_SECS}
         if add:
             pubsub.subscribe(*(keys.tick_channel(b) for b in add))
+            self.requested |= add
         if drop:
             pubsub.unsubscribe(*(keys.tick_channel(b) for b in drop))
-        self.subscribed = needed
-
-    def deliver(self, data: str) -> None:
-        """Emit one batch: each room gets one frame with its ticks in its mode."""
-        self.batches += 1
-        by_room: dict[str, list] = defaultdict(list)
-        for tick in decode(data):
-            token = tick["instrument_token"]
-            for mode in MODES:
-                room = room_for(token, mode)
-                if self.has_room(room):
-                    projected = project(tick, mode)
-                    if projected is not None:
-                        by_room[room].append(projected)
-        for room, ticks in by_room.items():
-            self.emit(room, ticks)
+            self.requested -= drop
+            self.live -= drop
+            for bucket in drop:
+                del self.unneeded_since[bucket]

@@ -1,72 +1,313 @@
-"""This web process's state: its clients, their subscriptions, its demand and tick listener."""
+"""This web process's state: its clients and their subscriptions, its demand, its tick
+listener and local delivery, its limits, and the background work that keeps them honest
+(JWT expiry, stats for `/ws/stats`, the demand heartbeat)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from flask import Flask
 
+from ticker import metrics
 from ticker.bus import keys
 from ticker.bus.connection import redis_client
-from ticker.bus.demand import ReplicaDemand
+from ticker.bus.demand import ReplicaDemand, read_demand
+from ticker.bus.ticks import decode, project
 from ticker.db import session_for
 from ticker.extensions import socketio
 from ticker.registry.instruments import Registry
+from ticker.web import errors
+from ticker.web.errors import ClientError
+from ticker.web.fanout import Fanout
+from ticker.web.limits import AttemptWindow, TokenBucket
 from ticker.web.listener import TickListener
+from ticker.web.rooms import room_for
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECS = 5.0
+SWEEP_SECS = 0.5  # how often expired JWTs are looked for
+STATS_TTL_SECS = int(3 * HEARTBEAT_SECS)  # a dead replica drops out of /ws/stats after this
+LIVE_WAIT_SECS = 1.0  # longest a subscribe waits for its channels before reading snapshots
 
 
-@dataclass
+@dataclass(eq=False)
 class Client:
     """One Socket.IO connection: who it is and what it streams (token -> mode)."""
 
+    sid: str
     user: str
     claims: dict
+    messages: TokenBucket
+    sock: socket.socket | None = None
     subscriptions: dict[int, str] = field(default_factory=dict)
+    by_symbol: dict[int, str] = field(default_factory=dict)  # token -> the name it was asked by
+    expired_at: float | None = None  # when it was told its JWT expired
+
+    @property
+    def expires_at(self) -> float:
+        return float(self.claims.get("exp") or float("inf"))
 
 
 class Replica:
     def __init__(self, app: Flask):
+        config = app.config
         self.app = app
+        self.config = config
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.redis = redis_client(app.config["REDIS_URL"])
+        self.redis = redis_client(config["REDIS_URL"])
         self.demand = ReplicaDemand(self.redis, self.id)
-        self.registry = Registry(self.redis, lambda: session_for(app.config["DATABASE_URL"]))
+        self.registry = Registry(self.redis, lambda: session_for(config["DATABASE_URL"]))
         self.clients: dict[str, Client] = {}
-        self.listener = TickListener(self.redis, self.needed_buckets, self.has_room, self.emit_ticks)
+        self.per_user: Counter[str] = Counter()
+        self.attempts = AttemptWindow(config["MAX_CONNECTS_PER_ADDRESS_PER_SEC"])
+        self.rejected: Counter[str] = Counter()
+        self.fanout = Fanout(socketio.server, self._on_slow, config["SLOW_CLIENT_SECS"])
+        self.listener = TickListener(
+            self.redis, keys.listener_wake(self.id), self.needed_buckets,
+            self.fanout.dispatch, self.fanout.flush, self.on_notice, sleep=socketio.sleep,
+        )
+
+    # Connections -------------------------------------------------------------------------
+
+    def check_address(self, address: str) -> None:
+        if not self.attempts.allow(address or "?"):
+            raise self.refusal(errors.RATE_LIMITED, "too many connection attempts from this address; retry in a second")
+
+    def admit(self, sid: str, eio_sid: str, claims: dict, sock: socket.socket | None) -> Client:
+        """Register a verified connection, or refuse it if a limit says no."""
+        user = str(claims.get("sub"))
+        if len(self.clients) >= self.config["MAX_CONNECTIONS"]:
+            raise self.refusal(errors.SERVER_BUSY, "this server is full; try again or another replica")
+        if self.per_user[user] >= self.config["MAX_CONNECTIONS_PER_USER"]:
+            raise self.refusal(errors.TOO_MANY_CONNECTIONS, "this user holds its maximum of connections")
+        client = Client(sid, user, claims, TokenBucket(self.config["MAX_MESSAGES_PER_SEC"]), sock)
+        self.clients[sid] = client
+        self.per_user[user] += 1
+        self.fanout.attach(sid, eio_sid)
+        metrics.CLIENTS_CONNECTED.inc()
+        return client
+
+    def refusal(self, code: str, message: str) -> ClientError:
+        self.rejected[code] += 1
+        metrics.CONNECTIONS_REJECTED.labels(reason=code).inc()
+        return ClientError(code, message)
+
+    def release(self, sid: str) -> Client | None:
+        client = self.clients.pop(sid, None)
+        if client is None:
+            return None
+        self.unsubscribe(client, list(client.subscriptions))
+        self.fanout.detach(sid)
+        self.per_user[client.user] -= 1
+        if self.per_user[client.user] <= 0:
+            del self.per_user[client.user]
+        metrics.CLIENTS_CONNECTED.dec()
+        return client
+
+    def kick(self, client: Client, code: str, message: str) -> None:
+        """Tell the client why, then cut the connection, even if a write to it is blocked."""
+        log.info("disconnecting %s user=%s: %s", client.sid, client.user, code)
+        self.send(client.sid, "error", {"code": code, "message": message})
+        eio_sid = self.fanout.eio_sids.get(client.sid)
+        connection = socketio.server.eio.sockets.get(eio_sid)
+        if client.sock is not None:
+            try:
+                client.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if connection is not None:
+            connection.close(wait=False, abort=True)
+        self.release(client.sid)
+
+    def send(self, sid: str, event: str, data: Any) -> None:
+        """A control event to one local client (never through the message queue)."""
+        socketio.server.emit(event, data, to=sid, ignore_queue=True)
+
+    def _on_slow(self, sid: str) -> None:
+        client = self.clients.get(sid)
+        if client is not None:
+            secs = self.config["SLOW_CLIENT_SECS"]
+            self.kick(client, errors.SLOW_CONSUMER, f"the connection read too slowly for {secs:g}s")
+
+    # Subscriptions -----------------------------------------------------------------------
+
+    def subscribe(self, client: Client, tokens: list[int], mode: str, names: dict[int, str]) -> None:
+        """Join the rooms; a token already held in another mode moves to the new mode."""
+        moving = [t for t in tokens if t in client.subscriptions]
+        if moving:
+            self.unsubscribe(client, moving)
+        for token in tokens:
+            socketio.server.enter_room(client.sid, room_for(token, mode), namespace="/")
+            self.fanout.join(client.sid, token, mode)
+            client.subscriptions[token] = mode
+            if token in names:
+                client.by_symbol[token] = names[token]
+        self.demand.add(tokens, mode)
+        self.listener.dirty = True
+        metrics.SUBSCRIPTIONS.inc(len(tokens))
+
+    def unsubscribe(self, client: Client, tokens: list[int]) -> None:
+        by_mode: dict[str, list[int]] = {}
+        for token in tokens:
+            mode = client.subscriptions.pop(token)
+            client.by_symbol.pop(token, None)
+            by_mode.setdefault(mode, []).append(token)
+            socketio.server.leave_room(client.sid, room_for(token, mode), namespace="/")
+            self.fanout.leave(client.sid, token, mode)
+        for mode, mode_tokens in by_mode.items():
+            self.demand.remove(mode_tokens, mode)
+        self.listener.dirty = True
+        metrics.SUBSCRIPTIONS.dec(len(tokens))
+
+    def send_snapshot(self, client: Client, tokens: list[int], mode: str) -> None:
+        """The last known tick of each token, read once the live channel is subscribed, so no
+        tick falls between the snapshot and the stream (duplicates are dropped by `seq`)."""
+        if not tokens:
+            return
+        buckets = {keys.bucket_of(t) for t in tokens}
+        if not self.listener.wait_live(buckets, LIVE_WAIT_SECS):
+            log.warning("channels not live after %.1fs; sending the snapshot anyway", LIVE_WAIT_SECS)
+        ticks = []
+        for raw in self.redis.hmget(keys.LAST_TICKS, tokens):
+            tick = project(decode(raw), mode) if raw else None
+            if tick is not None:
+                ticks.append(tick)
+        self.fanout.offer(client.sid, ticks)
 
     def needed_buckets(self) -> set[int]:
         return {keys.bucket_of(token) for token in self.demand.counts}
 
-    def has_room(self, room: str) -> bool:
-        return bool(socketio.server.manager.rooms.get("/", {}).get(room))
+    # Registry reloads --------------------------------------------------------------------
 
-    def emit_ticks(self, room: str, ticks: list) -> None:
-        socketio.emit("ticks", ticks, to=room, ignore_queue=True)
+    def on_notice(self, channel: str, notice: Any) -> None:
+        if channel == keys.REGISTRY_RELOADED and isinstance(notice, dict):
+            renumbered = {int(old): int(new) for old, new in (notice.get("renumbered") or {}).items()}
+            removed = {int(token) for token in notice.get("removed") or []}
+            for client in list(self.clients.values()):
+                self._follow_registry(client, renumbered, removed)
 
-    def demand_changed(self) -> None:
-        self.listener.dirty = True
+    def _follow_registry(self, client: Client, renumbered: dict[int, int], removed: set[int]) -> None:
+        """Subscriptions made by name follow their instrument's new token; tokens gone from
+        the registry are unsubscribed. The client hears both as `unsubscribed`/`subscribed`."""
+        gone = [t for t in client.subscriptions if t in removed]
+        if gone:
+            self.unsubscribe(client, gone)
+            self.send(client.sid, "unsubscribed", {"tokens": gone, "total": len(client.subscriptions),
+                                                   "reason": "instrument_removed"})
+        moved = {t: renumbered[t] for t in client.by_symbol if t in renumbered}
+        by_mode: dict[str, list[int]] = {}
+        names = {}
+        for old, new in moved.items():
+            by_mode.setdefault(client.subscriptions[old], []).append(new)
+            names[new] = client.by_symbol[old]
+        if not moved:
+            return
+        self.unsubscribe(client, list(moved))
+        self.send(client.sid, "unsubscribed", {"tokens": list(moved), "total": len(client.subscriptions),
+                                               "reason": "instrument_renumbered"})
+        for mode, tokens in by_mode.items():
+            self.subscribe(client, tokens, mode, names)
+            self.send(client.sid, "subscribed", {"tokens": tokens, "mode": mode, "total": len(client.subscriptions),
+                                                 "rejected": [], "reason": "instrument_renumbered"})
+            socketio.start_background_task(self.send_snapshot, client, tokens, mode)
+
+    # JWT expiry on open connections ------------------------------------------------------
+
+    def sweep_expired(self, now: float) -> None:
+        """A connection whose JWT expired is told so, then cut after the grace period unless
+        it sent a fresh token (`reauth`)."""
+        grace = self.config["TOKEN_EXPIRY_GRACE_SECS"]
+        for client in list(self.clients.values()):
+            if client.expires_at > now:
+                continue
+            if client.expired_at is None:
+                client.expired_at = now
+                self.send(client.sid, "error", {
+                    "code": errors.TOKEN_EXPIRED, "grace_secs": grace,
+                    "message": f"your token has expired: send a fresh one with `reauth` within {grace:g}s"})
+            elif now - client.expired_at >= grace:
+                self.kick(client, errors.TOKEN_EXPIRED, "your token expired and no fresh token came")
+
+    def reauth(self, client: Client, claims: dict) -> None:
+        if str(claims.get("sub")) != client.user:
+            raise ClientError(errors.TOKEN_INVALID, "a fresh token must be for the same user")
+        client.claims = claims
+        client.expired_at = None
+
+    # Stats -------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "replica": self.id,
+            "clients": len(self.clients),
+            "users": len(self.per_user),
+            "subscriptions": sum(len(c.subscriptions) for c in self.clients.values()),
+            "tokens": len(self.demand.counts),
+            "behind": sum(1 for sid in self.fanout.waiting if self.fanout.outboxes[sid].behind_since),
+            **{f"ticks_{name}": value for name, value in self.fanout.totals.items() if name != "frames"},
+            "frames_sent": self.fanout.totals["frames"],
+            "connections_rejected": dict(self.rejected),
+            "updated": time.time(),
+        }
+
+    def publish_stats(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(keys.replica_stats(self.id), json.dumps(self.stats()), ex=STATS_TTL_SECS)
+        pipe.sadd(keys.STATS_REPLICAS, self.id)
+        pipe.execute()
+
+    # Background work ---------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the background work of a serving process (not of CLI or Celery processes)."""
-        socketio.start_background_task(self.listener.run_forever)
+        if self.config["WEB_TICK_DELIVERY"]:
+            socketio.start_background_task(self.listener.run_forever)
         socketio.start_background_task(self._heartbeat_forever)
+        socketio.start_background_task(self._sweep_forever)
         log.info("replica %s started", self.id)
 
     def _heartbeat_forever(self) -> None:
         while True:
             try:
                 self.demand.heartbeat()
+                self.publish_stats()
             except Exception as exc:  # noqa: BLE001  (Redis down: keep trying, never die)
                 log.warning("replica heartbeat failed: %s", exc)
             socketio.sleep(HEARTBEAT_SECS)
+
+    def _sweep_forever(self) -> None:
+        while True:
+            try:
+                self.sweep_expired(time.time())
+            except Exception:  # noqa: BLE001  (one bad client must not stop the sweeps)
+                log.exception("expiry sweep failed")
+            socketio.sleep(SWEEP_SECS)
+
+
+def cluster_stats(client: Any) -> dict[str, Any]:
+    """Every live replica's last published stats, and their sums."""
+    replicas = []
+    for replica_id in sorted(client.smembers(keys.STATS_REPLICAS)):
+        raw = client.get(keys.replica_stats(replica_id))
+        if raw is None:
+            client.srem(keys.STATS_REPLICAS, replica_id)
+        else:
+            replicas.append(json.loads(raw))
+    summed = ("clients", "users", "subscriptions", "behind", "ticks_delivered", "frames_sent",
+              "ticks_conflated", "ticks_dropped")
+    totals = {name: sum(r.get(name, 0) for r in replicas) for name in summed}
+    totals["tokens"] = len(set().union(*read_demand(client)))  # distinct tokens wanted anywhere
+    totals["replicas"] = len(replicas)
+    return {"totals": totals, "replicas": replicas}
 
 
 _replica: Replica | None = None

@@ -1,0 +1,78 @@
+"""Per-client batching and conflation (pure logic, no I/O).
+
+Ticks for one client wait in its `Outbox` only until the next flush, which sends them all in
+one frame. While the client keeps up, every tick is kept in order. Once its connection is
+backed up (it stopped reading, or reads slower than ticks arrive) the outbox keeps only the
+latest tick of each token until it catches up: a slow client costs a bounded amount of memory
+and gets the freshest prices, never an ever-growing queue.
+"""
+
+from __future__ import annotations
+
+
+class Outbox:
+    """Encoded ticks waiting for one client, grouped by token."""
+
+    __slots__ = ("pending", "last_seq", "size", "oldest_ingest_ms", "behind_since")
+
+    def __init__(self) -> None:
+        self.pending: dict[int, list[str]] = {}
+        self.last_seq: dict[int, int] = {}  # per token: a client never sees a seq twice or going back
+        self.size = 0
+        self.oldest_ingest_ms = 0
+        self.behind_since: float | None = None
+
+    def add(self, token: int, seq: int, ingest_ms: int, encoded: str) -> int:
+        """Queue one tick; returns how many queued ticks it replaced (conflated)."""
+        if seq <= self.last_seq.get(token, 0):
+            return 0  # already queued or sent (a snapshot racing the live stream)
+        self.last_seq[token] = seq
+        if not self.size:
+            self.oldest_ingest_ms = ingest_ms
+        waiting = self.pending.get(token)
+        if waiting is None:
+            self.pending[token] = [encoded]
+            self.size += 1
+            return 0
+        if self.behind_since is None:
+            waiting.append(encoded)
+            self.size += 1
+            return 0
+        self.pending[token] = [encoded]
+        return len(waiting)
+
+    def fall_behind(self, now: float) -> int:
+        """The client cannot take more now: keep the latest tick per token; returns how many
+        ticks that conflated."""
+        if self.behind_since is None:
+            self.behind_since = now
+        conflated = 0
+        for token, waiting in self.pending.items():
+            if len(waiting) > 1:
+                conflated += len(waiting) - 1
+                self.pending[token] = waiting[-1:]
+        self.size -= conflated
+        return conflated
+
+    def behind_for(self, now: float) -> float:
+        return 0.0 if self.behind_since is None else now - self.behind_since
+
+    def take(self) -> list[str]:
+        """Everything queued, oldest first per token, and the client counts as caught up."""
+        ticks = [encoded for waiting in self.pending.values() for encoded in waiting]
+        self.pending = {}
+        self.size = 0
+        self.behind_since = None
+        return ticks
+
+    def forget(self, tokens: list[int]) -> None:
+        """The client unsubscribed `tokens`: drop what waits for them and their seq memory."""
+        for token in tokens:
+            self.size -= len(self.pending.pop(token, ()))
+            self.last_seq.pop(token, None)
+
+
+def ticks_frame(encoded_ticks: list[str]) -> str:
+    """A Socket.IO EVENT packet `ticks` carrying already-encoded ticks: each tick is encoded
+    once per mode, not once per client."""
+    return '2["ticks",[' + ",".join(encoded_ticks) + "]]"
