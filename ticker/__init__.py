@@ -44,6 +44,10 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
 
     app.register_blueprint(routes.bp)
 
+    from ticker.web import stats
+
+    app.register_blueprint(stats.bp)
+
     from ticker import cli
 
     cli.register(app)

@@ -53,7 +53,7 @@ STATS_REPLICAS = f"{PREFIX}:stats:replicas"  # set of replica ids that published
 
 def listener_wake(replica: str) -> str:
     """Channel a replica publishes to itself so its tick listener subscribes new buckets at once."""
-    return f"{PREFIX}:listener:{replica}"
+    return f"{CHANNELS}:listener:{replica}"
 
 
 def shard_lease(slot: str) -> str:
