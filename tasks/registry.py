@@ -1,28 +1,75 @@
-"""Registry tasks: load the instruments dump when the registry is empty."""
+"""Registry tasks: the morning reload of the instruments dump, and a first load on a fresh install."""
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, time, timedelta
 
 import requests
 from celery import signals
-from kiteconnect.exceptions import KiteException
+from celery.schedules import BaseSchedule, schedstate
 from flask import current_app
+from kiteconnect.exceptions import KiteException
 
-from tasks import celery
-from ticker.bus import keys
+from tasks import celery, flask_app
 from ticker.bus.connection import redis_client
-from ticker.registry.loader import load_instruments, registry_size
+from ticker.jobs import run_job
+from ticker.registry.calendar import next_trading_run, read_holidays
+from ticker.registry.loader import registry_size, reload_instruments
 
 log = logging.getLogger(__name__)
 
 ENSURE_EVERY_SECS = 30.0
-LOCK_SECS = 300  # longer than any load takes; a crashed loader's lock expires by itself
+LOCK_SECS = 600  # longer than any load takes; a crashed loader's lock expires by itself
+RELOAD_AT = time(8, 15)  # IST: Kite refreshes the dump around 08:00 on trading days
+RECHECK_SECS = 3600.0  # beat re-reads the holidays file at least this often
+FETCH_ERRORS = (OSError, requests.RequestException, KiteException)
+
+
+class trading_days(BaseSchedule):  # noqa: N801  (named like Celery's own `crontab`, `solar`)
+    """Due once a day at `at` (IST) on weekdays that are not listed in the holidays file."""
+
+    def __init__(self, at: time, holidays_file: str, nowfun=None, app=None):
+        super().__init__(nowfun=nowfun, app=app)
+        self.at, self.holidays_file = at, holidays_file
+
+    def next_run(self, last_run_at: datetime) -> datetime:
+        if last_run_at.tzinfo is None:
+            last_run_at = last_run_at.replace(tzinfo=UTC)
+        return next_trading_run(last_run_at, self.at, read_holidays(self.holidays_file))
+
+    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
+        return self.next_run(last_run_at) - self.now()
+
+    def is_due(self, last_run_at: datetime) -> schedstate:
+        now = self.now()
+        if self.next_run(last_run_at) <= now:
+            return schedstate(True, min((self.next_run(now) - now).total_seconds(), RECHECK_SECS))
+        return schedstate(False, min((self.next_run(last_run_at) - now).total_seconds(), RECHECK_SECS))
+
+    def __reduce__(self):
+        return self.__class__, (self.at, self.holidays_file)
+
+    def __eq__(self, other):
+        return isinstance(other, trading_days) and (self.at, self.holidays_file) == (other.at, other.holidays_file)
+
+    def __repr__(self) -> str:
+        return f"<trading_days {self.at:%H:%M} IST, holidays from {self.holidays_file}>"
+
+
+@celery.task(ignore_result=True, time_limit=LOCK_SECS, autoretry_for=FETCH_ERRORS, retry_backoff=30,
+             retry_backoff_max=600, max_retries=8)
+def reload_registry() -> str:
+    """Reload the registry from the dump; an unusable dump leaves yesterday's in place."""
+    client = redis_client(current_app.config["REDIS_URL"])
+    result = run_job(client, "registry_reload", lambda: reload_instruments(current_app), LOCK_SECS,
+                     describe=lambda report: report.summary())
+    return result if isinstance(result, str) else result.summary()
 
 
 @celery.task(
     ignore_result=True,
-    autoretry_for=(OSError, requests.RequestException, KiteException),
+    autoretry_for=FETCH_ERRORS,
     retry_backoff=2,
     retry_backoff_max=60,
     max_retries=None,  # Kite (or the simulator) not up yet: keep trying, the registry is essential
@@ -32,18 +79,18 @@ def ensure_registry() -> int:
     if registry_size(current_app) > 0:
         return 0
     client = redis_client(current_app.config["REDIS_URL"])
-    if not client.set(keys.REGISTRY_LOADING, "1", nx=True, ex=LOCK_SECS):
-        return 0
-    try:
-        return load_instruments(current_app)
-    finally:
-        client.delete(keys.REGISTRY_LOADING)
+    result = run_job(client, "registry_reload", lambda: reload_instruments(current_app), LOCK_SECS,
+                     describe=lambda report: report.summary())
+    return 0 if isinstance(result, str) else result.rows
 
 
 @celery.on_after_finalize.connect
 def schedule(sender, **_):
     # A fresh install (or an emptied database) gets its registry without an operator.
     sender.add_periodic_task(ENSURE_EVERY_SECS, ensure_registry.s(), name="ensure registry")
+    # Every trading morning, after Kite refreshes the dump: tokens and symbols change overnight.
+    holidays_file = flask_app.config["HOLIDAYS_FILE"]
+    sender.add_periodic_task(trading_days(RELOAD_AT, holidays_file), reload_registry.s(), name="reload registry")
 
 
 @signals.worker_ready.connect

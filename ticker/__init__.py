@@ -48,6 +48,11 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
 
     app.register_blueprint(stats.bp)
 
+    from ticker.web import instruments, kite_login
+
+    app.register_blueprint(instruments.bp)
+    app.register_blueprint(kite_login.bp)
+
     from ticker import cli
 
     cli.register(app)

@@ -42,11 +42,12 @@ def db_downgrade(revision: str) -> None:
 
 
 @instruments_cli.command("load")
-def instruments_load() -> None:
-    """Load the instruments dump from Kite (or the simulator) into the registry."""
-    from ticker.registry.loader import load_instruments
+@click.option("--force", is_flag=True, help="Accept a dump much smaller than the current registry.")
+def instruments_load(force: bool) -> None:
+    """Reload the registry from Kite's (or the simulator's) instruments dump, with a summary."""
+    from ticker.registry.commands import reload_with_progress
 
-    click.echo(f"loaded {load_instruments(current_app):,} instruments")
+    reload_with_progress(force)
 
 
 @jwt_cli.command("mint")

@@ -65,7 +65,7 @@ class Config:
     # Where the Kite login redirect lands after a successful login (the operator's dashboard).
     KITE_LOGIN_DONE_URL = _env("KITE_LOGIN_DONE_URL")
     # Exchange holidays (one YYYY-MM-DD per line, # comments): beat skips the registry reload.
-    HOLIDAYS_FILE = _env("HOLIDAYS_FILE", str(ROOT / "holidays.txt"))
+    HOLIDAYS_FILE = _env("HOLIDAYS_FILE", str(INSTANCE / "holidays.txt"))
     # Kite's limits; configurable because Kite has changed them before.
     KITE_CONNECTIONS_PER_KEY = _int("KITE_CONNECTIONS_PER_KEY", 3)
     KITE_TOKENS_PER_CONNECTION = _int("KITE_TOKENS_PER_CONNECTION", 3000)

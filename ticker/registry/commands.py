@@ -90,3 +90,19 @@ def accounts_set_token(api_key: str, access_token: str, refresh_token: str | Non
         except accounts.AccountError as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(f"stored a new access token for {api_key}")
+
+
+def reload_with_progress(force: bool) -> None:
+    """`flask instruments load`: stream the dump with a progress bar, then print the summary."""
+    from ticker.registry.dump import DumpError
+    from ticker.registry.loader import dump_size, reload_instruments
+
+    size = dump_size(current_app.config["KITE_API_ROOT"])
+    with click.progressbar(length=size or 0, label="instruments dump", file=click.get_text_stream("stderr")) as bar:
+        try:
+            report = reload_instruments(current_app, progress=bar.update, min_ratio=0.0 if force else None)
+        except DumpError as exc:
+            raise click.ClickException(f"registry unchanged: {exc}") from None
+    click.echo(f"reloaded {report.summary()}")
+    for bad in report.bad_rows[:20]:
+        click.echo(f"  skipped {bad}")

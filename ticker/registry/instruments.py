@@ -4,42 +4,141 @@ the subscribe path in one round trip."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from kiteconnect import KiteConnect
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ticker.bus import keys
+from ticker.registry.dump import COLUMNS, BadRow, DumpError, DumpReport, copy_line, validated_rows
 from ticker.registry.models import Instrument
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = [c.name for c in Instrument.__table__.columns]
 REGISTRY_LOCK_KEY = 0x7469636B  # PostgreSQL advisory lock id for registry writers ("tick")
+# A dump under half of yesterday's size is a transfer cut short on a row boundary, not a market
+# event (Kite's dump moves by a few thousand expiries and listings a day out of ~115,000).
+MIN_SIZE_RATIO = 0.5
+
+__all__ = ["DumpError", "Registry", "ReloadReport", "mirror_from_db", "replace_from_dump"]
 
 
-def fetch_dump(api_root: str, api_key: str) -> list[dict[str, Any]]:
-    """Kite's instruments dump, parsed by the official client."""
-    rows = KiteConnect(api_key, root=api_root).instruments()
-    for row in rows:
-        row["exchange_token"] = int(row["exchange_token"])
-        row["expiry"] = row["expiry"] or None
-    return rows
+@dataclass
+class ReloadReport:
+    """What a reload changed, for the log, the CLI summary and the REGISTRY_RELOADED notice."""
+
+    rows: int = 0
+    bad_rows: list[BadRow] = field(default_factory=list)
+    added: list[int] = field(default_factory=list)  # new tokens that are not a renumbering
+    removed: list[int] = field(default_factory=list)  # tokens gone from the dump, not renumbered
+    renumbered: dict[int, int] = field(default_factory=dict)  # old -> new token, same symbol
+    resymbolled: dict[int, str] = field(default_factory=dict)  # token -> its new "EXCHANGE:SYMBOL"
+    updated: int = 0  # rows whose other fields (price, lot size, ...) changed
+    seconds: float = 0.0
+
+    def notice(self) -> dict[str, Any]:
+        """The REGISTRY_RELOADED payload: how by-symbol subscriptions must move."""
+        return {"renumbered": {str(old): new for old, new in self.renumbered.items()}, "removed": self.removed}
+
+    def summary(self) -> str:
+        return (f"{self.rows:,} instruments: {len(self.added):,} added, {len(self.removed):,} removed, "
+                f"{len(self.renumbered):,} renumbered, {len(self.resymbolled):,} renamed, "
+                f"{self.updated:,} updated, {len(self.bad_rows):,} bad rows skipped, {self.seconds:.2f}s")
 
 
-def replace_all(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Replace the registry with `rows` in one transaction: readers see the old or the new."""
-    if not rows:
-        raise ValueError("refusing to replace the registry with an empty dump")
-    # Loaders queue up behind each other instead of interleaving their deletes and inserts.
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REGISTRY_LOCK_KEY})
-    session.execute(delete(Instrument))
-    session.execute(insert(Instrument), [{c: row[c] for c in _COLUMNS} for row in rows])
-    session.commit()
-    return len(rows)
+class _CopySource:
+    """A read()-able text stream of COPY lines, pulled from an iterator of rows on demand."""
+
+    def __init__(self, rows: Iterator[tuple]):
+        self._lines = (copy_line(row) for row in rows)
+        self._buffer = ""
+
+    def read(self, size: int = -1) -> str:
+        while size < 0 or len(self._buffer) < size:
+            chunk = "".join(itertools.islice(self._lines, 2000))
+            if not chunk:
+                break
+            self._buffer += chunk
+        if size < 0:
+            size = len(self._buffer)
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+
+_COLUMN_LIST = ", ".join(COLUMNS)
+_DIFF_QUERIES = {
+    "renumbered": "SELECT o.instrument_token, s.instrument_token FROM instruments o "
+                  "JOIN instruments_staging s USING (exchange, tradingsymbol) "
+                  "WHERE o.instrument_token <> s.instrument_token",
+    "gone": "SELECT o.instrument_token FROM instruments o WHERE NOT EXISTS "
+            "(SELECT 1 FROM instruments_staging s WHERE s.instrument_token = o.instrument_token)",
+    "new": "SELECT s.instrument_token FROM instruments_staging s WHERE NOT EXISTS "
+           "(SELECT 1 FROM instruments o WHERE o.instrument_token = s.instrument_token)",
+    "resymbolled": "SELECT s.instrument_token, s.exchange || ':' || s.tradingsymbol FROM instruments o "
+                   "JOIN instruments_staging s USING (instrument_token) "
+                   "WHERE (o.exchange, o.tradingsymbol) <> (s.exchange, s.tradingsymbol)",
+}
+_SWAP = [
+    "DELETE FROM instruments o WHERE NOT EXISTS "
+    "(SELECT 1 FROM instruments_staging s WHERE s.instrument_token = o.instrument_token)",
+    f"INSERT INTO instruments ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM instruments_staging "
+    "ON CONFLICT (instrument_token) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[1:])
+    + f" WHERE ({', '.join('instruments.' + c for c in COLUMNS)}) IS DISTINCT FROM "
+    f"({', '.join('EXCLUDED.' + c for c in COLUMNS)})",
+]
+
+
+def _diff(cursor, report: ReloadReport) -> None:
+    cursor.execute(_DIFF_QUERIES["renumbered"])
+    report.renumbered = dict(cursor.fetchall())
+    cursor.execute(_DIFF_QUERIES["gone"])
+    report.removed = sorted(t for (t,) in cursor.fetchall() if t not in report.renumbered)
+    cursor.execute(_DIFF_QUERIES["new"])
+    targets = set(report.renumbered.values())
+    report.added = sorted(t for (t,) in cursor.fetchall() if t not in targets)
+    cursor.execute(_DIFF_QUERIES["resymbolled"])
+    report.resymbolled = dict(cursor.fetchall())
+
+
+def replace_from_dump(session: Session, lines: Iterable[str], min_ratio: float = MIN_SIZE_RATIO) -> ReloadReport:
+    """Validate the dump's `lines` as they stream in, COPY them into a staging table and swap
+    them into `instruments` in one transaction: readers see the old registry or the new one,
+    never a mix. Raises DumpError (nothing changed) for an unusable dump, or one smaller than
+    `min_ratio` of the current registry (a truncated transfer that ended on a row boundary)."""
+    started = time.perf_counter()
+    report, dump = ReloadReport(), DumpReport()
+    cursor = session.connection().connection.driver_connection.cursor()
+    try:
+        # Loaders queue up behind each other instead of interleaving their swaps.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK_KEY,))
+        cursor.execute("CREATE TEMP TABLE instruments_staging (LIKE instruments) ON COMMIT DROP")
+        cursor.copy_expert(f"COPY instruments_staging ({_COLUMN_LIST}) FROM STDIN",
+                           _CopySource(validated_rows(lines, dump)))
+        report.rows, report.bad_rows = dump.rows, dump.bad
+        cursor.execute("SELECT count(*) FROM instruments")
+        current = cursor.fetchone()[0]
+        if report.rows < current * min_ratio:
+            raise DumpError(f"the dump has {report.rows:,} instruments, under {min_ratio:.0%} of the "
+                            f"{current:,} in the registry: refusing it as truncated")
+        _diff(cursor, report)
+        cursor.execute(_SWAP[0])
+        cursor.execute(_SWAP[1])
+        report.updated = max(cursor.rowcount - len(report.added) - len(report.renumbered), 0)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        cursor.close()
+    report.seconds = time.perf_counter() - started
+    return report
 
 
 def mirror_to_redis(client: redis.Redis, pairs: list[tuple[int, str]]) -> None:
@@ -50,9 +149,10 @@ def mirror_to_redis(client: redis.Redis, pairs: list[tuple[int, str]]) -> None:
         staging[keys.REGISTRY_SYMBOLS][symbol] = token
     pipe = client.pipeline()
     for key, mapping in staging.items():
-        for start in range(0, len(mapping), 10_000):
-            chunk = dict(list(mapping.items())[start : start + 10_000])
-            pipe.hset(f"{key}:staging", mapping=chunk)
+        pipe.delete(f"{key}:staging")  # a crashed earlier mirror may have left one half written
+        items = list(mapping.items())
+        for start in range(0, len(items), 10_000):
+            pipe.hset(f"{key}:staging", mapping=dict(items[start : start + 10_000]))
     for key in staging:
         pipe.rename(f"{key}:staging", key)
     pipe.execute()
@@ -97,3 +197,50 @@ class Registry:
             log.info("registry mirrored to Redis from the database: %d instruments", count)
         finally:
             self.redis.delete(keys.REGISTRY_LOCK)
+
+
+SEARCH_LIMIT_MAX = 100
+
+
+def _like_prefix(text_: str) -> str:
+    return text_.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def search(session: Session, q: str, exchange: str | None = None, segment: str | None = None,
+           limit: int = 20) -> list[dict[str, Any]]:
+    """Instruments whose tradingsymbol or name starts with `q` (case-insensitive), exact
+    symbol first, then shorter symbols (the underlying before its derivatives)."""
+    q = q.strip().upper()
+    if ":" in q and exchange is None:
+        exchange, q = q.split(":", 1)
+    prefix = _like_prefix(q)
+    query = select(Instrument).where(
+        (Instrument.tradingsymbol.like(prefix)) | (func.upper(Instrument.name).like(prefix))
+    )
+    if exchange:
+        query = query.where(Instrument.exchange == exchange.upper())
+    if segment:
+        query = query.where(Instrument.segment == segment.upper())
+    query = query.order_by(
+        (Instrument.tradingsymbol != q), func.length(Instrument.tradingsymbol), Instrument.tradingsymbol,
+        Instrument.exchange,
+    ).limit(min(limit, SEARCH_LIMIT_MAX))
+    return [instrument_json(row) for row in session.scalars(query)]
+
+
+def instrument_json(row: Instrument) -> dict[str, Any]:
+    """An instrument as the HTTP API returns it (Kite's field names)."""
+    return {
+        "instrument_token": row.instrument_token,
+        "exchange_token": row.exchange_token,
+        "tradingsymbol": row.tradingsymbol,
+        "symbol": row.symbol,
+        "name": row.name,
+        "exchange": row.exchange,
+        "segment": row.segment,
+        "instrument_type": row.instrument_type,
+        "expiry": row.expiry.isoformat() if row.expiry else None,
+        "strike": float(row.strike),
+        "tick_size": float(row.tick_size),
+        "lot_size": row.lot_size,
+    }

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from ticker.bus.connection import redis_client
 from ticker.db import engine_for
 from ticker.feed.shard import SILENCE_SECS
+from ticker.web.jobs_health import check_jobs
 from ticker.web.replica import replica
 
 bp = Blueprint("web", __name__)
@@ -58,6 +59,7 @@ CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
     "database": _check_database,
     "shards": _check_shards,
     "registry": _check_registry,
+    "jobs": check_jobs,  # never fails /health: lists failed jobs and invalid Kite tokens as reasons
 }
 
 

@@ -1,0 +1,89 @@
+"""Kite login flow over HTTP.
+
+- `GET /kite/login/<api_key>` (admin JWT): the account's Kite login URL.
+- `GET /kite/callback/<api_key>` (or `/kite/callback`, when one account is configured or with
+  `?api_key=`): where Kite redirects the browser with `request_token` after the login. Set the
+  Kite app's redirect URL to it. The request token is exchanged (`generate_session`), the new
+  access token checked (`profile`) and stored encrypted; shards switch to it. Never echoes a token.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlencode
+
+from flask import Blueprint, current_app, jsonify, redirect, request
+from kiteconnect.exceptions import KiteException
+
+from ticker.bus.connection import redis_client
+from ticker.db import session_for
+from ticker.registry import accounts
+from ticker.registry.tokens import UNREACHABLE, complete_login
+from ticker.web import errors
+from ticker.web.auth import bearer_token, verify
+from ticker.web.errors import ClientError
+
+log = logging.getLogger(__name__)
+bp = Blueprint("kite_login", __name__)
+
+UNKNOWN_ACCOUNT = "unknown_account"  # no Kite account with that api_key
+LOGIN_FAILED = "login_failed"  # Kite refused the request token (used, expired) or the login was cancelled
+KITE_UNAVAILABLE = "kite_unavailable"  # Kite did not answer; try logging in again
+
+
+def _error(code: str, message: str, status: int):
+    return jsonify({"code": code, "message": message}), status
+
+
+@bp.get("/kite/login/<api_key>")
+def login_url(api_key: str):
+    """The login URL of an account (an operator opens it in a browser)."""
+    try:
+        claims = verify(bearer_token(None, request.args, request.headers))
+    except ClientError as exc:
+        return _error(exc.code, exc.message, 401)
+    if not claims.get("admin"):
+        return _error(errors.ADMIN_REQUIRED, "an admin JWT is required", 403)
+    with session_for(current_app.config["DATABASE_URL"]) as session:
+        try:
+            accounts.get_account(session, api_key)
+        except accounts.AccountError as exc:
+            return _error(UNKNOWN_ACCOUNT, str(exc), 404)
+    url = accounts.login_url(current_app.config["KITE_LOGIN_ROOT"], api_key)
+    return jsonify({"api_key": api_key, "login_url": url})
+
+
+def _callback_account(session, api_key: str | None) -> str:
+    if api_key:
+        return accounts.get_account(session, api_key).api_key
+    enabled = accounts.account_summaries(session)
+    if len(enabled) != 1:
+        raise accounts.AccountError("several Kite accounts: use /kite/callback/<api_key> as the redirect URL")
+    return enabled[0]["api_key"]
+
+
+@bp.get("/kite/callback")
+@bp.get("/kite/callback/<api_key>")
+def callback(api_key: str | None = None):
+    """Kite's redirect after a login: exchange the request token and store the access token."""
+    request_token = request.args.get("request_token", "")
+    if request.args.get("status", "success") != "success" or not request_token:
+        return _error(LOGIN_FAILED, "the Kite login did not succeed (no request_token)", 400)
+    config = current_app.config
+    with session_for(config["DATABASE_URL"]) as session:
+        try:
+            api_key = _callback_account(session, api_key or request.args.get("api_key"))
+            result = complete_login(session, config, redis_client(config["REDIS_URL"]), api_key, request_token)
+        except accounts.AccountError as exc:
+            return _error(UNKNOWN_ACCOUNT, str(exc), 404)
+        except UNREACHABLE as exc:
+            log.warning("Kite did not answer the login of api_key %s: %s", api_key, type(exc).__name__)
+            return _error(KITE_UNAVAILABLE, "Kite did not answer; log in again", 502)
+        except KiteException as exc:
+            log.warning("Kite refused the login of api_key %s: %s", api_key, exc)
+            return _error(LOGIN_FAILED, f"Kite refused the login: {exc}", 400)
+    log.info("Kite login of api_key %s (user %s) stored; valid until %s", api_key, result["user_id"],
+             result["expires_at"])
+    if config.get("KITE_LOGIN_DONE_URL"):
+        return redirect(f"{config['KITE_LOGIN_DONE_URL']}?{urlencode({'api_key': api_key, 'status': 'success'})}")
+    return jsonify({"status": "logged_in", **result})
