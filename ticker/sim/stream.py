@@ -140,6 +140,7 @@ class TickerHub:
         if not self.accounts.is_valid(api_key, access_token, time.time()):
             return error_response(403, "TokenException", "Incorrect `api_key` or `access_token`.")
         if self._open_count(api_key) >= self.max_connections:
+            self.totals["connections_refused_over_limit"] += 1  # a client broke Kite's limit
             return error_response(
                 429, "NetworkException",
                 f"Too many connections: at most {self.max_connections} per api_key.")
@@ -230,6 +231,7 @@ class TickerHub:
         if unknown:
             self._send_error(connection, f"Unknown instrument tokens ignored: {unknown[:50]}")
         if excess:
+            self.totals["tokens_refused_over_limit"] += len(excess)  # a client broke Kite's limit
             self._send_error(connection, f"Subscription limit of {self.max_tokens} instruments per "
                              f"connection reached: {len(excess)} tokens ignored.")
         self._send_ticks(connection, [t for t in known if t in connection.modes])
