@@ -1,0 +1,177 @@
+"""The live page at `/`, driven in headless Chromium against the running service."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import text
+
+from tests.support.processes import ROOT, wait_for
+from ticker.db import engine_for
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ARTIFACTS = ROOT / "artifacts"
+# Headless, and nothing that would reach the internet (updates, sync, QUIC probes).
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--window-size=1400,900",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("Debian's chromium and chromium-driver are needed: `make browser` installs them")
+    profile = tempfile.mkdtemp(prefix="ticker-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def text_of(driver, selector: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    elements = driver.find_elements(By.CSS_SELECTOR, selector)
+    return elements[0].text if elements else ""
+
+
+def fill(driver, selector: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    element = driver.find_element(By.CSS_SELECTOR, selector)
+    element.clear()
+    element.send_keys(value)
+
+
+def click(driver, selector: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, selector).click()
+
+
+def on_screen(driver, condition, timeout: float, what: str, interval: float = 0.1) -> None:
+    """wait_for, and on a timeout say what the page showed and logged."""
+    try:
+        wait_for(condition, timeout, what, interval)
+    except AssertionError as exc:
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "live-page-failure.png"))
+        shown = {s: text_of(driver, s) for s in ("#status-text", "#connect-error", "#subscribe-error", "#search-note")}
+        raise AssertionError(f"{exc}; page: {shown}; console: {driver.get_log('browser')}") from None
+
+
+def token_of(database: str, exchange: str, symbol: str) -> int:
+    with engine_for(database).connect() as connection:
+        return connection.execute(
+            text("SELECT instrument_token FROM instruments WHERE exchange = :e AND tradingsymbol = :s"),
+            {"e": exchange, "s": symbol},
+        ).scalar_one()
+
+
+def test_a_developer_connects_subscribes_and_watches_prices_move(browser, stack, make_token, database):
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(f"{stack['url']}/")
+    fill(browser, "#token", make_token("page-user"))
+    click(browser, "#connect")
+    on_screen(browser, lambda: text_of(browser, "#status-text") == "connected as page-user", 15, "connecting")
+
+    fill(browser, "#search", "NSE:INFY NSE:TCS")
+    Select(browser.find_element("css selector", "#mode")).select_by_value("full")
+    click(browser, "#subscribe")
+    row = f"#board tr[data-token='{token_of(database, 'NSE', 'INFY')}']"
+    on_screen(browser, lambda: text_of(browser, f"{row} td.price") not in ("", "–"), 15, "a first price")
+
+    first_seq = int(browser.find_element("css selector", row).get_attribute("data-seq"))
+    prices = set()
+
+    def moved() -> bool:
+        prices.add(text_of(browser, f"{row} td.price"))
+        seq = int(browser.find_element("css selector", row).get_attribute("data-seq"))
+        return seq >= first_seq + 3 and len(prices) >= 2
+
+    on_screen(browser, moved, 20, "prices to update on screen", interval=0.2)
+    assert text_of(browser, f"{row} td.name") == "NSE:INFY"
+    assert text_of(browser, f"{row} td.mode") == "full"
+    assert text_of(browser, f"{row} td.volume") not in ("", "–")
+    assert text_of(browser, f"{row} td.change").endswith("%")
+    tcs = f"#board tr[data-token='{token_of(database, 'NSE', 'TCS')}']"
+    assert text_of(browser, f"{tcs} td.name") == "NSE:TCS"
+    # Full mode shows five levels of depth a side; the header shows the round trip.
+    wait_for(lambda: len(browser.find_elements("css selector", "tr.depth:not([hidden]) table.depth tr")) >= 12,
+             10, "market depth")
+    wait_for(lambda: text_of(browser, "#latency").startswith("rtt "), 10, "the latency figure")
+    points = browser.find_element("css selector", f"{row} svg.spark polyline").get_attribute("points")
+    assert len(points.split()) >= 3, points
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "live-page.png"))
+
+    click(browser, f"{row} button")
+    wait_for(lambda: not browser.find_elements("css selector", row), 5, "the row to go on unsubscribe")
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and not _expected(e["message"])]
+    assert errors == [], errors
+
+
+def _expected(message: str) -> bool:
+    """Console errors that say nothing is wrong: no favicon; search not deployed on this server."""
+    return "favicon.ico" in message or "/instruments?" in message
+
+
+def test_a_refused_token_shows_its_error_code(browser, stack):
+    browser.get(f"{stack['url']}/")
+    fill(browser, "#token", "not-a-jwt")
+    click(browser, "#connect")
+
+    wait_for(lambda: text_of(browser, "#status-text") == "token_invalid", 10, "the refusal on the page")
+    assert text_of(browser, "#connect-error").startswith("token_invalid: ")
+
+
+def test_the_page_loads_nothing_from_elsewhere(stack):
+    page = requests.get(f"{stack['url']}/", timeout=5)
+    client = requests.get(f"{stack['url']}/assets/vendor/socket.io.min.js", timeout=5)
+
+    assert page.status_code == 200 and "default-src 'self'" in page.headers["Content-Security-Policy"]
+    assert "http://" not in page.text.replace(stack["url"], "") and "https://" not in page.text
+    assert client.status_code == 200 and client.text.startswith("/*!\n * Socket.IO v4")
+    assert "Released under the MIT License" in client.text[:200]
+
+
+def test_development_tokens_exist_only_in_development(stack, workdir):
+    from ticker import create_app
+    from ticker.config import TestConfig
+    from ticker.web.auth import verify
+
+    assert requests.post(f"{stack['url']}/dev/token", timeout=5).status_code == 404  # TICKER_ENV=test
+    assert 'id="dev-token"' not in requests.get(f"{stack['url']}/", timeout=5).text
+
+    class Development(TestConfig):
+        ENV = "development"
+        JWT_PUBLIC_KEY = JWT_PRIVATE_KEY = JWT_DECODE_AUDIENCE = JWT_DECODE_ISSUER = None
+        JWT_ENCODE_AUDIENCE = JWT_ENCODE_ISSUER = None
+        JWT_DEV_KEY_DIR = workdir / "dev-keys"
+
+    app = create_app(Development)
+    client = app.test_client()
+    assert 'id="dev-token"' in client.get("/").text
+    reply = client.post("/dev/token").get_json()
+    with app.app_context():
+        assert verify(reply["token"])["sub"] == reply["user"]

@@ -1,0 +1,46 @@
+"""The live page at `/`: paste a JWT (or, in development, get one), search instruments,
+subscribe and watch a live board. Everything it loads is served by the app itself.
+
+`POST /dev/token` mints a short-lived development JWT; it exists only when TICKER_ENV is
+`development`, and answers 404 everywhere else.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from flask import Blueprint, abort, current_app, jsonify, render_template
+
+from ticker.web.auth import mint
+
+bp = Blueprint("page", __name__, template_folder="templates", static_folder="static", static_url_path="/assets")
+
+DEV_TOKEN_TTL = timedelta(hours=8)  # a working day of local development
+
+# The page loads nothing from elsewhere; the Socket.IO connection goes back to this origin.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+    "style-src 'self'; script-src 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def dev_tokens_enabled() -> bool:
+    return current_app.config["ENV"] == "development" and bool(current_app.config.get("JWT_PRIVATE_KEY"))
+
+
+@bp.get("/")
+def index():
+    response = current_app.make_response(render_template("index.html", dev_tokens=dev_tokens_enabled()))
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/dev/token")
+def dev_token():
+    """A development JWT for a throwaway user; 404 outside TICKER_ENV=development."""
+    if not dev_tokens_enabled():
+        abort(404)
+    user = f"dev-{secrets.token_hex(3)}"
+    return jsonify({"token": mint(user, DEV_TOKEN_TTL), "user": user, "expires_in": int(DEV_TOKEN_TTL.total_seconds())})
