@@ -70,6 +70,7 @@ class Replica:
         self.per_user: Counter[str] = Counter()
         self.attempts = AttemptWindow(config["MAX_CONNECTS_PER_ADDRESS_PER_SEC"])
         self.rejected: Counter[str] = Counter()
+        self.disconnected: Counter[str] = Counter()  # connections this replica cut, by code
         self.fanout = Fanout(socketio.server, self._on_slow, config["SLOW_CLIENT_SECS"])
         self.listener = TickListener(
             self.redis, keys.listener_wake(self.id), self.needed_buckets,
@@ -116,6 +117,7 @@ class Replica:
     def kick(self, client: Client, code: str, message: str) -> None:
         """Tell the client why, then cut the connection, even if a write to it is blocked."""
         log.info("disconnecting %s user=%s: %s", client.sid, client.user, code)
+        self.disconnected[code] += 1
         self.send(client.sid, "error", {"code": code, "message": message})
         eio_sid = self.fanout.eio_sids.get(client.sid)
         connection = socketio.server.eio.sockets.get(eio_sid)
@@ -256,6 +258,7 @@ class Replica:
             **{f"ticks_{name}": value for name, value in self.fanout.totals.items() if name != "frames"},
             "frames_sent": self.fanout.totals["frames"],
             "connections_rejected": dict(self.rejected),
+            "disconnected": dict(self.disconnected),
             "updated": time.time(),
         }
 

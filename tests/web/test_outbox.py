@@ -1,0 +1,68 @@
+"""Per-client batching and conflation (pure logic)."""
+
+from __future__ import annotations
+
+import json
+
+from ticker.web.outbox import Outbox, ticks_frame
+
+
+def tick(token: int, seq: int) -> str:
+    return json.dumps({"instrument_token": token, "seq": seq})
+
+
+def seqs(encoded: list[str]) -> list[tuple[int, int]]:
+    return [(t["instrument_token"], t["seq"]) for t in map(json.loads, encoded)]
+
+
+def test_a_client_that_keeps_up_gets_every_tick_in_one_frame_in_order():
+    outbox = Outbox()
+    for seq in (1, 2, 3):
+        outbox.add(10, seq, 1000 + seq, tick(10, seq))
+        outbox.add(20, seq, 1000 + seq, tick(20, seq))
+
+    assert outbox.size == 6 and outbox.oldest_ingest_ms == 1001
+    assert sorted(seqs(outbox.take())) == [(10, 1), (10, 2), (10, 3), (20, 1), (20, 2), (20, 3)]
+    assert outbox.size == 0 and outbox.take() == []
+
+
+def test_a_client_behind_keeps_only_the_latest_tick_per_token_and_counts_the_rest():
+    outbox = Outbox()
+    for seq in (1, 2, 3):
+        outbox.add(10, seq, 0, tick(10, seq))
+    outbox.add(20, 1, 0, tick(20, 1))
+
+    assert outbox.fall_behind(now=100.0) == 2
+    assert outbox.add(10, 4, 0, tick(10, 4)) == 1
+    assert outbox.add(20, 2, 0, tick(20, 2)) == 1
+    assert outbox.behind_for(103.5) == 3.5
+    assert sorted(seqs(outbox.take())) == [(10, 4), (20, 2)]
+    assert outbox.behind_for(200.0) == 0.0  # caught up
+
+
+def test_a_tick_already_queued_or_older_is_never_sent_again():
+    # A snapshot read while the live stream already queued the same or a newer tick.
+    outbox = Outbox()
+    outbox.add(10, 5, 0, tick(10, 5))
+    assert outbox.add(10, 5, 0, tick(10, 5)) == 0
+    assert outbox.add(10, 4, 0, tick(10, 4)) == 0
+    outbox.take()
+    outbox.add(10, 5, 0, tick(10, 5))
+    assert outbox.take() == []
+
+
+def test_unsubscribing_forgets_the_token():
+    outbox = Outbox()
+    outbox.add(10, 5, 0, tick(10, 5))
+    outbox.add(20, 1, 0, tick(20, 1))
+    outbox.forget([10])
+
+    assert seqs(outbox.take()) == [(20, 1)]
+    outbox.add(10, 1, 0, tick(10, 1))  # subscribed again later: its seq memory started over
+    assert seqs(outbox.take()) == [(10, 1)]
+
+
+def test_the_frame_is_a_socketio_ticks_event_with_the_encoded_ticks():
+    frame = ticks_frame([tick(10, 1), tick(20, 2)])
+    assert frame.startswith("2")
+    assert json.loads(frame[1:]) == ["ticks", [{"instrument_token": 10, "seq": 1}, {"instrument_token": 20, "seq": 2}]]
