@@ -6,8 +6,9 @@ the mode it asked for, never richer and never poorer.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 MODES = ("ltp", "quote", "full")
 MODE_RANK = {mode: rank for rank, mode in enumerate(MODES)}
@@ -46,9 +47,10 @@ def project(tick: dict[str, Any], mode: str) -> dict[str, Any] | None:
 
 
 def encode(value: Any) -> str:
-    """JSON as it crosses Redis: compact, and the same bytes for every consumer."""
-    return json.dumps(value, separators=(",", ":"))
+    """JSON as it crosses Redis: compact, and the same bytes for every consumer. orjson makes
+    this several times cheaper than the json module, on the hot path of every shard."""
+    return orjson.dumps(value).decode()
 
 
 def decode(text: str | bytes) -> Any:
-    return json.loads(text)
+    return orjson.loads(text)
