@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg2
 import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -58,8 +59,16 @@ class _CopySource:
     def __init__(self, rows: Iterator[tuple]):
         self._lines = (copy_line(row) for row in rows)
         self._buffer = ""
+        self.error: Exception | None = None  # psycopg2 wraps what read() raises; this keeps it
 
     def read(self, size: int = -1) -> str:
+        try:
+            return self._read(size)
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def _read(self, size: int) -> str:
         while size < 0 or len(self._buffer) < size:
             chunk = "".join(itertools.islice(self._lines, 2000))
             if not chunk:
@@ -119,8 +128,13 @@ def replace_from_dump(session: Session, lines: Iterable[str], min_ratio: float =
         # Loaders queue up behind each other instead of interleaving their swaps.
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK_KEY,))
         cursor.execute("CREATE TEMP TABLE instruments_staging (LIKE instruments) ON COMMIT DROP")
-        cursor.copy_expert(f"COPY instruments_staging ({_COLUMN_LIST}) FROM STDIN",
-                           _CopySource(validated_rows(lines, dump)))
+        source = _CopySource(validated_rows(lines, dump))
+        try:
+            cursor.copy_expert(f"COPY instruments_staging ({_COLUMN_LIST}) FROM STDIN", source)
+        except psycopg2.Error:
+            if source.error is not None:
+                raise source.error from None  # the dump's fault (DumpError) or the fetch's
+            raise
         report.rows, report.bad_rows = dump.rows, dump.bad
         cursor.execute("SELECT count(*) FROM instruments")
         current = cursor.fetchone()[0]
