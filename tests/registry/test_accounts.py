@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from ticker.bus import keys
-from ticker.db import session_for
+from ticker.db import engine_for, session_for
 from ticker.registry import accounts, secrets
 from ticker.registry.models import KiteAccount
 
@@ -16,12 +17,26 @@ TOKEN = "plain-access-token-0123456789"
 REFRESH = "plain-refresh-token-9876543210"
 
 
+def forget_test_accounts(session) -> None:
+    # Only this module's accounts: a running stack's shards use the configured one.
+    session.query(KiteAccount).filter(KiteAccount.api_key.like("key\\_%")).delete(synchronize_session=False)
+    session.commit()
+
+
 @pytest.fixture
 def session(app, database):
     with app.app_context(), session_for(database) as session:
-        session.query(KiteAccount).delete()
-        session.commit()
+        forget_test_accounts(session)
         yield session
+        forget_test_accounts(session)
+
+
+def mine(session) -> list[accounts.AccountCredentials]:
+    return [creds for creds in accounts.active_accounts(session) if creds.api_key.startswith("key_")]
+
+
+def summaries(session, api_key: str) -> list[dict]:
+    return [s for s in accounts.account_summaries(session) if s["api_key"] == api_key]
 
 
 def raw_rows(session) -> str:
@@ -38,7 +53,7 @@ def test_secrets_are_encrypted_at_rest_and_round_trip(session):
     assert "key_a" in stored
     for plaintext in (SECRET, TOKEN, REFRESH):
         assert plaintext not in stored
-    [creds] = accounts.active_accounts(session)
+    [creds] = mine(session)
     assert (creds.api_key, creds.api_secret, creds.access_token, creds.token_valid) == ("key_a", SECRET, TOKEN, True)
     assert accounts.refresh_token(session, "key_a") == REFRESH
     assert SECRET not in repr(creds) and TOKEN not in repr(creds)
@@ -46,18 +61,18 @@ def test_secrets_are_encrypted_at_rest_and_round_trip(session):
 
 def test_token_lifecycle_invalid_then_renewed(session):
     accounts.add_account(session, "key_b", SECRET)
-    assert accounts.active_accounts(session)[0].access_token is None
+    assert mine(session)[0].access_token is None
 
     accounts.store_access_token(session, "key_b", TOKEN)
     accounts.mark_token_invalid(session, "key_b", "TokenException: Incorrect api_key or access_token.")
-    [summary] = accounts.account_summaries(session)
+    [summary] = summaries(session, "key_b")
     assert summary["token_valid"] is False
     assert summary["token_invalid_reason"].startswith("TokenException")
 
     accounts.store_access_token(session, "key_b", "another-token")
-    [creds] = accounts.active_accounts(session)
+    [creds] = mine(session)
     assert (creds.access_token, creds.token_valid) == ("another-token", True)
-    assert accounts.account_summaries(session)[0]["token_invalid_reason"] is None
+    assert summaries(session, "key_b")[0]["token_invalid_reason"] is None
 
 
 def test_token_changes_are_announced(session, redis):
@@ -78,15 +93,23 @@ def test_unknown_and_duplicate_accounts_are_clear_errors(session):
     with pytest.raises(accounts.AccountError, match="no Kite account"):
         accounts.store_access_token(session, "nope", TOKEN)
     accounts.remove_account(session, "key_d")
-    assert accounts.active_accounts(session) == []
+    assert mine(session) == []
 
 
-def test_config_account_is_added_only_when_there_is_none(session, app):
-    added = accounts.ensure_config_account(session, app.config)
-    assert added is not None and added.api_key == app.config["KITE_API_KEY"]
-    [creds] = accounts.active_accounts(session)
-    assert creds.access_token == app.config["KITE_ACCESS_TOKEN"] and creds.token_valid
-    assert accounts.ensure_config_account(session, app.config) is None
+def test_config_account_is_added_only_when_there_is_none(app, database):
+    # In a transaction rolled back at the end: other tests' processes share this table.
+    with app.app_context(), engine_for(database).connect() as connection:
+        outer = connection.begin()
+        session = Session(bind=connection, join_transaction_mode="create_savepoint")
+        session.query(KiteAccount).delete()
+        config = {**app.config, "KITE_API_KEY": "key_config"}
+        added = accounts.ensure_config_account(session, config)
+        assert added is not None and added.api_key == "key_config"
+        [creds] = accounts.active_accounts(session)
+        assert creds.access_token == app.config["KITE_ACCESS_TOKEN"] and creds.token_valid
+        assert accounts.ensure_config_account(session, config) is None
+        session.close()
+        outer.rollback()
 
 
 def test_a_secret_under_an_unknown_key_is_a_clear_error(app):
@@ -127,6 +150,6 @@ def test_cli_never_prints_secrets(session, app):
     url = runner.invoke(args=["accounts", "login-url", "key_e"]).output.strip()
     assert url == f"{app.config['KITE_LOGIN_ROOT']}/connect/login?api_key=key_e&v=3"
     assert runner.invoke(args=["accounts", "set-token", "key_e", "--access-token", "t2"]).exit_code == 0
-    assert accounts.active_accounts(session)[0].access_token == "t2"
+    assert mine(session)[0].access_token == "t2"
     missing = runner.invoke(args=["accounts", "remove", "nope", "--yes"])
     assert missing.exit_code != 0 and "no Kite account" in missing.output
