@@ -7,4 +7,7 @@ COPY . .
 RUN useradd --create-home ticker && mkdir -p instance && chown ticker instance
 USER ticker
 EXPOSE 5000
+# Liveness of the default command (the web replica); docker-compose.yml sets one per service.
+HEALTHCHECK --interval=10s --timeout=5s --retries=3 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health/live', timeout=3)"
 CMD ["python", "wsgi.py"]

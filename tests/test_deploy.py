@@ -1,0 +1,143 @@
+"""Deployment files: docker-compose.yml validated without a Docker engine, and the Procfile's
+processes run together by honcho (the Procfile runner) until a client gets ticks."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ISOLATED_REDIS_URL, start
+from tests.support.clients import RecordingClient
+from tests.support.processes import ROOT, VENV_BIN, free_port, wait_for
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+WEB_SERVICES = [name for name, service in SERVICES.items() if service.get("command") == ["python", "wsgi.py"]]
+PROCFILE = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if ": " in line)
+
+
+def one_shot(service: dict) -> bool:
+    return service.get("restart") == "no"
+
+
+def test_every_long_running_service_has_a_health_check():
+    for name, service in SERVICES.items():
+        check = service.get("healthcheck", {})
+        if one_shot(service):
+            continue
+        assert check.get("test") and not check.get("disable"), f"{name} has no health check"
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_web_replicas_are_reachable_only_through_the_proxy():
+    assert len(WEB_SERVICES) >= 2
+    for name in WEB_SERVICES:
+        assert "ports" not in SERVICES[name], f"{name} publishes a port beyond the proxy"
+        assert SERVICES[name]["expose"] == ["5000"]
+    published = {name for name, service in SERVICES.items() if service.get("ports")}
+    assert published == {"proxy", "flower"}
+    assert all(port.startswith("127.0.0.1:") for port in SERVICES["flower"]["ports"]), "Flower is for this host only"
+
+
+def test_the_proxy_balances_the_web_replicas_with_sticky_sessions():
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    upstream = re.search(r"upstream ticker_web \{(.*?)\}", conf, re.S).group(1)
+    assert "ip_hash;" in upstream  # a polling Socket.IO client must reach the replica holding its session
+    assert sorted(re.findall(r"server (\w+):5000", upstream)) == sorted(WEB_SERVICES)
+    socketio_location = re.search(r"location /socket.io/ \{(.*?)\}", conf, re.S).group(1)
+    assert "proxy_set_header Upgrade $http_upgrade;" in socketio_location
+    assert "proxy_http_version 1.1;" in socketio_location
+    assert re.search(r"location = /metrics \{ return 404; \}", conf)
+    proxy = SERVICES["proxy"]
+    assert "./deploy/nginx.conf:/etc/nginx/conf.d/default.conf:ro" in proxy["volumes"]
+    assert set(proxy["depends_on"]) == set(WEB_SERVICES)
+
+
+def test_references_resolve():
+    volumes = set(COMPOSE.get("volumes", {}))
+    for name, service in SERVICES.items():
+        depends_on = service.get("depends_on", {})
+        if isinstance(depends_on, list):  # the short form: started, not healthy
+            depends_on = {name: {"condition": "service_started"} for name in depends_on}
+        for dependency, condition in depends_on.items():
+            assert dependency in SERVICES, f"{name} depends on unknown {dependency}"
+            if condition["condition"] == "service_healthy":
+                assert "healthcheck" in SERVICES[dependency], f"{name} waits on {dependency}'s missing check"
+            if condition["condition"] == "service_completed_successfully":
+                assert one_shot(SERVICES[dependency])
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+            else:
+                assert source in volumes, f"{name} mounts undeclared volume {source}"
+        if "build" in service:
+            assert (ROOT / service["build"] / "Dockerfile").exists()
+
+
+def _procfile_argv(name: str) -> list[str]:
+    """A Procfile command as argv, with `${VAR:-default}` at its default."""
+    return shlex.split(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", PROCFILE[name]))
+
+
+@pytest.mark.parametrize("process, service", [("web", "web1"), ("worker", "worker"), ("jobs", "jobs"),
+                                              ("release", "migrate"), ("beat", "beat")])
+def test_compose_runs_the_procfile_processes(process, service):
+    argv, command = _procfile_argv(process), SERVICES[service]["command"]
+    if process == "beat":  # the schedule file lives where each platform can write
+        argv[argv.index("-s") + 1] = command[command.index("-s") + 1]
+    assert command == argv
+
+
+def test_the_image_runs_as_a_user_and_checks_its_health():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^USER \w+", dockerfile, re.M) and "HEALTHCHECK" in dockerfile
+    assert "requirements.txt" in dockerfile
+
+
+@pytest.mark.integration
+def test_honcho_runs_the_procfile_until_a_client_gets_ticks(processes, service_env, workdir, registry, make_token):
+    """web, worker, jobs, beat and sim, as `honcho start` runs them on a developer's machine."""
+    web_port, sim_port = free_port(), free_port()
+    kite = f"127.0.0.1:{sim_port}"
+    env = {
+        **service_env, "REDIS_URL": ISOLATED_REDIS_URL, "SIM_PORT": str(sim_port), "SHARD_CONCURRENCY": "2",
+        "KITE_API_ROOT": f"http://{kite}", "KITE_TICKER_ROOT": f"ws://{kite}", "KITE_LOGIN_ROOT": f"http://{kite}",
+        "TICKER_INSTANCE_DIR": str(workdir / "honcho"),
+    }
+    Path(env["TICKER_INSTANCE_DIR"]).mkdir(exist_ok=True)
+    # honcho gives the first process (web) PORT = the base port.
+    honcho = start(processes, "honcho", [
+        str(VENV_BIN / "honcho"), "start", "-f", "Procfile", "-p", str(web_port),
+        "web", "worker", "jobs", "beat", "sim",
+    ], env, workdir)
+    url = f"http://127.0.0.1:{web_port}"
+
+    def healthy() -> bool:
+        assert honcho.alive(), honcho.output()[-3000:]
+        try:
+            return requests.get(f"{url}/health", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(healthy, 60, "the Procfile's processes to be healthy")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{honcho.output()[-4000:]}") from None
+    client = RecordingClient().connect(url, make_token("honcho"))
+    try:
+        reply = client.call("subscribe", {"instruments": ["NSE:INFY"], "mode": "quote"})
+        assert reply["rejected"] == [] and len(reply["tokens"]) == 1
+        client.wait_for_ticks(reply["tokens"], count=3, timeout=15)
+    finally:
+        client.close()
+    scrape = requests.get(f"{url}/metrics", timeout=5).text
+    assert {f.name for f in text_string_to_metric_families(scrape)} >= {"ticker_shard_up", "ticker_clients_connected"}
+    for name in ("web", "worker", "jobs", "beat", "sim"):
+        assert f"{name}.1 " in honcho.output(), f"honcho ran no {name}"
