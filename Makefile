@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install services db run test lint
+.PHONY: help install services db run test lint browser
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,8 +27,13 @@ db: install services ## Create the database and apply the migrations
 run: db ## Run the whole service locally (simulator feed, shard worker, jobs, beat, web)
 	scripts/run-local
 
-test: install services ## Run the test suite (what CI runs)
+test: install services browser ## Run the test suite (what CI runs)
 	$(BIN)/python -m pytest
+
+browser: ## Install Debian's chromium and chromedriver (the live page test drives them headless)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 lint: install ## Lint with ruff
 	$(BIN)/ruff check .
