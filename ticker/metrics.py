@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ticker import jobs
 from ticker.bus import keys
 from ticker.feed.sharding import slot_api_key
 
@@ -53,6 +54,7 @@ SUBSCRIPTIONS = Gauge(
 # slot ("<api key>:<n>", at most a few per key), an account (api key), a job name, a state.
 
 SHARD_STATES = ("streaming", "reconnecting")  # what a shard reports (ticker.feed.shard)
+REGISTRY_RELOAD_JOB = "registry_reload"  # the beat job that reloads the instruments (tasks/registry.py)
 
 # Shard state hash field -> (metric name, kind, help). A field a shard does not report is skipped.
 _SHARD_FIELDS = {
@@ -154,8 +156,8 @@ class ClusterCollector(Collector):
             yield family
 
     def _jobs(self) -> Iterator[Metric]:
-        names = sorted(self.redis.smembers(keys.JOBS))
-        last_run = GaugeMetricFamily("ticker_job_last_run_timestamp_seconds", "When each beat job last finished",
+        """From the status each beat job records (ticker.jobs.record)."""
+        last_run = GaugeMetricFamily("ticker_job_last_run_timestamp_seconds", "When each beat job last ran",
                                      labels=["job"])
         last_ok = GaugeMetricFamily("ticker_job_last_success_timestamp_seconds",
                                     "When each beat job last succeeded", labels=["job"])
@@ -163,16 +165,19 @@ class ClusterCollector(Collector):
                                      labels=["job"])
         outcome = GaugeMetricFamily("ticker_job_last_outcome", "1 for the outcome of each beat job's last run",
                                     labels=["job", "outcome"])
-        for name in names:
+        reload = GaugeMetricFamily("ticker_registry_last_reload_timestamp_seconds",
+                                   "When the instrument registry was last reloaded successfully")
+        for name in sorted(self.redis.smembers(keys.JOBS)):
             status = self.redis.hgetall(keys.job_status(name))
-            for family, fields in ((last_run, _RUN_AT), (last_ok, _OK_AT), (duration, _DURATION)):
-                value = next((_number(status[f]) for f in fields if f in status), None)
-                if value is not None:
-                    family.add_metric([name], value)
-            result = next((status[f] for f in _OUTCOME if status.get(f)), None)
-            if result is not None:
-                outcome.add_metric([name, _bounded_outcome(result)], 1)
-        yield from (last_run, last_ok, duration, outcome)
+            for family, field in ((last_run, "last_run"), (last_ok, "last_ok"), (duration, "duration_secs")):
+                if _number(status.get(field)) is not None:
+                    family.add_metric([name], _number(status[field]))
+            if status.get("outcome"):
+                known = status["outcome"] in (jobs.OK, jobs.FAILED, jobs.BUSY)
+                outcome.add_metric([name, status["outcome"] if known else "other"], 1)
+            if name == REGISTRY_RELOAD_JOB and _number(status.get("last_ok")) is not None:
+                reload.add_metric([], _number(status["last_ok"]))
+        yield from (last_run, last_ok, duration, outcome, reload)
 
     def _account_tokens(self) -> Iterator[Metric]:
         """From the accounts table: whether each account's token works and when it expires."""
@@ -198,22 +203,6 @@ class ClusterCollector(Collector):
             if account.get("token_expires_at") is not None:
                 expires.add_metric([account["api_key"]], account["token_expires_at"].timestamp() - now)
         yield from (up, valid, expires)
-
-
-# Field names a beat job's status hash and an account's token state may use (tasks/, registry/).
-_RUN_AT = ("finished_at", "last_run", "ran_at", "at")
-_OK_AT = ("last_success", "succeeded_at", "last_ok")
-_DURATION = ("duration_secs", "duration", "duration_seconds")
-_OUTCOME = ("outcome", "status", "result")
-_OUTCOMES = ("success", "failure", "skipped", "running")
-
-
-def _bounded_outcome(value: str) -> str:
-    """A job's outcome as one of a few label values, whatever text the job wrote."""
-    value = value.lower()
-    aliases = {"ok": "success", "succeeded": "success", "error": "failure", "failed": "failure", "skip": "skipped"}
-    value = aliases.get(value, value)
-    return value if value in _OUTCOMES else "other"
 
 
 def _family(name: str, kind: str, documentation: str, labels: list[str]) -> Metric:

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import RecordingClient
+from ticker import jobs
 from ticker.bus import keys
 from ticker.metrics import ClusterCollector, render
 
@@ -90,8 +91,9 @@ def test_no_label_is_per_instrument_or_per_user(stack):
 def test_cluster_collector_reads_beat_jobs_and_account_tokens(redis):
     """What beat jobs write to Redis and the accounts table say come out as bounded series."""
     job, now = "metrics-test-job", time.time()
-    redis.sadd(keys.JOBS, job)
-    redis.hset(keys.job_status(job), mapping={"outcome": "failed", "finished_at": now, "duration_secs": 1.5})
+    jobs.record(redis, job, jobs.FAILED, "Kite answered 503", started=now - 1.5)
+    reload_status = redis.hgetall(keys.job_status("registry_reload"))
+    jobs.record(redis, "registry_reload", jobs.OK, "98,186 instruments", started=now - 60)
     accounts = [{"api_key": "k1", "enabled": True, "token_valid": True,
                  "token_expires_at": datetime.fromtimestamp(now + 3600, UTC)},
                 {"api_key": "k2", "enabled": True, "token_valid": False, "token_expires_at": None}]
@@ -100,10 +102,18 @@ def test_cluster_collector_reads_beat_jobs_and_account_tokens(redis):
     finally:
         redis.srem(keys.JOBS, job)
         redis.delete(keys.job_status(job))
+        if reload_status:  # what the running service recorded, put back
+            redis.hset(keys.job_status("registry_reload"), mapping=reload_status)
+        else:
+            redis.srem(keys.JOBS, "registry_reload")
+            redis.delete(keys.job_status("registry_reload"))
 
-    assert only(found["ticker_job_last_outcome"], job=job, outcome="failure") == 1
-    assert only(found["ticker_job_last_run_timestamp_seconds"], job=job) == pytest.approx(now)
-    assert only(found["ticker_job_last_duration_seconds"], job=job) == 1.5
+    assert only(found["ticker_job_last_outcome"], job=job, outcome="failed") == 1
+    assert only(found["ticker_job_last_run_timestamp_seconds"], job=job) == pytest.approx(now - 1.5)
+    assert only(found["ticker_job_last_duration_seconds"], job=job) == pytest.approx(1.5, abs=0.1)
+    assert "ticker_job_last_success_timestamp_seconds" not in found or not any(
+        dict(key).get("job") == job for key in found["ticker_job_last_success_timestamp_seconds"])
+    assert only(found["ticker_registry_last_reload_timestamp_seconds"]) == pytest.approx(now - 60)
     assert only(found["ticker_account_token_valid"], account="k1") == 1
     assert only(found["ticker_account_token_valid"], account="k2") == 0
     assert 3590 < only(found["ticker_account_token_expiry_seconds"], account="k1") <= 3600
