@@ -42,6 +42,9 @@ class Config:
     ENV = _env("TICKER_ENV", "development")
     SECRET_KEY = _env("SECRET_KEY", "dev-only-secret-change-me")
     LOG_LEVEL = _env("LOG_LEVEL", "INFO")
+    # Set only under a forking server: where each worker process writes its metrics for /metrics
+    # to merge (prometheus_client reads the same variable when the process starts).
+    PROMETHEUS_MULTIPROC_DIR = _env("PROMETHEUS_MULTIPROC_DIR")
 
     REDIS_URL = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
     # Pub/sub channels are global to a Redis server, not per database: this keeps deployments

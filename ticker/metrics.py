@@ -8,7 +8,6 @@ and are exported by a collector, since shard tasks run in short-lived Celery chi
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -221,12 +220,12 @@ class Scrape:
             yield from collector.collect()
 
 
-def process_collector() -> Collector:
-    """This process's metrics; with PROMETHEUS_MULTIPROC_DIR set (a forking server), every
+def process_collector(multiprocess_dir: str = "") -> Collector:
+    """This process's metrics; with a PROMETHEUS_MULTIPROC_DIR (a forking server), every
     worker process's, merged from the files they write there."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not multiprocess_dir:
         return REGISTRY
-    return multiprocess.MultiProcessCollector(None)
+    return multiprocess.MultiProcessCollector(None, path=multiprocess_dir)
 
 
 def render(*collectors: Collector) -> bytes:

@@ -48,7 +48,7 @@ def scrape():
         return jsonify({"code": errors.BAD_REQUEST, "message": f"scope must be one of {', '.join(SCOPES)}"}), 400
     collectors = []
     if scope in ("all", "replica"):
-        collectors.append(metrics.process_collector())
+        collectors.append(metrics.process_collector(current_app.config["PROMETHEUS_MULTIPROC_DIR"]))
     if scope in ("all", "cluster"):
         collectors.append(_cluster())
     return Response(metrics.render(*collectors), content_type=CONTENT_TYPE_LATEST)
