@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ticker.bus import keys
 from ticker.config import Config
 from ticker.extensions import jwt, socketio
 from ticker.logs import configure_logging
@@ -36,7 +37,7 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
         app,
         async_mode=async_mode,
         message_queue=app.config["REDIS_URL"],
-        channel="ticker-socketio",
+        channel=keys.SOCKETIO_CHANNEL,
         cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"] or [],
     )
 
@@ -47,6 +48,14 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
     from ticker.web import stats
 
     app.register_blueprint(stats.bp)
+
+    from ticker.web import metrics as metrics_routes
+
+    app.register_blueprint(metrics_routes.bp)
+
+    from ticker.web import page
+
+    app.register_blueprint(page.bp)
 
     from ticker.web import instruments, kite_login
 
