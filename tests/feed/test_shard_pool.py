@@ -275,3 +275,29 @@ def test_sequence_numbers_have_no_gaps_within_a_connection(pool, universe):
     pubsub.close()
     assert len(seqs) >= 8
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+def test_order_updates_are_published_on_the_accounts_channel(pool, universe):
+    pool.want(universe[:10])
+    pool.wait_ticking(universe[:10], timeout=20)
+    api_key = next(s for s, load in pool.slot_loads().items() if load).rsplit(":", 1)[0]
+    pubsub = pool.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.orders_of(api_key).replace(keys.CHANNELS, f"{keys.PREFIX}:{POOL_CHANNELS}"))
+
+    requests.post(f"{pool.sim}/_sim/order", params={"api_key": api_key}, json={"tradingsymbol": "INFY"}, timeout=5)
+    message = wait_for(lambda: pubsub.get_message(timeout=0.2), 10, "the order update")
+    pubsub.close()
+    assert decode(message["data"])["tradingsymbol"] == "INFY"
+
+
+def test_a_rolling_restart_never_breaks_kites_connection_limit(pool, universe):
+    tokens = universe[:120]
+    pool.want(tokens)
+    pool.wait_ticking(tokens, timeout=20)
+
+    for old in list(pool.workers):
+        pool.start_worker(f"{old.name}-next")
+        old.stop(timeout=20)  # a warm shutdown: its shards close, release, and are taken over
+        pool.workers.remove(old)
+        pool.wait_ticking(tokens, timeout=15)
+    assert_kite_limits_kept(pool)
