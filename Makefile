@@ -4,17 +4,22 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install services db run test lint browser
+.PHONY: help install services db run test lint browser bench-fanout
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## Create .venv and install the pinned requirements
+install: $(VENV)/.installed node_modules/.installed ## Create .venv and install the pinned requirements (and npm's)
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+# socket.io-client, for the JS client test and the fan-out benchmark's load generator.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
 	touch $@
 
 services: ## Start the local Redis and PostgreSQL if they are down
@@ -34,6 +39,9 @@ browser: ## Install Debian's chromium and chromedriver (the live page test drive
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
+bench-fanout: install services ## Fan-out benchmark vs the straightforward design (figures into BENCHMARKS.md)
+	$(BIN)/python bench/fanout.py $(BENCH_ARGS)
 
 lint: install ## Lint with ruff
 	$(BIN)/ruff check .
