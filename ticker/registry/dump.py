@@ -10,10 +10,11 @@ newline: the transfer stopped mid-row) is refused outright, and the registry kee
 from __future__ import annotations
 
 import csv
+import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import Decimal, InvalidOperation
 
 COLUMNS = (
     "instrument_token", "exchange_token", "tradingsymbol", "name", "last_price", "expiry",
@@ -22,6 +23,7 @@ COLUMNS = (
 MAX_BAD_ROWS = 100  # beyond this many the dump is corrupt, and the load fails
 TEXT_LIMITS = {"tradingsymbol": 64, "name": 128, "instrument_type": 8, "segment": 16, "exchange": 8}
 MAX_TOKEN = 2**63 - 1  # BigInteger
+_COPY_SPECIALS = re.compile(r"[\t\\\r\n]")  # would break COPY's text format; no Kite field holds one
 
 
 class DumpError(ValueError):
@@ -43,6 +45,7 @@ class DumpReport:
 
     rows: int = 0
     bad: list[BadRow] = field(default_factory=list)
+    symbols: list[tuple[int, str]] = field(default_factory=list)  # (token, "EXCHANGE:SYMBOL") of good rows
 
 
 def _int(value: str, name: str) -> int:
@@ -53,20 +56,16 @@ def _int(value: str, name: str) -> int:
 
 
 def _decimal(value: str, name: str) -> str:
-    try:
-        number = Decimal(value or "0")
-    except InvalidOperation:
-        raise ValueError(f"{name} {value!r} is not a number") from None
-    if not number.is_finite():
+    if not value:
+        return "0"
+    if "_" in value or not math.isfinite(float(value)):  # float() raises ValueError for non-numbers
         raise ValueError(f"{name} {value!r} is not a finite number")
-    return str(number)
+    return value  # PostgreSQL parses the exact decimal text itself
 
 
 def _text(value: str, name: str) -> str:
     if len(value) > TEXT_LIMITS[name]:
         raise ValueError(f"{name} {value[:20]!r}... is longer than {TEXT_LIMITS[name]} characters")
-    if any(c in value for c in "\t\\\r\n"):
-        raise ValueError(f"{name} {value!r} holds a control character")
     return value
 
 
@@ -74,22 +73,24 @@ def parse_row(fields: list[str]) -> tuple:
     """One CSV record as a tuple in COLUMNS order; ValueError says what is wrong."""
     if len(fields) != len(COLUMNS):
         raise ValueError(f"{len(fields)} columns, expected {len(COLUMNS)}")
-    row = dict(zip(COLUMNS, fields, strict=True))
-    if not row["tradingsymbol"] or not row["exchange"]:
+    if _COPY_SPECIALS.search("".join(fields)):
+        raise ValueError("a field holds a tab, backslash or line break")
+    token, exchange_token, symbol, name, last_price, expiry, strike, tick, lot, kind, segment, exchange = fields
+    if not symbol or not exchange:
         raise ValueError("tradingsymbol and exchange are required")
     return (
-        _int(row["instrument_token"], "instrument_token"),
-        _int(row["exchange_token"], "exchange_token"),
-        _text(row["tradingsymbol"], "tradingsymbol"),
-        _text(row["name"], "name"),
-        _decimal(row["last_price"], "last_price"),
-        date.fromisoformat(row["expiry"]) if row["expiry"] else None,
-        _decimal(row["strike"], "strike"),
-        _decimal(row["tick_size"], "tick_size"),
-        int(row["lot_size"]),
-        _text(row["instrument_type"], "instrument_type"),
-        _text(row["segment"], "segment"),
-        _text(row["exchange"], "exchange"),
+        _int(token, "instrument_token"),
+        _int(exchange_token, "exchange_token"),
+        _text(symbol, "tradingsymbol"),
+        _text(name, "name"),
+        _decimal(last_price, "last_price"),
+        date.fromisoformat(expiry) if expiry else None,
+        _decimal(strike, "strike"),
+        _decimal(tick, "tick_size"),
+        int(lot),
+        _text(kind, "instrument_type"),
+        _text(segment, "segment"),
+        _text(exchange, "exchange"),
     )
 
 
@@ -129,6 +130,7 @@ def validated_rows(lines: Iterable[str], report: DumpReport, max_bad: int = MAX_
             continue
         tokens.add(row[0])
         symbols.add((row[11], row[2]))
+        report.symbols.append((row[0], f"{row[11]}:{row[2]}"))
         report.rows += 1
         yield row
     if report.rows == 0:

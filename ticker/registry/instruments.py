@@ -26,6 +26,7 @@ REGISTRY_LOCK_KEY = 0x7469636B  # PostgreSQL advisory lock id for registry write
 # A dump under half of yesterday's size is a transfer cut short on a row boundary, not a market
 # event (Kite's dump moves by a few thousand expiries and listings a day out of ~115,000).
 MIN_SIZE_RATIO = 0.5
+COPY_READ_CHARS = 1 << 16
 
 __all__ = ["DumpError", "Registry", "ReloadReport", "mirror_from_db", "replace_from_dump"]
 
@@ -42,6 +43,7 @@ class ReloadReport:
     resymbolled: dict[int, str] = field(default_factory=dict)  # token -> its new "EXCHANGE:SYMBOL"
     updated: int = 0  # rows whose other fields (price, lot size, ...) changed
     seconds: float = 0.0
+    symbols: list[tuple[int, str]] = field(default_factory=list, repr=False)  # the new registry, for the mirror
 
     def notice(self) -> dict[str, Any]:
         """The REGISTRY_RELOADED payload: how by-symbol subscriptions must move."""
@@ -130,18 +132,21 @@ def replace_from_dump(session: Session, lines: Iterable[str], min_ratio: float =
         cursor.execute("CREATE TEMP TABLE instruments_staging (LIKE instruments) ON COMMIT DROP")
         source = _CopySource(validated_rows(lines, dump))
         try:
-            cursor.copy_expert(f"COPY instruments_staging ({_COLUMN_LIST}) FROM STDIN", source)
+            cursor.copy_expert(f"COPY instruments_staging ({_COLUMN_LIST}) FROM STDIN", source, size=COPY_READ_CHARS)
         except psycopg2.Error:
             if source.error is not None:
                 raise source.error from None  # the dump's fault (DumpError) or the fetch's
             raise
-        report.rows, report.bad_rows = dump.rows, dump.bad
+        report.rows, report.bad_rows, report.symbols = dump.rows, dump.bad, dump.symbols
         cursor.execute("SELECT count(*) FROM instruments")
         current = cursor.fetchone()[0]
         if report.rows < current * min_ratio:
             raise DumpError(f"the dump has {report.rows:,} instruments, under {min_ratio:.0%} of the "
                             f"{current:,} in the registry: refusing it as truncated")
-        _diff(cursor, report)
+        if current:
+            _diff(cursor, report)
+        else:  # a first load: everything is new, nothing to compare
+            report.added = [token for token, _ in dump.symbols]
         cursor.execute(_SWAP[0])
         cursor.execute(_SWAP[1])
         report.updated = max(cursor.rowcount - len(report.added) - len(report.renumbered), 0)

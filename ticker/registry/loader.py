@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from ticker.bus import keys
 from ticker.bus.connection import redis_client
 from ticker.db import session_for
-from ticker.registry.instruments import ReloadReport, mirror_from_db, replace_from_dump
+from ticker.registry.instruments import ReloadReport, mirror_to_redis, replace_from_dump
 from ticker.registry.models import Instrument
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,8 @@ def reload_instruments(app: Flask, progress: Progress | None = None, min_ratio: 
     kwargs = {} if min_ratio is None else {"min_ratio": min_ratio}
     with session_for(config["DATABASE_URL"]) as session:
         report = replace_from_dump(session, dump_lines(config["KITE_API_ROOT"], progress), **kwargs)
-        client = redis_client(config["REDIS_URL"])
-        mirror_from_db(session, client)
+    client = redis_client(config["REDIS_URL"])
+    mirror_to_redis(client, report.symbols)  # exactly what was committed
     publish_reload(client, report)
     log_report(report)
     return report
