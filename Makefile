@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install services db run test lint browser bench-fanout
+.PHONY: help install services db run test lint browser bench-fanout bench-registry
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ browser: ## Install Debian's chromium and chromedriver (the live page test drive
 
 bench-fanout: install services ## Fan-out benchmark vs the straightforward design (figures into BENCHMARKS.md)
 	$(BIN)/python bench/fanout.py $(BENCH_ARGS)
+
+bench-registry: install services ## Registry reload benchmark: COPY path vs ORM objects (figures into BENCHMARKS.md)
+	$(BIN)/python -m bench.registry_reload --write $(BENCH_ARGS)
 
 lint: install ## Lint with ruff
 	$(BIN)/ruff check .

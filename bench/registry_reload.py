@@ -3,8 +3,8 @@ row objects, on the simulator's full instruments dump.
 
     .venv/bin/python -m bench.registry_reload [--runs 3] [--write]
 
-Starts a simulator of its own (stopped by PID at the end), uses the database BENCH_DATABASE_URL
-(default ticker_bench, dropped and re-created) and Redis database 15. Each figure is the median of
+Starts a simulator of its own (stopped by PID at the end), uses the database REGISTRY_BENCH_DATABASE_URL
+(default ticker_bench_registry, dropped and re-created) and Redis database 15. Each figure is the median of
 `--runs`. The paths compared, each ending with the registry committed:
 
 - bulk, first load: `reload_instruments` into an empty table (fetch, validate, COPY, merge,
@@ -31,7 +31,9 @@ import time
 from bench.machine import describe
 from ticker.config import ROOT
 
-BENCH_DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ticker_bench")
+BENCH_DATABASE_URL = os.environ.get(
+    "REGISTRY_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ticker_bench_registry"
+)
 REDIS_URL = "redis://127.0.0.1:6379/15"
 os.environ.setdefault("REDIS_URL", REDIS_URL)  # before ticker imports read the configuration
 
@@ -121,6 +123,13 @@ def measure(app, runs: int) -> tuple[dict[str, float], int]:
 
 
 def report(figures: dict[str, float], rows: int, runs: int) -> str:
+    labels = {
+        "bulk_first": "bulk, first load (stream + validate + COPY + merge + Redis mirror)",
+        "bulk_daily": "bulk, daily reload into a full registry",
+        "orm_e2e": "ORM row objects, end to end (`KiteConnect.instruments()` + `add_all`)",
+        "orm_write": "ORM row objects, database writes only (rows already parsed)",
+    }
+    table = "\n".join(f"| {label} | {figures[key]:.2f} | {rows / figures[key]:,.0f} |" for key, label in labels.items())
     ratio = figures["orm_e2e"] / figures["bulk_first"]
     ratio_write = figures["orm_write"] / figures["bulk_first"]
     return f"""{SECTION}
@@ -131,15 +140,20 @@ with the registry committed. Machine: {describe()}.
 
 | path | seconds | instruments/s |
 |---|---:|---:|
-| bulk, first load (stream + validate + COPY + merge + Redis mirror) | {figures['bulk_first']:.2f} | {rows / figures['bulk_first']:,.0f} |
-| bulk, daily reload into a full registry | {figures['bulk_daily']:.2f} | {rows / figures['bulk_daily']:,.0f} |
-| ORM row objects, end to end (`KiteConnect.instruments()` + `add_all`) | {figures['orm_e2e']:.2f} | {rows / figures['orm_e2e']:,.0f} |
-| ORM row objects, database writes only (rows already parsed) | {figures['orm_write']:.2f} | {rows / figures['orm_write']:,.0f} |
+{table}
 
 The bulk path is {ratio:.1f}x faster than the ORM end to end, and {ratio_write:.1f}x faster than the
 ORM's database writes alone, although it also validates every row, computes the day's changes and
-rebuilds the Redis mirror. Target: a full reload under 5 s, at least 10x faster than ORM objects.
+rebuilds the Redis mirror. Targets: a full reload under 5 s ({verdict(figures['bulk_first'] < 5)}); at
+least 10x faster than ORM objects ({verdict(ratio >= 10)} end to end, {verdict(ratio_write >= 10)} against
+the ORM's writes alone). Where the bulk path's time goes (profiled): validating rows in Python about a
+third, COPY and the merge into the indexed table about a third, the Redis mirror (two hashes of
+{rows:,} fields) the rest.
 """
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "not met"
 
 
 def write_section(text_: str) -> None:
