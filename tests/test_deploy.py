@@ -12,9 +12,9 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ISOLATED_REDIS_URL, start
+from tests.conftest import ISOLATED_REDIS_URL
 from tests.support.clients import RecordingClient
-from tests.support.processes import ROOT, VENV_BIN, free_port, wait_for
+from tests.support.processes import ROOT, VENV_BIN, Process, free_port, wait_for
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -102,7 +102,7 @@ def test_the_image_runs_as_a_user_and_checks_its_health():
 
 
 @pytest.mark.integration
-def test_honcho_runs_the_procfile_until_a_client_gets_ticks(processes, service_env, workdir, registry, make_token):
+def test_honcho_runs_the_procfile_until_a_client_gets_ticks(service_env, workdir, registry, make_token):
     """web, worker, jobs, beat and sim, as `honcho start` runs them on a developer's machine."""
     web_port, sim_port = free_port(), free_port()
     kite = f"127.0.0.1:{sim_port}"
@@ -113,23 +113,36 @@ def test_honcho_runs_the_procfile_until_a_client_gets_ticks(processes, service_e
     }
     Path(env["TICKER_INSTANCE_DIR"]).mkdir(exist_ok=True)
     # honcho gives the first process (web) PORT = the base port.
-    honcho = start(processes, "honcho", [
+    honcho = Process("honcho", [
         str(VENV_BIN / "honcho"), "start", "-f", "Procfile", "-p", str(web_port),
         "web", "worker", "jobs", "beat", "sim",
     ], env, workdir)
-    url = f"http://127.0.0.1:{web_port}"
+    try:
+        check_procfile_service(honcho, f"http://127.0.0.1:{web_port}", make_token)
+    finally:
+        honcho.stop()  # now, not at the end of the run: its worker and beat would outlive the test
+    output = honcho.log_path.read_text(errors="replace")
+    for name in ("web", "worker", "jobs", "beat", "sim"):
+        assert f"{name}.1 " in output, f"honcho ran no {name}"
+
+
+def check_procfile_service(honcho: Process, url: str, make_token) -> None:
+    """/health turns 200, a client subscribes and gets ticks, /metrics parses."""
+    last = {}
 
     def healthy() -> bool:
         assert honcho.alive(), honcho.output()[-3000:]
         try:
-            return requests.get(f"{url}/health", timeout=2).status_code == 200
-        except requests.ConnectionError:
+            response = requests.get(f"{url}/health", timeout=5)
+        except requests.RequestException:  # not listening yet, or busy building its registry mirror
             return False
+        last["health"] = response.text
+        return response.status_code == 200
 
     try:
         wait_for(healthy, 60, "the Procfile's processes to be healthy")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{honcho.output()[-4000:]}") from None
+        raise AssertionError(f"{exc}; /health: {last.get('health')}\n{honcho.output()[-4000:]}") from None
     client = RecordingClient().connect(url, make_token("honcho"))
     try:
         reply = client.call("subscribe", {"instruments": ["NSE:INFY"], "mode": "quote"})
@@ -139,5 +152,3 @@ def test_honcho_runs_the_procfile_until_a_client_gets_ticks(processes, service_e
         client.close()
     scrape = requests.get(f"{url}/metrics", timeout=5).text
     assert {f.name for f in text_string_to_metric_families(scrape)} >= {"ticker_shard_up", "ticker_clients_connected"}
-    for name in ("web", "worker", "jobs", "beat", "sim"):
-        assert f"{name}.1 " in honcho.output(), f"honcho ran no {name}"

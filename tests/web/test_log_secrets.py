@@ -15,9 +15,9 @@ import sys
 import pytest
 import requests
 
-from tests.conftest import ISOLATED_REDIS_URL, start
+from tests.conftest import ISOLATED_REDIS_URL
 from tests.support.clients import RecordingClient
-from tests.support.processes import free_port, port_open, wait_for
+from tests.support.processes import Process, free_port, port_open, wait_for
 from ticker.db import session_for
 from ticker.registry import accounts, migrate
 
@@ -27,7 +27,7 @@ API_KEY, API_SECRET, FIRST_ACCESS_TOKEN = "logkey", "s3cret-api-secret-0451", "f
 
 
 @pytest.fixture(scope="module")
-def replica(processes, service_env, workdir, database):
+def replica(service_env, workdir, database):
     """A simulator and a web replica of their own; returns (web url, web process, database url)."""
     db_url = f"{database}_logs"
     from sqlalchemy import create_engine, text
@@ -47,7 +47,7 @@ def replica(processes, service_env, workdir, database):
 
     sim_port, web_port = free_port(), free_port()
     kite = f"127.0.0.1:{sim_port}"
-    start(processes, "logs-sim", [
+    sim = Process("logs-sim", [
         sys.executable, "-m", "ticker.sim", "--port", str(sim_port), "--seed", "3",
         "--account", f"{API_KEY}:{API_SECRET}:{FIRST_ACCESS_TOKEN}",
         "--redirect-url", f"http://127.0.0.1:{web_port}/kite/callback/{API_KEY}",
@@ -57,9 +57,13 @@ def replica(processes, service_env, workdir, database):
         "REDIS_URL": ISOLATED_REDIS_URL, "KITE_API_ROOT": f"http://{kite}", "KITE_TICKER_ROOT": f"ws://{kite}",
         "KITE_LOGIN_ROOT": f"http://{kite}", "KITE_API_KEY": API_KEY, "KITE_API_SECRET": API_SECRET,
     }
-    web = start(processes, "logs-web", [sys.executable, "wsgi.py"], env, workdir)
-    wait_for(lambda: port_open(sim_port) and port_open(web_port), 30, "the simulator and web replica")
-    return f"http://127.0.0.1:{web_port}", web, db_url
+    web = Process("logs-web", [sys.executable, "wsgi.py"], env, workdir)
+    try:
+        wait_for(lambda: port_open(sim_port) and port_open(web_port), 30, "the simulator and web replica")
+        yield f"http://127.0.0.1:{web_port}", web, db_url
+    finally:  # at the end of this module: they share the isolated Redis database with later tests
+        web.stop()
+        sim.stop()
 
 
 def connect_every_way(url: str, make_token) -> list[str]:
