@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, Index, Integer, Numeric, String, Text, func
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, Index, Integer, Numeric, String, Text, func, literal_column
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ticker.db import Base
@@ -15,7 +15,14 @@ class Instrument(Base):
 
     __tablename__ = "instruments"
     # "EXCHANGE:TRADINGSYMBOL" lookups from subscribe and the search box.
-    __table_args__ = (Index("ix_instruments_exchange_tradingsymbol", "exchange", "tradingsymbol"),)
+    __table_args__ = (
+        Index("ix_instruments_exchange_tradingsymbol", "exchange", "tradingsymbol"),
+        # Prefix search (GET /instruments): LIKE 'Q%' uses these only with the pattern operator class.
+        Index("ix_instruments_tradingsymbol_prefix", "tradingsymbol",
+              postgresql_ops={"tradingsymbol": "varchar_pattern_ops"}),
+        Index("ix_instruments_name_prefix", func.upper(literal_column("name")).label("upper_name"),
+              postgresql_ops={"upper_name": "text_pattern_ops"}),
+    )
 
     instrument_token: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     exchange_token: Mapped[int] = mapped_column(BigInteger)
