@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install services db run test lint browser bench-fanout bench-registry
+.PHONY: help install services db run test lint browser bench-fanout bench-registry bench-ingest bench-recovery
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,3 +48,12 @@ bench-registry: install services ## Registry reload benchmark: COPY path vs ORM 
 
 lint: install ## Lint with ruff
 	$(BIN)/ruff check .
+
+bench-ingest: install services ## Ingest benchmark: one shard process parsing and publishing
+	$(BIN)/python -m bench.ingest $(BENCH_ARGS)
+
+bench-recovery: install services ## Upstream recovery: first tick, reconnect, takeover medians
+	$(BIN)/python -m bench.recovery $(BENCH_ARGS)
+
+bench-ops: install services ## Operations overhead: a log line's and a /metrics scrape's cost
+	$(BIN)/python -m bench.ops $(BENCH_ARGS)

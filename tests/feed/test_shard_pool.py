@@ -136,7 +136,7 @@ def test_a_rejected_token_moves_its_tokens_and_a_new_token_brings_the_account_ba
     requests.post(f"{pool.sim}/_sim/expire", params={"api_key": victim}, timeout=5)
     wait_for(lambda: all(not s.startswith(victim) for s in assignment.usable_slots(pool.redis)), 15,
              f"{victim}'s slots to leave the pool")
-    pool.wait_ticking(tokens, timeout=15)  # the other account's free capacity took them
+    pool.wait_ticking(tokens, timeout=30)  # the other account's free capacity took them
     with session_for(POOL_DATABASE_URL) as session:
         assert not accounts.account_credentials(session, victim).token_valid
 
@@ -205,5 +205,5 @@ def test_a_rolling_restart_never_breaks_kites_connection_limit(pool, universe):
         pool.start_worker(f"{old.name}-next")
         old.stop(timeout=20)  # a warm shutdown: its shards close, release, and are taken over
         pool.workers.remove(old)
-        pool.wait_ticking(tokens, timeout=15)
+        pool.wait_ticking(tokens, timeout=30)
     assert_kite_limits_kept(pool)

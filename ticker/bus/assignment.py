@@ -120,3 +120,20 @@ def tokens_of(client: redis.Redis, slot: str) -> dict[int, str]:
 def capacity(client: redis.Redis) -> tuple[int, int]:
     """(tokens the usable slots can hold, tokens assigned now) across the cluster."""
     return sum(usable_slots(client).values()), client.hlen(keys.ASSIGNED_SLOT)
+
+
+def admissible(client: redis.Redis, tokens: list[int]) -> set[int]:
+    """The tokens a new subscription may take without exceeding the pool's capacity: those
+    already streamed (or wanted) and as many others as there is free room for. Everything is
+    admissible before the supervisor has first published the pool (capacity unknown yet)."""
+    if not tokens or not client.exists(keys.USABLE_SLOTS_VERSION):
+        return set(tokens)
+    total, used = capacity(client)
+    assigned = client.hmget(keys.ASSIGNED_SLOT, tokens)
+    fits = {token for token, slot in zip(tokens, assigned, strict=True) if slot}
+    room = total - used
+    for token in tokens:
+        if token not in fits and room > 0:
+            fits.add(token)
+            room -= 1
+    return fits

@@ -9,6 +9,7 @@ TOKEN_AUDIENCE = "token_wrong_audience"
 TOKEN_ISSUER = "token_wrong_issuer"
 BAD_REQUEST = "bad_request"  # a message of the wrong shape
 TOO_MANY_TOKENS = "too_many_tokens"  # one request names more tokens than allowed
+CAPACITY_EXHAUSTED = "capacity_exhausted"  # every upstream Kite connection is full
 LIMIT_EXCEEDED = "limit_exceeded"  # the connection already holds its maximum of tokens
 UNKNOWN_TOKEN = "unknown_token"
 UNKNOWN_INSTRUMENT = "unknown_instrument"

@@ -10,6 +10,7 @@ from typing import Any
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError
 
+from ticker.bus import assignment
 from ticker.clock import now_iso
 from ticker.extensions import socketio
 from ticker.web import auth, errors
@@ -171,6 +172,8 @@ def _resolve(instruments: list[str], tokens: list[int]) -> tuple[dict[int, str],
 def _admit(client: Client, tokens: list[int]) -> tuple[list[int], list[dict]]:
     """Split the request into accepted tokens and per-token rejections with codes."""
     known = replica().registry.known(tokens) if tokens else []
+    # Kite's connections hold so many instruments in all: beyond that, say so now.
+    upstream = assignment.admissible(replica().redis, [t for t in tokens if t not in client.subscriptions])
     accepted, rejected = [], []
     room = current_app.config["MAX_TOKENS_PER_CONNECTION"] - len(client.subscriptions)
     for token, is_known in zip(tokens, known, strict=True):
@@ -179,6 +182,9 @@ def _admit(client: Client, tokens: list[int]) -> tuple[list[int], list[dict]]:
             rejected.append(_rejection(token, errors.UNKNOWN_TOKEN, f"no instrument with token {token}"))
         elif is_new and room <= 0:
             rejected.append(_rejection(token, errors.LIMIT_EXCEEDED, "connection holds its maximum of tokens"))
+        elif is_new and token not in upstream:
+            rejected.append(_rejection(token, errors.CAPACITY_EXHAUSTED,
+                                       "every Kite connection is full: no room upstream for this instrument"))
         else:
             room -= is_new
             accepted.append(token)

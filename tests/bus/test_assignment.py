@@ -1,0 +1,42 @@
+"""The assignment as it lives in the real Redis: rebalancing from demand and usable slots,
+per-slot views for shards, overflow, and admission of new subscriptions."""
+
+import pytest
+
+from ticker.bus import assignment, keys
+from ticker.bus.demand import ReplicaDemand
+
+
+@pytest.fixture
+def clean(redis):
+    for key in redis.scan_iter(match=f"{keys.PREFIX}:*"):
+        if ":assignment:" in key or ":slot" in key or ":demand:" in key or ":replica:" in key:
+            redis.delete(key)
+    yield redis
+
+
+def test_rebalance_writes_each_slots_share_and_the_overflow(clean):
+    replica = ReplicaDemand(clean, "assign-test")
+    replica.heartbeat()
+    assignment.set_usable_slots(clean, {"a:0": 2, "a:1": 2})
+    replica.add([1, 2, 3, 4, 5], "quote")
+
+    assert assignment.rebalance(clean, {}, grace_secs=60)
+    assert assignment.tokens_of(clean, "a:0") == {1: "quote", 2: "quote"}
+    assert assignment.tokens_of(clean, "a:1") == {3: "quote", 4: "quote"}
+    assert clean.smembers(keys.ASSIGNMENT_OVERFLOW) == {"5"}
+    assert not assignment.rebalance(clean, {}, grace_secs=60)  # nothing moved: no work
+    replica.forget()
+
+
+def test_new_subscriptions_are_admitted_only_while_there_is_room(clean):
+    replica = ReplicaDemand(clean, "admit-test")
+    replica.heartbeat()
+    assignment.set_usable_slots(clean, {"a:0": 3})
+    replica.add([1, 2], "ltp")
+    assignment.rebalance(clean, {}, grace_secs=60)
+
+    assert assignment.admissible(clean, [1, 2, 7, 8]) == {1, 2, 7}  # streamed ones, and one free place
+    assignment.set_usable_slots(clean, {})
+    assert assignment.admissible(clean, [9]) == set()  # no account with a valid token: no room at all
+    replica.forget()
