@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
 from ticker.bus import keys
-from ticker.db import engine_for, session_for
+from ticker.db import session_for
 from ticker.registry import accounts, secrets
 from ticker.registry.models import KiteAccount
 
@@ -17,18 +16,12 @@ TOKEN = "plain-access-token-0123456789"
 REFRESH = "plain-refresh-token-9876543210"
 
 
-def forget_test_accounts(session) -> None:
-    # Only this module's accounts: a running stack's shards use the configured one.
-    session.query(KiteAccount).filter(KiteAccount.api_key.like("key\\_%")).delete(synchronize_session=False)
-    session.commit()
-
-
 @pytest.fixture
-def session(app, database):
-    with app.app_context(), session_for(database) as session:
-        forget_test_accounts(session)
+def session(app, accounts_database):
+    with app.app_context(), session_for(accounts_database) as session:
+        session.query(KiteAccount).delete()
+        session.commit()
         yield session
-        forget_test_accounts(session)
 
 
 def mine(session) -> list[accounts.AccountCredentials]:
@@ -96,20 +89,13 @@ def test_unknown_and_duplicate_accounts_are_clear_errors(session):
     assert mine(session) == []
 
 
-def test_config_account_is_added_only_when_there_is_none(app, database):
-    # In a transaction rolled back at the end: other tests' processes share this table.
-    with app.app_context(), engine_for(database).connect() as connection:
-        outer = connection.begin()
-        session = Session(bind=connection, join_transaction_mode="create_savepoint")
-        session.query(KiteAccount).delete()
-        config = {**app.config, "KITE_API_KEY": "key_config"}
-        added = accounts.ensure_config_account(session, config)
-        assert added is not None and added.api_key == "key_config"
-        [creds] = accounts.active_accounts(session)
-        assert creds.access_token == app.config["KITE_ACCESS_TOKEN"] and creds.token_valid
-        assert accounts.ensure_config_account(session, config) is None
-        session.close()
-        outer.rollback()
+def test_config_account_is_added_only_when_there_is_none(session, app):
+    config = {**app.config, "KITE_API_KEY": "key_config"}
+    added = accounts.ensure_config_account(session, config)
+    assert added is not None and added.api_key == "key_config"
+    [creds] = mine(session)
+    assert creds.access_token == app.config["KITE_ACCESS_TOKEN"] and creds.token_valid
+    assert accounts.ensure_config_account(session, config) is None
 
 
 def test_a_secret_under_an_unknown_key_is_a_clear_error(app):
@@ -140,8 +126,16 @@ def test_production_without_keys_refuses():
         secrets.cipher_for([], "production", "whatever")
 
 
-def test_cli_never_prints_secrets(session, app):
+def test_cli_never_prints_secrets(session, app, accounts_database):
     runner = app.test_cli_runner()
+    app.config["DATABASE_URL"], shared = accounts_database, app.config["DATABASE_URL"]
+    try:
+        cli_round_trip(runner, session, app)
+    finally:
+        app.config["DATABASE_URL"] = shared
+
+
+def cli_round_trip(runner, session, app):
     result = runner.invoke(args=["accounts", "add", "key_e", "--api-secret", SECRET, "--access-token", TOKEN])
     assert result.exit_code == 0, result.output
     listing = runner.invoke(args=["accounts", "list"])

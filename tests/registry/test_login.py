@@ -1,8 +1,8 @@
 """The Kite login round trip and token checks, against a real simulator and web replica.
 
 This module runs a simulator of its own whose login redirects to a web replica of its own (the
-redirect URL is fixed when the simulator starts), with an API key no other test uses, so the
-shared stack's shards never see these tokens.
+redirect URL is fixed when the simulator starts), with an API key and a database (for accounts)
+no other test uses, so the shared stack's shards never see these tokens.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ API_KEY, API_SECRET = "login_test_key", "login_test_secret"
 
 
 @pytest.fixture(scope="module")
-def login_stack(processes, service_env, workdir, database, redis):
+def login_stack(processes, service_env, workdir, accounts_database, redis):
     """A simulator whose login redirects to a web replica; both on ports of their own."""
     sim_port, web_port = free_port(), free_port()
     sim_url, web_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{web_port}"
-    env = {**service_env, "KITE_API_ROOT": sim_url, "KITE_LOGIN_ROOT": sim_url,
+    env = {**service_env, "DATABASE_URL": accounts_database, "KITE_API_ROOT": sim_url, "KITE_LOGIN_ROOT": sim_url,
            "KITE_TICKER_ROOT": f"ws://127.0.0.1:{sim_port}", "PORT": str(web_port)}
     sim = start(processes, "login-sim", [
         sys.executable, "-m", "ticker.sim", "--port", str(sim_port), "--account", f"{API_KEY}:{API_SECRET}",
@@ -44,8 +44,8 @@ def login_stack(processes, service_env, workdir, database, redis):
 
 
 @pytest.fixture
-def account(app, login_stack):
-    with app.app_context(), session_for(app.config["DATABASE_URL"]) as session:
+def account(app, login_stack, accounts_database):
+    with app.app_context(), session_for(accounts_database) as session:
         session.query(KiteAccount).filter_by(api_key=API_KEY).delete()
         session.commit()
         accounts.add_account(session, API_KEY, API_SECRET)
