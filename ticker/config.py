@@ -75,7 +75,6 @@ class Config:
 
     # Shards: tokens always streamed (operator watchlist) and how long an unwanted token stays.
     WATCHLIST_TOKENS = [int(t) for t in _list("WATCHLIST_TOKENS")]
-    SHARD_SLOTS = _int("SHARD_SLOTS", 1)
     UNSUBSCRIBE_GRACE_SECS = _float("UNSUBSCRIBE_GRACE_SECS", 60.0)
 
     # Socket.IO server.
