@@ -124,3 +124,5 @@ def test_health_reports_every_dependency(stack):
     assert body["status"] == "ok"
     assert {"redis", "database", "shards", "registry"} <= set(body["checks"])
     assert body["checks"]["registry"]["instruments"] > 90_000
+    pool = body["checks"]["shards"]["pool"]
+    assert pool["capacity"] == 3 * 3000 and pool["assigned"] <= pool["capacity"] and pool["overflow"] == 0

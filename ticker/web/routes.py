@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 
+from ticker.bus import assignment, keys
 from ticker.bus.connection import redis_client
 from ticker.db import engine_for
 from ticker.feed.shard import SILENCE_SECS
@@ -46,7 +47,9 @@ def _check_shards() -> dict[str, Any]:
         }
     live = any(s["live"] for s in shards.values())
     reason = None if live else f"no shard streaming in the last {SHARD_STALE_SECS}s (silence limit {SILENCE_SECS:.0f}s)"
-    return {"ok": live, "shards": shards, **({"reason": reason} if reason else {})}
+    total, used = assignment.capacity(client)
+    pool = {"capacity": total, "assigned": used, "overflow": client.scard(keys.ASSIGNMENT_OVERFLOW)}
+    return {"ok": live, "shards": shards, "pool": pool, **({"reason": reason} if reason else {})}
 
 
 def _check_registry() -> dict[str, Any]:
