@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ISOLATED_REDIS_URL
 from tests.support.clients import RecordingClient
+from tests.support.databases import fresh_database
 from tests.support.processes import ROOT, VENV_BIN, Process, free_port, wait_for
+from ticker.bus.connection import redis_client
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -102,16 +105,22 @@ def test_the_image_runs_as_a_user_and_checks_its_health():
 
 
 @pytest.mark.integration
-def test_honcho_runs_the_procfile_until_a_client_gets_ticks(service_env, workdir, registry, make_token):
-    """web, worker, jobs, beat and sim, as `honcho start` runs them on a developer's machine."""
+def test_honcho_runs_the_procfile_until_a_client_gets_ticks(service_env, workdir, database, make_token):
+    """release, then web, worker, jobs, beat and sim, as a developer's `honcho start` runs them:
+    on an empty database of their own (beat's jobs load the registry and the configured Kite
+    account), an isolated Redis database, a simulator of their own."""
     web_port, sim_port = free_port(), free_port()
     kite = f"127.0.0.1:{sim_port}"
     env = {
         **service_env, "REDIS_URL": ISOLATED_REDIS_URL, "SIM_PORT": str(sim_port), "SHARD_CONCURRENCY": "2",
+        "DATABASE_URL": fresh_database(f"{database}_honcho", upgrade=False),
         "KITE_API_ROOT": f"http://{kite}", "KITE_TICKER_ROOT": f"ws://{kite}", "KITE_LOGIN_ROOT": f"http://{kite}",
         "TICKER_INSTANCE_DIR": str(workdir / "honcho"),
     }
     Path(env["TICKER_INSTANCE_DIR"]).mkdir(exist_ok=True)
+    redis_client(ISOLATED_REDIS_URL).flushdb()  # the registry mirror of another test's database
+    release = ["honcho", "run", "-f", "Procfile", *_procfile_argv("release")]
+    subprocess.run(release, cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
     # honcho gives the first process (web) PORT = the base port.
     honcho = Process("honcho", [
         str(VENV_BIN / "honcho"), "start", "-f", "Procfile", "-p", str(web_port),
@@ -140,7 +149,7 @@ def check_procfile_service(honcho: Process, url: str, make_token) -> None:
         return response.status_code == 200
 
     try:
-        wait_for(healthy, 60, "the Procfile's processes to be healthy")
+        wait_for(healthy, 90, "the Procfile's processes to be healthy")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; /health: {last.get('health')}\n{honcho.output()[-4000:]}") from None
     client = RecordingClient().connect(url, make_token("honcho"))
