@@ -68,12 +68,17 @@ def register_secret(value: str | None) -> None:
         _known_pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
 
+# Every pattern above needs one of these words; most lines have none and skip the patterns.
+_MAY_HOLD_SECRETS = re.compile(rf"(?i)eyJ|bearer|PRIVATE KEY|{_SECRET_NAMES}")
+
+
 def redact(text: str) -> str:
     """`text` with every secret it contains replaced by [redacted]."""
     if _known_pattern is not None:
         text = _known_pattern.sub(REDACTED, text)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    if _MAY_HOLD_SECRETS.search(text):
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
     return text
 
 
