@@ -54,18 +54,7 @@ def redis(workdir):
 @pytest.fixture(scope="session")
 def database() -> str:
     """A fresh test database at the newest migration."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from ticker.db import sqlalchemy_url
-
-    url = make_url(sqlalchemy_url(DATABASE_URL))
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    admin.dispose()
-    migrate.create_database(DATABASE_URL)
-    migrate.upgrade(DATABASE_URL)
+    migrate.recreate_database(DATABASE_URL)
     return DATABASE_URL
 
 

@@ -73,10 +73,6 @@ def test_login_switches_running_shards_to_the_new_token(pool):
     pool.previous_tokens = {"k1": old, "k2": "t2"}
 
 
-@pytest.mark.xfail(reason="intermittent: a shard that connects with a token it read before the login is "
-                          "refused, and tasks/shards.py _token_rejected marks the account invalid although "
-                          "the database holds the new, valid token (it does not check the refused token is "
-                          "still the current one)")
 def test_revoking_the_previous_tokens_after_the_switch_disturbs_nothing(pool):
     # After the switch above: a connection still using a previous token would be closed with an
     # error frame. None is, every instrument keeps ticking and both accounts stay valid.

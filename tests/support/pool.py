@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from tests.support.processes import VENV_BIN, Process, free_port, port_open, wait_for
 from ticker.bus import assignment, keys
 from ticker.bus.connection import redis_client
 from ticker.bus.demand import ReplicaDemand
 from ticker.bus.ticks import decode
-from ticker.db import session_for, sqlalchemy_url
+from ticker.db import session_for
 from ticker.registry import accounts, migrate
 
 ACCOUNTS = {"k1": ("s1", "t1"), "k2": ("s2", "t2")}
@@ -31,16 +29,6 @@ PER_CONNECTION, PER_KEY = 50, 2
 CAPACITY = PER_CONNECTION * PER_KEY * len(ACCOUNTS)
 GRACE_SECS = 3
 POOL_CHANNELS = "pool"  # pub/sub namespace of the pool's processes
-
-
-def fresh_database(url: str) -> None:
-    parsed = make_url(sqlalchemy_url(url))
-    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-    admin.dispose()
-    migrate.create_database(url)
-    migrate.upgrade(url)
 
 
 @dataclass
@@ -89,7 +77,7 @@ def running_pool(base_env: dict[str, str], workdir: Path, database_url: str, red
     """A simulator with small limits, two accounts, two shard workers and beat; stopped on exit."""
     client = redis_client(redis_url)
     client.flushdb()
-    fresh_database(database_url)
+    migrate.recreate_database(database_url)
     with session_for(database_url) as session:
         for api_key, (secret, token) in ACCOUNTS.items():
             accounts.add_account(session, api_key, secret, token, notify=client)

@@ -147,16 +147,29 @@ class ShardRunner:
             self._stream(connection)
         except TokenRejected as exc:
             self.last_error = str(exc)
-            self.on_token_rejected(str(exc))
-            raise ShardStopped(f"token rejected: {exc}") from exc
+            if not self._switch_token():  # refused with the token that is still current
+                self.on_token_rejected(str(exc))
+                raise ShardStopped(f"token rejected: {exc}") from exc
         except TokenChanged:
-            log.info("shard %s reconnecting with the account's new token", self.settings.slot)
-            self.credentials = self.load_credentials()
+            self._switch_token()
         except (OSError, websocket.WebSocketException, ProtocolError, FeedSilent, redis.RedisError) as exc:
             self._fail(f"{type(exc).__name__}: {exc}", self.backoff.next_delay())
         finally:
             connection.close()
             self.current.clear()
+
+    def _switch_token(self) -> bool:
+        """Re-read the account; True (and reconnect with it) if a different token is stored now.
+
+        A shard may connect with a token it read just before a login stored a new one: Kite's
+        refusal of the old token says nothing about the new one."""
+        fresh = self.load_credentials()
+        if fresh.fingerprint == self.credentials.fingerprint:
+            return False
+        log.info("shard %s reconnecting with the account's new token", self.settings.slot)
+        self.credentials = fresh
+        self.stats["reconnects"] += 1
+        return True
 
     def _fail(self, reason: str, delay: float) -> None:
         self.last_error = reason
@@ -174,7 +187,7 @@ class ShardRunner:
             except redis.RedisError as exc:  # Redis restarting: wait for it, the lease decides
                 log.warning("shard %s: Redis unavailable: %s", self.settings.slot, exc)
             except TokenChanged:
-                self.credentials = self.load_credentials()
+                self._switch_token()
                 return
             time.sleep(min(RENEW_EVERY_SECS / 2, max(0.0, deadline - time.monotonic())))
 

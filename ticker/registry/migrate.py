@@ -26,13 +26,32 @@ def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
 
-def create_database(database_url: str) -> bool:
-    """Create the database named in `database_url`; False if it already exists."""
+def _on_server(database_url: str, statement) -> object:
+    """Run `statement(connection, database name)` on the server's `postgres` database."""
     url = make_url(sqlalchemy_url(database_url))
     admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        exists = connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": url.database})
-        if not exists:
-            connection.execute(text(f'CREATE DATABASE "{url.database}"'))
-    admin.dispose()
-    return not exists
+    try:
+        with admin.connect() as connection:
+            return statement(connection, url.database)
+    finally:
+        admin.dispose()
+
+
+def create_database(database_url: str) -> bool:
+    """Create the database named in `database_url`; False if it already exists."""
+
+    def create(connection, name: str) -> bool:
+        if connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}):
+            return False
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        return True
+
+    return bool(_on_server(database_url, create))
+
+
+def recreate_database(database_url: str) -> None:
+    """Drop the database (closing its sessions), create it again and migrate it to head.
+    For tests and benchmarks only: everything in it is lost."""
+    _on_server(database_url, lambda c, name: c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
+    create_database(database_url)
+    upgrade(database_url)
