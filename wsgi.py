@@ -24,4 +24,6 @@ app = create_app(async_mode=ASYNC_MODE)
 if __name__ == "__main__":
     with app.app_context():
         replica().start()
-    socketio.run(app, host=app.config["WEB_HOST"], port=app.config["WEB_PORT"], log_output=False)
+    # eventlet's WSGI server serves at most 1024 connections at once unless told otherwise.
+    server_options = {"max_size": app.config["MAX_CONNECTIONS"] + 100} if ASYNC_MODE == "eventlet" else {}
+    socketio.run(app, host=app.config["WEB_HOST"], port=app.config["WEB_PORT"], log_output=False, **server_options)
