@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ISOLATED_REDIS_URL
 from tests.support.clients import RecordingClient
-from tests.support.databases import fresh_database
 from tests.support.processes import ROOT, VENV_BIN, Process, free_port, wait_for
 from ticker.bus.connection import redis_client
+from ticker.registry.migrate import recreate_database
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -113,7 +113,7 @@ def test_honcho_runs_the_procfile_until_a_client_gets_ticks(service_env, workdir
     kite = f"127.0.0.1:{sim_port}"
     env = {
         **service_env, "REDIS_URL": ISOLATED_REDIS_URL, "SIM_PORT": str(sim_port), "SHARD_CONCURRENCY": "2",
-        "DATABASE_URL": fresh_database(f"{database}_honcho", upgrade=False),
+        "DATABASE_URL": recreate_database(f"{database}_honcho", migrate=False),
         "KITE_API_ROOT": f"http://{kite}", "KITE_TICKER_ROOT": f"ws://{kite}", "KITE_LOGIN_ROOT": f"http://{kite}",
         "TICKER_INSTANCE_DIR": str(workdir / "honcho"),
     }

@@ -17,10 +17,10 @@ import requests
 
 from tests.conftest import ISOLATED_REDIS_URL
 from tests.support.clients import RecordingClient
-from tests.support.databases import fresh_database
 from tests.support.processes import Process, free_port, port_open, wait_for
 from ticker.db import session_for
 from ticker.registry import accounts
+from ticker.registry.migrate import recreate_database
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ API_KEY, API_SECRET, FIRST_ACCESS_TOKEN = "logkey", "s3cret-api-secret-0451", "f
 @pytest.fixture(scope="module")
 def replica(service_env, workdir, database):
     """A simulator and a web replica of their own; returns (web url, web process, database url)."""
-    db_url = fresh_database(f"{database}_logs")
+    db_url = recreate_database(f"{database}_logs")
     with session_for(db_url) as session:
         accounts.add_account(session, API_KEY, API_SECRET)
 

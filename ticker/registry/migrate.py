@@ -49,9 +49,11 @@ def create_database(database_url: str) -> bool:
     return bool(_on_server(database_url, create))
 
 
-def recreate_database(database_url: str) -> None:
-    """Drop the database (closing its sessions), create it again and migrate it to head.
-    For tests and benchmarks only: everything in it is lost."""
+def recreate_database(database_url: str, migrate: bool = True) -> str:
+    """Drop the database (closing its sessions), create it again and, unless told not to,
+    migrate it to head; returns `database_url`. For tests and benchmarks: all in it is lost."""
     _on_server(database_url, lambda c, name: c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
     create_database(database_url)
-    upgrade(database_url)
+    if migrate:
+        upgrade(database_url)
+    return database_url
