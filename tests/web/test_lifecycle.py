@@ -89,3 +89,22 @@ def test_connection_attempts_from_one_address_are_limited(stack, processes, serv
     assert codes.count("rate_limited") >= 2 and codes.count("auth_required") >= 3, codes
     time.sleep(1.1)
     assert RecordingClient().try_connect(web.url)["code"] == "auth_required"
+
+
+def test_admin_connections_hear_operator_control_messages(connect, web, make_token, app):
+    from flask_socketio import SocketIO
+
+    from ticker.bus import keys
+    from ticker.registry.tokens import OPERATORS_ROOM
+
+    admin = RecordingClient()
+    admin.sio.on("kite_account", lambda data: admin.events["kite_account"].append(data))
+    admin.connect(web.url, make_token("ops", admin=True))
+    plain = connect("not-ops")
+    try:
+        SocketIO(message_queue=app.config["REDIS_URL"], channel=keys.SOCKETIO_CHANNEL).emit(
+            "kite_account", {"api_key": "k", "token_valid": True}, to=OPERATORS_ROOM, namespace="/")
+        wait_for(lambda: admin.events["kite_account"], 5, "the control message")
+        assert not plain.events.get("kite_account")
+    finally:
+        admin.close()

@@ -13,6 +13,7 @@ from flask_socketio import ConnectionRefusedError
 from ticker.bus import assignment
 from ticker.clock import now_iso
 from ticker.extensions import socketio
+from ticker.registry.tokens import OPERATORS_ROOM
 from ticker.web import auth, errors
 from ticker.web.errors import ClientError
 from ticker.web.fanout import raw_socket
@@ -48,6 +49,8 @@ def on_connect(auth_data: Any = None) -> None:
         log.info("refused connection from %s: %s", request.remote_addr, exc.code)
         # Socket.IO delivers this as connect_error: err.message, and err.data = {code, message}.
         raise ConnectionRefusedError(exc.message, exc.as_dict()) from None
+    if claims.get("admin") is True:
+        socketio.server.enter_room(request.sid, OPERATORS_ROOM, namespace="/")  # control messages (docs/API.md)
     log.info("connected %s user=%s", request.sid, client.user)
     _send("connected", {"connection_id": request.sid, "user": client.user, "server_time": now_iso(),
                         "limits": _limits()})
