@@ -11,7 +11,7 @@ from flask import current_app
 
 from tasks import celery, flask_app
 from ticker.bus.connection import redis_client
-from ticker.db import session_for
+from ticker.db import engine_for, session_for
 from ticker.jobs import run_job
 from ticker.registry.accounts import ensure_config_account
 from ticker.registry.tokens import check_all
@@ -51,8 +51,13 @@ def schedule(sender, **_):
 @signals.worker_ready.connect
 def ensure_account(**_):
     # A local run (the simulator's credentials in config) needs no `flask accounts add`.
+    url = flask_app.config["DATABASE_URL"]
     try:
-        with session_for(flask_app.config["DATABASE_URL"]) as session:
+        with session_for(url) as session:
             ensure_config_account(session, flask_app.config)
     except Exception:  # noqa: BLE001  (the worker still serves; the token check reports the account)
         log.exception("could not add the configured Kite account")
+    finally:
+        # This runs in the worker's parent, which forks a child per task: a pooled connection
+        # left open here would be shared by every child (interleaved replies, corrupt rows).
+        engine_for(url).dispose()
