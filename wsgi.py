@@ -18,8 +18,11 @@ elif ASYNC_MODE == "gevent":
 from ticker import create_app  # noqa: E402
 from ticker.extensions import socketio  # noqa: E402
 from ticker.web.replica import replica  # noqa: E402
+from ticker.web.transport import without_compression  # noqa: E402
 
 app = create_app(async_mode=ASYNC_MODE)
+if not app.config["WS_COMPRESSION"]:
+    app.wsgi_app = without_compression(app.wsgi_app)
 
 if __name__ == "__main__":
     with app.app_context():

@@ -23,9 +23,9 @@ received, latency from shard ingest (`ingest_ts`) to client receipt (p50, p99, m
 replica's conflated and dropped counts. `--idle N` also opens N idle connections to a fresh
 replica in each mode and reports its resident memory growth per connection.
 
-Uses Redis database 14 (FANOUT_BENCH_REDIS_URL) and the PostgreSQL database ticker_bench_fanout
-(FANOUT_BENCH_DATABASE_URL), both emptied first. `--write` puts the figures into BENCHMARKS.md
-(its "Fan-out" section only).
+Uses Redis database 11 (FANOUT_BENCH_REDIS_URL: one nothing else uses, since it is flushed) and
+the PostgreSQL database ticker_bench_fanout (FANOUT_BENCH_DATABASE_URL), both emptied first.
+`--write` puts the figures into BENCHMARKS.md (its "Fan-out" section only).
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REDIS_URL = os.environ.get("FANOUT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+REDIS_URL = os.environ.get("FANOUT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 DATABASE_URL = os.environ.get("FANOUT_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ticker_bench_fanout")
 os.environ["REDIS_URL"] = REDIS_URL  # before ticker imports read the configuration
 os.environ["DATABASE_URL"] = DATABASE_URL
@@ -167,7 +168,12 @@ class Bench:
                              {**self.env, "PORT": str(port), "ASYNC_MODE": mode, **env})
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: port_open(port) or not process.alive(), 30, f"{name} to listen")
-        wait_for(lambda: requests.get(f"{url}/health", timeout=5).status_code == 200, 60, f"{name} to be healthy")
+        health = lambda: requests.get(f"{url}/health", timeout=5)  # noqa: E731
+        try:
+            wait_for(lambda: health().status_code == 200, 60, f"{name} to be healthy")
+        except AssertionError:
+            print(health().text, flush=True)
+            raise
         return process, url
 
     def jwts(self, count: int, admin: bool = False) -> list[str]:
@@ -328,22 +334,26 @@ def main() -> None:
     machine = describe()
     command = "python -m bench.fanout " + " ".join(sys.argv[1:])
     print(machine, flush=True)
-    with tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp:
-        bench = Bench(args, Path(tmp))
-        streams, idles = [], []
-        try:
-            bench.bring_up()
-            for clients, per_client in args.sizes:
-                for design, mode in [("this service", m) for m in modes] + [("straightforward", modes[0])]:
-                    result = stream_run(bench, design, mode, clients, per_client)
-                    print(json.dumps(result), flush=True)
-                    streams.append(result)
-            for mode in modes if args.idle else []:
-                result = idle_run(bench, mode, args.idle)
+    workdir = Path(tempfile.mkdtemp(prefix="fanout-bench-"))
+    bench = Bench(args, workdir)
+    streams, idles = [], []
+    try:
+        bench.bring_up()
+        for clients, per_client in args.sizes:
+            for design, mode in [("this service", m) for m in modes] + [("straightforward", modes[0])]:
+                result = stream_run(bench, design, mode, clients, per_client)
                 print(json.dumps(result), flush=True)
-                idles.append(result)
-        finally:
-            bench.stop_all()
+                streams.append(result)
+        for mode in modes if args.idle else []:
+            result = idle_run(bench, mode, args.idle)
+            print(json.dumps(result), flush=True)
+            idles.append(result)
+    except BaseException:
+        print(f"failed: the processes' logs are in {workdir}", flush=True)
+        raise
+    finally:
+        bench.stop_all()
+    shutil.rmtree(workdir)
     body = "\n".join([
         f"`.venv/bin/{command.strip()}` (`make bench-fanout`); {machine}.",
         "",

@@ -31,13 +31,14 @@ function open(client) {
     socket.on("connect_error", (err) => reject(new Error(`${err.message} ${JSON.stringify(err.data)}`)));
     socket.on("disconnect", () => { disconnects += 1; });
     socket.on("ticks", onTicks);
-    socket.on("connected", () => {
-      if (job.mode !== "stream") return resolve();
-      socket.emit("subscribe", { tokens: client.tokens, mode: "quote" }, (reply) => {
-        if (reply.error || reply.rejected.length) reject(new Error(JSON.stringify(reply)));
-        else resolve();
-      });
+    // A subscription can be refused for a moment while the service starts (upstream capacity
+    // not yet known): try again a few times before giving up.
+    const subscribe = (tries) => socket.emit("subscribe", { tokens: client.tokens, mode: "quote" }, (reply) => {
+      if (!reply.error && !reply.rejected.length) resolve();
+      else if (tries > 1) setTimeout(() => subscribe(tries - 1), 1000);
+      else reject(new Error(JSON.stringify(reply)));
     });
+    socket.on("connected", () => (job.mode === "stream" ? subscribe(10) : resolve()));
   });
 }
 
