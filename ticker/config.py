@@ -93,6 +93,9 @@ class Config:
     TOKEN_EXPIRY_GRACE_SECS = _float("TOKEN_EXPIRY_GRACE_SECS", 30.0)  # time to `reauth` after `exp`
     # Off only for the benchmark's baseline, where another process emits the ticks.
     WEB_TICK_DELIVERY = _env("WEB_TICK_DELIVERY", "on") != "off"
+    # WebSocket permessage-deflate: off by default. Compressing every frame for every client cost
+    # two thirds of the web process's CPU and a zlib state per connection (BENCHMARKS.md, Fan-out).
+    WS_COMPRESSION = _env("WS_COMPRESSION", "off") == "on"
 
     # JWT: RS256 with a public key (PEM text or file) or a JWKS URL. The private key is only
     # for minting development tokens; production tokens come from the platform's user service.
