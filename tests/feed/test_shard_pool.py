@@ -20,9 +20,9 @@ from tests.support.pool import (
     GRACE_SECS,
     PER_CONNECTION,
     PER_KEY,
-    POOL_CHANNELS,
     Pool,
     nse_tokens,
+    pool_channels,
     running_pool,
 )
 from tests.support.processes import VENV_BIN, Process, wait_for
@@ -34,6 +34,11 @@ from ticker.registry import accounts
 pytestmark = pytest.mark.integration
 
 POOL_DATABASE_URL = DATABASE_URL + "_pool"  # accounts of its own, unseen by the main stack
+
+
+def in_pool(channel: str) -> str:
+    """`channel` as the pool's processes name it (their own pub/sub namespace)."""
+    return channel.replace(keys.CHANNELS, f"{keys.PREFIX}:{pool_channels(ISOLATED_REDIS_URL)}")
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +176,7 @@ def test_sequence_numbers_have_no_gaps_within_a_connection(pool, universe):
     token = universe[0]
     pool.want(universe[:10])
     pubsub = pool.redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(keys.channel_for(token).replace(keys.CHANNELS, f"{keys.PREFIX}:{POOL_CHANNELS}"))
+    pubsub.subscribe(in_pool(keys.channel_for(token)))
     seqs = []
     deadline = time.time() + 4
     while time.time() < deadline:
@@ -188,7 +193,7 @@ def test_order_updates_are_published_on_the_accounts_channel(pool, universe):
     pool.wait_ticking(universe[:10], timeout=20)
     api_key = next(s for s, load in pool.slot_loads().items() if load).rsplit(":", 1)[0]
     pubsub = pool.redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(keys.orders_of(api_key).replace(keys.CHANNELS, f"{keys.PREFIX}:{POOL_CHANNELS}"))
+    pubsub.subscribe(in_pool(keys.orders_of(api_key)))
 
     requests.post(f"{pool.sim}/_sim/order", params={"api_key": api_key}, json={"tradingsymbol": "INFY"}, timeout=5)
     message = wait_for(lambda: pubsub.get_message(timeout=0.2), 10, "the order update")

@@ -28,7 +28,7 @@ ACCOUNTS = {"k1": ("s1", "t1"), "k2": ("s2", "t2")}
 PER_CONNECTION, PER_KEY = 50, 2
 CAPACITY = PER_CONNECTION * PER_KEY * len(ACCOUNTS)
 GRACE_SECS = 3
-POOL_CHANNELS = "pool"  # pub/sub namespace of the pool's processes
+POOL_CHANNELS = "pool"  # pub/sub namespace of the pool's processes (with its Redis database)
 
 
 @dataclass
@@ -72,6 +72,11 @@ class Pool:
         return {slot: self.redis.hlen(keys.slot_tokens(slot)) for slot in assignment.usable_slots(self.redis)}
 
 
+def pool_channels(redis_url: str) -> str:
+    """The pool's pub/sub namespace: two pools running at once (on other databases) never meet."""
+    return f"{POOL_CHANNELS}{redis_url.rsplit('/', 1)[-1]}"
+
+
 @contextmanager
 def running_pool(base_env: dict[str, str], workdir: Path, database_url: str, redis_url: str) -> Iterator[Pool]:
     """A simulator with small limits, two accounts, two shard workers and beat; stopped on exit."""
@@ -86,7 +91,7 @@ def running_pool(base_env: dict[str, str], workdir: Path, database_url: str, red
         **base_env, "REDIS_URL": redis_url, "DATABASE_URL": database_url,
         "KITE_API_ROOT": f"http://127.0.0.1:{port}", "KITE_TICKER_ROOT": f"ws://127.0.0.1:{port}",
         "KITE_CONNECTIONS_PER_KEY": str(PER_KEY), "KITE_TOKENS_PER_CONNECTION": str(PER_CONNECTION),
-        "UNSUBSCRIBE_GRACE_SECS": str(GRACE_SECS), "TICKER_CHANNEL_NAMESPACE": POOL_CHANNELS,
+        "UNSUBSCRIBE_GRACE_SECS": str(GRACE_SECS), "TICKER_CHANNEL_NAMESPACE": pool_channels(redis_url),
     }
     sim = Process("pool-sim", [
         sys.executable, "-m", "ticker.sim", "--port", str(port), "--seed", "7", "--tick-rate", "4",
