@@ -15,7 +15,10 @@ Designs:
 - this service: the replica's tick listener reads each Redis batch once and sends each client
   one frame per flush (`ticker/web/fanout.py`), in each `--modes` async mode;
 - straightforward: the replica's delivery off and a worker (bench/fanout_baseline.py) emitting
-  every tick to its room through Flask-SocketIO's message queue; the replica runs the first mode.
+  every tick to its room through Flask-SocketIO's message queue; the replica runs the first mode,
+  with the same transport as this service (no WebSocket compression);
+- straightforward, library defaults: the same with permessage-deflate, which the WebSocket servers
+  negotiate with every browser unless told not to (WS_COMPRESSION=on).
 
 Figures per run, over `--seconds` after `--warmup`: tick deliveries (one tick reaching one
 client) per second and per web CPU-second (the replica's user+system time from /proc), frames
@@ -55,6 +58,7 @@ from ticker.config import ROOT, Config  # noqa: E402
 from ticker.web.auth import write_key_pair  # noqa: E402
 
 SECTION = "## Fan-out"
+DEFAULTS = "straightforward, library defaults"  # also permessage-deflate, as the WebSocket servers negotiate it
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WEB_CORE, LOAD_CORE = "0", "1"
 
@@ -213,8 +217,10 @@ class Bench:
 
 
 def stream_run(bench: Bench, design: str, mode: str, clients: int, per_client: int) -> dict:
-    baseline = design == "straightforward"
-    web, url = bench.web(f"web-{design}-{mode}-{clients}", mode, WEB_TICK_DELIVERY="off" if baseline else "on")
+    baseline = design.startswith("straightforward")
+    name = f"web-{design.replace(' ', '-').replace(',', '')}-{mode}-{clients}x{per_client}"
+    web, url = bench.web(name, mode, WEB_TICK_DELIVERY="off" if baseline else "on",
+                         WS_COMPRESSION="on" if design == DEFAULTS else "off")
     emitter = bench.start("baseline", [sys.executable, "-m", "bench.fanout_baseline"]) if baseline else None
     tokens = bench.tokens
     jobs = [{"jwt": jwt, "tokens": [tokens[(i * per_client + j) % len(tokens)] for j in range(per_client)]}
@@ -297,12 +303,11 @@ def ratios(streams: list[dict]) -> list[str]:
     notes = []
     for size in sorted({(r["clients"], r["per_client"]) for r in streams}):
         runs = [r for r in streams if (r["clients"], r["per_client"]) == size]
-        base = next((r for r in runs if r["design"] == "straightforward"), None)
-        for r in runs:
-            if base is not None and r is not base:
+        for base in [r for r in runs if r["design"].startswith("straightforward")]:
+            for r in [r for r in runs if r["design"] == "this service"]:
                 notes.append(f"- {size[0]} × {size[1]}, {r['mode']}: "
-                             f"{r['deliveries_per_cpu_sec'] / base['deliveries_per_cpu_sec']:.1f}× the straightforward "
-                             f"design's deliveries per web CPU-second.")
+                             f"{r['deliveries_per_cpu_sec'] / base['deliveries_per_cpu_sec']:.1f}× the deliveries per "
+                             f"web CPU-second of {base['design']}.")
     return notes
 
 
@@ -340,7 +345,8 @@ def main() -> None:
     try:
         bench.bring_up()
         for clients, per_client in args.sizes:
-            for design, mode in [("this service", m) for m in modes] + [("straightforward", modes[0])]:
+            designs = [("this service", m) for m in modes] + [("straightforward", modes[0]), (DEFAULTS, modes[0])]
+            for design, mode in designs:
                 result = stream_run(bench, design, mode, clients, per_client)
                 print(json.dumps(result), flush=True)
                 streams.append(result)

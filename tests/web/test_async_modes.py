@@ -1,5 +1,5 @@
 """Both async modes serve the whole protocol with real clients: eventlet (the design card's)
-and gevent (see BENCHMARKS.md for how they compare)."""
+and gevent (the default, since it measured faster: README, BENCHMARKS.md)."""
 
 from __future__ import annotations
 

@@ -25,8 +25,11 @@ RESERVED = {"connect", "disconnect", "connect_error", "message"}  # the client l
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=False),
-    st.text(max_size=50), st.builds(lambda s, n: (s or "x") * n, st.text(max_size=4), st.integers(1, 50_000)),
+    st.text(max_size=50),
 )
+# Up to 10,000 repeats of up to 4 characters: at most 480 KB of JSON even with every character
+# escaped, under the 1 MB message limit (a bigger message closes the connection, tested below).
+huge_strings = st.builds(lambda s, n: (s or "x") * n, st.text(max_size=4), st.integers(1, 10_000))
 json_values = st.recursive(
     scalars,
     lambda inner: st.one_of(st.lists(inner, max_size=8), st.dictionaries(st.text(max_size=12), inner, max_size=8)),
@@ -40,7 +43,9 @@ payloads = st.one_of(
     st.builds(lambda n: {"tokens": list(range(1, n))}, st.integers(min_value=900, max_value=60_000)),  # huge lists
     st.builds(lambda names: {"instruments": names}, st.lists(st.text(max_size=80), max_size=20)),
     st.integers(min_value=1, max_value=150).map(lambda depth: {"tokens": [1], "mode": "quote", "x": nested(depth)}),
-    st.builds(lambda token: {"token": token}, st.one_of(st.text(max_size=300), json_values)),
+    st.builds(lambda token: {"token": token}, st.one_of(st.text(max_size=300), huge_strings, json_values)),
+    st.builds(lambda text, key: {key: text}, huge_strings, st.sampled_from(["tokens", "instruments", "mode"])),
+    st.builds(lambda text: {"instruments": [text]}, huge_strings),
 )
 events = st.one_of(st.sampled_from(EVENTS), st.text(min_size=1, max_size=60).filter(lambda e: e not in RESERVED))
 
