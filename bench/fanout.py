@@ -26,7 +26,7 @@ received, latency from shard ingest (`ingest_ts`) to client receipt (p50, p99, m
 replica's conflated and dropped counts. `--idle N` also opens N idle connections to a fresh
 replica in each mode and reports its resident memory growth per connection.
 
-Uses Redis database 11 (FANOUT_BENCH_REDIS_URL: one nothing else uses, since it is flushed) and
+Uses Redis database 8 (FANOUT_BENCH_REDIS_URL: one nothing else uses, since it is flushed) and
 the PostgreSQL database ticker_bench_fanout (FANOUT_BENCH_DATABASE_URL), both emptied first.
 `--write` puts the figures into BENCHMARKS.md (its "Fan-out" section only).
 """
@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REDIS_URL = os.environ.get("FANOUT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+REDIS_URL = os.environ.get("FANOUT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
 DATABASE_URL = os.environ.get("FANOUT_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ticker_bench_fanout")
 os.environ["REDIS_URL"] = REDIS_URL  # before ticker imports read the configuration
 os.environ["DATABASE_URL"] = DATABASE_URL
@@ -55,6 +55,7 @@ from tests.support.processes import VENV_BIN, Process, free_port, port_open, wai
 from ticker import create_app  # noqa: E402
 from ticker.bus.connection import redis_client  # noqa: E402
 from ticker.config import ROOT, Config  # noqa: E402
+from ticker.registry.migrate import recreate_database  # noqa: E402
 from ticker.web.auth import write_key_pair  # noqa: E402
 
 SECTION = "## Fan-out"
@@ -68,22 +69,6 @@ class BenchConfig(Config):
     LOG_LEVEL = "WARNING"
     REDIS_URL = REDIS_URL
     DATABASE_URL = DATABASE_URL
-
-
-def fresh_database(url: str) -> None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from ticker.db import sqlalchemy_url
-    from ticker.registry import migrate
-
-    parsed = make_url(sqlalchemy_url(url))
-    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-    admin.dispose()
-    migrate.create_database(url)
-    migrate.upgrade(url)
 
 
 def cpu_secs(pid: int) -> float:
@@ -143,7 +128,7 @@ class Bench:
         from ticker.registry.loader import load_instruments
 
         redis_client(REDIS_URL).flushdb()
-        fresh_database(DATABASE_URL)
+        recreate_database(DATABASE_URL)
         sim = self.start("sim", [sys.executable, "-m", "ticker.sim", "--port", str(self.sim_port), "--seed", "7",
                                  "--tick-rate", str(self.args.tick_rate), "--sent-history", "1"])
         wait_for(lambda: port_open(self.sim_port) or not sim.alive(), 30, "the simulator")

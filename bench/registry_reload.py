@@ -30,6 +30,7 @@ import time
 
 from bench.machine import describe
 from ticker.config import ROOT
+from ticker.registry.migrate import recreate_database
 
 BENCH_DATABASE_URL = os.environ.get(
     "REGISTRY_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ticker_bench_registry"
@@ -38,13 +39,11 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 os.environ.setdefault("REDIS_URL", REDIS_URL)  # before ticker imports read the configuration
 
 from kiteconnect import KiteConnect  # noqa: E402
-from sqlalchemy import create_engine, delete, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import delete  # noqa: E402
 
 from ticker import create_app  # noqa: E402
 from ticker.config import Config  # noqa: E402
-from ticker.db import session_for, sqlalchemy_url  # noqa: E402
-from ticker.registry import migrate  # noqa: E402
+from ticker.db import session_for  # noqa: E402
 from ticker.registry.loader import reload_instruments  # noqa: E402
 from ticker.registry.models import Instrument  # noqa: E402
 
@@ -56,16 +55,6 @@ class BenchConfig(Config):
     LOG_LEVEL = "WARNING"
     REDIS_URL = REDIS_URL
     DATABASE_URL = BENCH_DATABASE_URL
-
-
-def fresh_database() -> None:
-    url = make_url(sqlalchemy_url(BENCH_DATABASE_URL))
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    admin.dispose()
-    migrate.create_database(BENCH_DATABASE_URL)
-    migrate.upgrade(BENCH_DATABASE_URL)
 
 
 def start_simulator(port: int) -> subprocess.Popen:
@@ -171,7 +160,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18799)
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
-    fresh_database()
+    recreate_database(BENCH_DATABASE_URL)
     sim = start_simulator(args.port)
     try:
         app = create_app(BenchConfig)
