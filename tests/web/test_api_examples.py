@@ -57,5 +57,7 @@ def test_the_python_example_subscribes_and_prints_ticks(stack, make_token):
     code = example("python").replace(DOC_URL, stack["url"])
     printed = run_for([sys.executable, "-c", f"JWT = {make_token('py-example')!r}\n{code}"], RUN_SECS)
 
-    assert re.search(r"^\{'tokens': \[\d+\], 'mode': 'ltp', 'total': 1, 'rejected': \[\]\}$", printed, re.M), printed
+    # The example prints the reply from the main thread while ticks print from the client's
+    # thread, so the reply need not start a line of its own.
+    assert re.search(r"\{'tokens': \[\d+\], 'mode': 'ltp', 'total': 1, 'rejected': \[\]\}", printed), printed
     assert len(re.findall(r"^\d+ \d+(\.\d+)? \d+$", printed, re.M)) >= 2, printed
