@@ -65,7 +65,7 @@ def scrape_cost(scrapes: int, accounts: int, slots: int) -> tuple[float, float, 
     seed_cluster(client, accounts, slots)
     summaries = [{"api_key": f"key{a}", "enabled": True, "token_valid": True,
                   "token_expires_at": datetime.now(UTC) + timedelta(hours=20)} for a in range(accounts)]
-    cluster = metrics.ClusterCollector(client, 9000, 10, accounts=lambda: summaries)
+    cluster = metrics.ClusterCollector(client, 9000, accounts=lambda: summaries)
     walls, cpu_started = [], time.process_time()
     for _ in range(scrapes):
         started = time.perf_counter()

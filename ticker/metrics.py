@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from ticker import jobs
 from ticker.bus import keys
+from ticker.bus.lease import shard_live, shard_states
 from ticker.feed.sharding import slot_api_key
 
 log = logging.getLogger(__name__)
@@ -81,13 +82,12 @@ class ClusterCollector(Collector):
     Redis being down is itself a figure (`ticker_cluster_redis_up 0`), never a failed scrape.
     """
 
-    def __init__(self, client: redis.Redis, tokens_per_account: int, stale_secs: float,
+    def __init__(self, client: redis.Redis, tokens_per_account: int,
                  accounts: Callable[[], list[dict[str, Any]]] | None = None):
         """`accounts` lists the Kite accounts (ticker.registry.accounts.account_summaries)."""
         self.redis = client
         self.accounts = accounts
         self.tokens_per_account = tokens_per_account
-        self.stale_secs = stale_secs
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("ticker_cluster_redis_up", "1 when this replica could read the cluster state")
@@ -101,15 +101,8 @@ class ClusterCollector(Collector):
         yield from families
         yield from self._account_tokens()
 
-    def _shard_states(self) -> dict[str, dict[str, str]]:
-        prefix, suffix = keys.shard_state("\0").split("\0")
-        states = {}
-        for key in self.redis.scan_iter(match=keys.shard_state("*"), count=1000):
-            states[key.removeprefix(prefix).removesuffix(suffix)] = self.redis.hgetall(key)
-        return states
-
     def _shards(self) -> Iterator[Metric]:
-        shards = self._shard_states()
+        shards = shard_states(self.redis)
         now = time.time()
         figures = {field: _family(*spec, ["slot"]) for field, spec in _SHARD_FIELDS.items()}
         state = GaugeMetricFamily("ticker_shard_state", "1 for the state each shard reports", labels=["slot", "state"])
@@ -124,8 +117,7 @@ class ClusterCollector(Collector):
                     family.add_metric([slot], value)
             for name in SHARD_STATES:
                 state.add_metric([slot, name], 1 if fields.get("state") == name else 0)
-            fresh = now - (_number(fields.get("heartbeat")) or 0) < self.stale_secs
-            live.add_metric([slot], 1 if fresh and fields.get("state") == "streaming" else 0)
+            live.add_metric([slot], 1 if shard_live(fields, now) else 0)
             owner.add_metric([slot], {"owner": fields.get("owner", "")})
             account = slot_api_key(slot)
             streamed[account] = streamed.get(account, 0) + (_number(fields.get("tokens")) or 0)

@@ -98,7 +98,7 @@ def test_cluster_collector_reads_beat_jobs_and_account_tokens(redis):
                  "token_expires_at": datetime.fromtimestamp(now + 3600, UTC)},
                 {"api_key": "k2", "enabled": True, "token_valid": False, "token_expires_at": None}]
     try:
-        found = samples(render(ClusterCollector(redis, 9000, 10, accounts=lambda: accounts)).decode())
+        found = samples(render(ClusterCollector(redis, 9000, accounts=lambda: accounts)).decode())
     finally:
         redis.srem(keys.JOBS, job)
         redis.delete(keys.job_status(job))
@@ -126,7 +126,7 @@ def test_redis_or_database_down_is_a_figure_not_a_failed_scrape():
         raise ConnectionError("database is down")
 
     unreachable = redis_lib.Redis(port=1, socket_connect_timeout=0.2)
-    found = samples(render(ClusterCollector(unreachable, 9000, 10, accounts=database_down)).decode())
+    found = samples(render(ClusterCollector(unreachable, 9000, accounts=database_down)).decode())
 
     assert only(found["ticker_cluster_redis_up"]) == 0
     assert only(found["ticker_cluster_database_up"]) == 0

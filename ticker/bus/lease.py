@@ -70,3 +70,20 @@ class ShardLease:
 
 def lease_owner(client: redis.Redis, slot: str) -> str | None:
     return client.get(keys.shard_lease(slot))
+
+
+SHARD_STALE_SECS = 10  # a shard reports every second; ten seconds of silence means it is gone
+
+
+def shard_states(client: redis.Redis) -> dict[str, dict[str, str]]:
+    """slot -> the state hash its shard refreshes every second (see ticker.feed.shard)."""
+    prefix, suffix = keys.shard_state("\0").split("\0")
+    return {
+        key.removeprefix(prefix).removesuffix(suffix): client.hgetall(key)
+        for key in client.scan_iter(match=keys.shard_state("*"), count=1000)
+    }
+
+
+def shard_live(state: dict[str, str], now: float) -> bool:
+    """Streaming, and reported within SHARD_STALE_SECS."""
+    return state.get("state") == "streaming" and now - float(state.get("heartbeat") or 0) < SHARD_STALE_SECS

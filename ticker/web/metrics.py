@@ -18,7 +18,6 @@ from ticker.bus.connection import redis_client
 from ticker.db import session_for
 from ticker.registry.accounts import account_summaries
 from ticker.web import errors
-from ticker.web.routes import SHARD_STALE_SECS
 
 bp = Blueprint("metrics", __name__)
 
@@ -35,7 +34,6 @@ def _cluster() -> metrics.ClusterCollector:
     return metrics.ClusterCollector(
         redis_client(config["REDIS_URL"]),
         tokens_per_account=config["KITE_CONNECTIONS_PER_KEY"] * config["KITE_TOKENS_PER_CONNECTION"],
-        stale_secs=SHARD_STALE_SECS,
         accounts=accounts,
     )
 

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from ticker.bus import assignment, keys
 from ticker.bus.connection import redis_client
+from ticker.bus.lease import SHARD_STALE_SECS, shard_live, shard_states
 from ticker.db import engine_for
 from ticker.feed.shard import SILENCE_SECS
 from ticker.web.jobs_health import check_jobs
@@ -18,7 +19,6 @@ from ticker.web.replica import replica
 
 bp = Blueprint("web", __name__)
 
-SHARD_STALE_SECS = 10  # a shard reports every second; ten seconds of silence means it is gone
 
 
 def _check_redis() -> dict[str, Any]:
@@ -34,17 +34,16 @@ def _check_database() -> dict[str, Any]:
 
 def _check_shards() -> dict[str, Any]:
     client = redis_client(current_app.config["REDIS_URL"])
-    shards = {}
-    for key in client.scan_iter(match="ticker:shard:*:state", count=1000):
-        state = client.hgetall(key)
-        age = time.time() - float(state.get("heartbeat", 0))
-        slot = key.split(":", 2)[2].rsplit(":", 1)[0]
-        shards[slot] = {
+    now = time.time()
+    shards = {
+        slot: {
             "state": state.get("state"),
             "tokens": int(state.get("tokens", 0)),
             "last_error": state.get("last_error") or None,
-            "live": age < SHARD_STALE_SECS and state.get("state") == "streaming",
+            "live": shard_live(state, now),
         }
+        for slot, state in shard_states(client).items()
+    }
     live = any(s["live"] for s in shards.values())
     reason = None if live else f"no shard streaming in the last {SHARD_STALE_SECS}s (silence limit {SILENCE_SECS:.0f}s)"
     total, used = assignment.capacity(client)
