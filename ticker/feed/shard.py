@@ -235,8 +235,7 @@ class ShardRunner:
         if now_version == version:
             return now_version
         wanted = assignment.tokens_of(self.redis, self.settings.slot)
-        # The assigner already applied the grace period and the slot's capacity.
-        changes = subscriptions.plan(self.current, wanted, {}, 0.0, 0.0, self.settings.capacity)
+        changes = subscriptions.plan(self.current, wanted, self.settings.capacity)
         if changes:
             self._send(connection, changes)
         if changes.over_capacity:
@@ -255,7 +254,7 @@ class ShardRunner:
             connection.send("mode", [mode, tokens])
         for mode, tokens in changes.set_mode.items():
             connection.send("mode", [mode, tokens])
-        subscriptions.apply(self.current, changes, {})
+        subscriptions.apply(self.current, changes)
         log.info(
             "shard %s now streams %d tokens (+%d, -%d)", self.settings.slot,
             len(self.current), len(new_tokens), len(changes.unsubscribe),

@@ -1,4 +1,6 @@
-"""What a shard must change on its Kite connection to match demand (pure logic, no I/O)."""
+"""What a shard must change on its Kite connection to match its slot's assignment (pure
+logic, no I/O). The grace period and the slot's capacity are the assigner's business
+(ticker.feed.sharding); this only turns "streams X, must stream Y" into Kite's commands."""
 
 from __future__ import annotations
 
@@ -19,37 +21,18 @@ class Changes:
         return bool(self.subscribe or self.set_mode or self.unsubscribe)
 
 
-def plan(
-    current: dict[int, str],
-    desired: dict[int, str],
-    unwanted_since: dict[int, float],
-    now: float,
-    grace_secs: float,
-    capacity: int,
-) -> Changes:
-    """Compare what the connection streams (`current`) with what is wanted (`desired`).
-
-    A token nobody wants any more is unsubscribed only after `grace_secs`, so a client that
-    reconnects or flips between screens does not churn the upstream connection;
-    `unwanted_since` (token -> when it became unwanted) is updated in place. New tokens are
-    taken in token order until the slot's `capacity` is reached.
-    """
-    changes = Changes()
+def plan(current: dict[int, str], wanted: dict[int, str], capacity: int) -> Changes:
+    """Compare what the connection streams (`current`) with what it must (`wanted`). New
+    tokens are taken in token order up to `capacity`, a guard: the assigner never asks for more."""
+    changes = Changes(unsubscribe=[token for token in current if token not in wanted])
     subscribe, set_mode = defaultdict(list), defaultdict(list)
-    for token in list(unwanted_since):
-        if token in desired:
-            del unwanted_since[token]
     for token, mode in current.items():
-        if token not in desired:
-            since = unwanted_since.setdefault(token, now)
-            if now - since >= grace_secs:
-                changes.unsubscribe.append(token)
-        elif desired[token] != mode:
-            set_mode[desired[token]].append(token)
+        if token in wanted and wanted[token] != mode:
+            set_mode[wanted[token]].append(token)
     room = capacity - len(current) + len(changes.unsubscribe)
-    for token in sorted(set(desired) - set(current)):
+    for token in sorted(set(wanted) - set(current)):
         if room > 0:
-            subscribe[desired[token]].append(token)
+            subscribe[wanted[token]].append(token)
             room -= 1
         else:
             changes.over_capacity.append(token)
@@ -57,10 +40,9 @@ def plan(
     return changes
 
 
-def apply(current: dict[int, str], changes: Changes, unwanted_since: dict[int, float]) -> None:
+def apply(current: dict[int, str], changes: Changes) -> None:
     """Record on `current` what `changes` did to the connection."""
     for mode, tokens in (*changes.subscribe.items(), *changes.set_mode.items()):
         current.update(dict.fromkeys(tokens, mode))
     for token in changes.unsubscribe:
         current.pop(token, None)
-        unwanted_since.pop(token, None)
