@@ -1,19 +1,17 @@
 """Account tasks: validate (and renew) every Kite access token, after the daily expiry and
-periodically, and make sure a local run has its configured account."""
+periodically. (The configured account of a local run is added by the shard supervisor.)"""
 
 from __future__ import annotations
 
 import logging
 
-from celery import signals
 from celery.schedules import crontab
 from flask import current_app
 
-from tasks import celery, flask_app
+from tasks import celery
 from ticker.bus.connection import redis_client
-from ticker.db import engine_for, session_for
+from ticker.db import session_for
 from ticker.jobs import run_job
-from ticker.registry.accounts import ensure_config_account
 from ticker.registry.tokens import check_all
 
 log = logging.getLogger(__name__)
@@ -46,18 +44,3 @@ def schedule(sender, **_):
     sender.add_periodic_task(crontab(hour=6, minute=5), check_tokens.s(), name="check tokens after expiry")
     # And every quarter hour, for tokens killed early (a logout, a second login).
     sender.add_periodic_task(CHECK_EVERY_SECS, check_tokens.s(), name="check tokens")
-
-
-@signals.worker_ready.connect
-def ensure_account(**_):
-    # A local run (the simulator's credentials in config) needs no `flask accounts add`.
-    url = flask_app.config["DATABASE_URL"]
-    try:
-        with session_for(url) as session:
-            ensure_config_account(session, flask_app.config)
-    except Exception:  # noqa: BLE001  (the worker still serves; the token check reports the account)
-        log.exception("could not add the configured Kite account")
-    finally:
-        # This runs in the worker's parent, which forks a child per task: a pooled connection
-        # left open here would be shared by every child (interleaved replies, corrupt rows).
-        engine_for(url).dispose()

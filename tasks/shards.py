@@ -86,6 +86,7 @@ def refresh_slots(config) -> dict[str, int]:
     """Publish the usable slots (accounts with a valid token) and their tokens' fingerprints."""
     client = redis_client(config["REDIS_URL"])
     with session_for(config["DATABASE_URL"]) as session:
+        # A local run (the simulator's credentials in config) needs no `flask accounts add`.
         accounts.ensure_config_account(session, config)
         usable = [a for a in accounts.active_accounts(session) if a.token_valid and a.access_token]
     capacity = dict.fromkeys(
