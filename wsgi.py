@@ -31,6 +31,13 @@ if __name__ == "__main__":
     # Everything built so far lives as long as the process: keep it out of the collector's full
     # passes, which otherwise stall delivery for tens of milliseconds on a large heap.
     gc.freeze()
-    # eventlet's WSGI server serves at most 1024 connections at once unless told otherwise.
-    server_options = {"max_size": app.config["MAX_CONNECTIONS"] + 100} if ASYNC_MODE == "eventlet" else {}
+    if ASYNC_MODE == "eventlet":
+        # eventlet's WSGI server serves at most 1024 connections at once unless told otherwise.
+        server_options = {"max_size": app.config["MAX_CONNECTIONS"] + 100}
+    elif ASYNC_MODE == "gevent":
+        from ticker.web.gevent_server import WebSocketClosingHandler
+
+        server_options = {"handler_class": WebSocketClosingHandler}
+    else:
+        server_options = {}
     socketio.run(app, host=app.config["WEB_HOST"], port=app.config["WEB_PORT"], log_output=False, **server_options)

@@ -4,6 +4,7 @@ and gevent (the default, since it measured faster: README, BENCHMARKS.md)."""
 from __future__ import annotations
 
 import pytest
+import websocket
 
 from tests.support.clients import RecordingClient
 from tests.support.processes import wait_for
@@ -41,3 +42,25 @@ def test_a_stalled_client_is_cut_off(web, make_token, database):
     stalled.subscribe(tokens_of(database, "NFO-OPT", 400, skip=2000), "full")
     wait_for(lambda: "slow_consumer" in web.process.output(), 30, "the stalled client to be cut off")
     wait_for(stalled.closed_by_server, 10, "the stalled connection to be closed")
+
+
+def test_the_server_ends_the_connection_after_the_closing_handshake(web, make_token):
+    """RFC 6455 (7.1.1): the server closes the TCP connection; clients wait for it (python-socketio's
+    `disconnect()` for up to 3 s, browsers about 2 s before reporting `close`)."""
+    query = f"/socket.io/?EIO=4&transport=websocket&token={make_token('closing')}"
+    ws = websocket.create_connection(web.url.replace("http", "ws", 1) + query, timeout=5)
+    assert ws.recv().startswith("0")  # Engine.IO open
+    ws.send("40")
+    while not ws.recv().startswith("40"):  # Socket.IO connect (`connected` may come first)
+        pass
+
+    ws.send_close()
+    while ws.recv_frame().opcode != websocket.ABNF.OPCODE_CLOSE:
+        pass
+    ws.sock.settimeout(1)
+    try:
+        end = ws.sock.recv(1)
+    except TimeoutError:
+        end = "the connection still open after 1 s"
+    ws.shutdown()
+    assert end == b""

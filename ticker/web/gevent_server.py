@@ -1,0 +1,29 @@
+"""gevent's WSGI server as a web replica runs it: imported only under gevent."""
+
+from __future__ import annotations
+
+import socket
+
+from gevent import pywsgi
+
+
+class WebSocketClosingHandler(pywsgi.WSGIHandler):
+    """gevent's request handler, which ends the TCP connection once a WebSocket on it has closed.
+
+    simple-websocket answers the upgrade on the socket itself, so gevent never sees the `101`:
+    when the WebSocket ends it takes the connection for an idle keep-alive one and waits for
+    another HTTP request on it. RFC 6455 (7.1.1) has the server close the TCP connection after
+    the closing handshake, and clients wait for it: python-socketio's client up to 3 s in each
+    `disconnect()`, browsers about 2 s before a closed socket reports `close`. eventlet's server
+    closes its WebSockets itself."""
+
+    def handle_one_response(self) -> None:
+        super().handle_one_response()
+        if self.status is None and self.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+            self.close_connection = True
+            # simple-websocket holds a duplicate of the socket until it reads the client's end of
+            # the connection, so closing this one alone would not end it: say we are done now.
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+            except OSError:  # the client is gone already
+                pass
