@@ -40,6 +40,9 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
         channel=keys.SOCKETIO_CHANNEL,
         cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"] or [],
     )
+    from ticker.web import wire
+
+    wire.install(socketio.server, async_mode)
 
     from ticker.web import events, routes  # noqa: F401  (registers handlers)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from ticker.web.outbox import Outbox, ticks_frame
+from ticker.web.outbox import Outbox, ticks_message
 
 
-def tick(token: int, seq: int) -> str:
-    return json.dumps({"instrument_token": token, "seq": seq})
+def tick(token: int, seq: int) -> bytes:
+    return json.dumps({"instrument_token": token, "seq": seq}).encode()
 
 
-def seqs(encoded: list[str]) -> list[tuple[int, int]]:
+def seqs(encoded: list[bytes]) -> list[tuple[int, int]]:
     return [(t["instrument_token"], t["seq"]) for t in map(json.loads, encoded)]
 
 
@@ -62,7 +62,8 @@ def test_unsubscribing_forgets_the_token():
     assert seqs(outbox.take()) == [(10, 1)]
 
 
-def test_the_frame_is_a_socketio_ticks_event_with_the_encoded_ticks():
-    frame = ticks_frame([tick(10, 1), tick(20, 2)])
-    assert frame.startswith("2")
-    assert json.loads(frame[1:]) == ["ticks", [{"instrument_token": 10, "seq": 1}, {"instrument_token": 20, "seq": 2}]]
+def test_the_message_is_a_socketio_ticks_event_with_the_encoded_ticks():
+    message = ticks_message([tick(10, 1), tick(20, 2)])
+    assert message.startswith(b"42")  # Engine.IO MESSAGE, Socket.IO EVENT, default namespace
+    ticks = [{"instrument_token": 10, "seq": 1}, {"instrument_token": 20, "seq": 2}]
+    assert json.loads(message[2:]) == ["ticks", ticks]

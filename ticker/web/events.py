@@ -16,9 +16,9 @@ from ticker.extensions import socketio
 from ticker.registry.tokens import OPERATORS_ROOM
 from ticker.web import auth, errors
 from ticker.web.errors import ClientError
-from ticker.web.fanout import raw_socket
 from ticker.web.replica import Client, replica
 from ticker.web.requests import parse_reauth, parse_subscribe, parse_unsubscribe
+from ticker.web.wire import raw_socket
 
 log = logging.getLogger(__name__)
 

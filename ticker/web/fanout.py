@@ -8,23 +8,24 @@ once, and under load the ticks that arrived meanwhile share a frame.
 
 A client whose connection already holds `MAX_QUEUED_FRAMES` unsent frames is behind: its
 outbox conflates (latest tick per token) until it catches up, and after `slow_secs` behind it
-is handed to `on_slow` to be disconnected. Frames go straight to the Engine.IO socket of the
-client (never through the message queue), which is what `ignore_queue` would do, minus
-re-encoding the same ticks for every member.
+is handed to `on_slow` to be disconnected. Frames never go through the message queue (what
+`ignore_queue` would do, minus re-encoding the same ticks for every member): they are written
+straight to the client's WebSocket (`ticker.web.wire`), or where a connection has no wire
+(long-polling, compression), put in its Engine.IO queue.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from engineio import packet
 
 from ticker import metrics
-from ticker.bus.ticks import encode, project
-from ticker.web.outbox import Outbox, ticks_frame
+from ticker.bus.ticks import project
+from ticker.web.outbox import Outbox, ticks_message
 
 MAX_QUEUED_FRAMES = 4  # unsent frames on a connection before its client counts as behind
 
@@ -36,7 +37,7 @@ class Fanout:
         self.server = server  # the python-socketio Server
         self.on_slow = on_slow
         self.slow_secs = slow_secs
-        self.members: dict[int, dict[str, set[str]]] = {}
+        self.members: dict[int, dict[str, dict[str, Outbox]]] = {}  # token -> mode -> sid -> outbox
         self.outboxes: dict[str, Outbox] = {}
         self.eio_sids: dict[str, str] = {}
         self.waiting: set[str] = set()  # clients with something queued
@@ -55,13 +56,15 @@ class Fanout:
             self._count("dropped", outbox.size, metrics.TICKS_DROPPED)
 
     def join(self, sid: str, token: int, mode: str) -> None:
-        self.members.setdefault(token, {}).setdefault(mode, set()).add(sid)
+        outbox = self.outboxes.get(sid)
+        if outbox is not None:
+            self.members.setdefault(token, {}).setdefault(mode, {})[sid] = outbox
 
     def leave(self, sid: str, token: int, mode: str) -> None:
         modes = self.members.get(token, {})
         sids = modes.get(mode)
         if sids is not None:
-            sids.discard(sid)
+            sids.pop(sid, None)
             if not sids:
                 del modes[mode]
             if not modes:
@@ -86,50 +89,66 @@ class Fanout:
         if outbox is None:
             return
         for tick in ticks:
-            outbox.add(tick["instrument_token"], tick["seq"], tick["ingest_ts"], encode(tick))
+            outbox.add(tick["instrument_token"], tick["seq"], tick["ingest_ts"], orjson.dumps(tick))
         if outbox.size:
             self.waiting.add(sid)
-            self._flush_one(sid, time.time())
+            sent = self._flush_one(sid, time.time())
+            self._sent(sent, 1 if sent else 0)
 
     def flush(self) -> bool:
         """Send every waiting client one frame, or conflate it if it is behind; True while
         some client still has ticks waiting (it is behind)."""
         now = time.time()
+        delivered = frames = 0
         for sid in list(self.waiting):
-            self._flush_one(sid, now)
+            sent = self._flush_one(sid, now)
+            if sent:
+                delivered += sent
+                frames += 1
+        self._sent(delivered, frames)
         return bool(self.waiting)
 
-    def _queue(self, tick: dict, modes: dict[str, set[str]]) -> int:
+    def _queue(self, tick: dict, modes: dict[str, dict[str, Outbox]]) -> int:
         token, seq, ingest_ms = tick["instrument_token"], tick["seq"], tick["ingest_ts"]
         conflated = 0
         for mode, sids in modes.items():
             projected = project(tick, mode)
             if projected is None:
                 continue
-            encoded = encode(projected)
-            for sid in sids:
-                outbox = self.outboxes.get(sid)
-                if outbox is not None:
-                    conflated += outbox.add(token, seq, ingest_ms, encoded)
-                    self.waiting.add(sid)
+            encoded = orjson.dumps(projected)
+            waiting = self.waiting
+            for sid, outbox in sids.items():
+                conflated += outbox.add(token, seq, ingest_ms, encoded)
+                waiting.add(sid)
         return conflated
 
-    def _flush_one(self, sid: str, now: float) -> None:
+    def _flush_one(self, sid: str, now: float) -> int:
+        """Send the client's queued ticks as one frame; how many ticks went (0: none could)."""
         outbox = self.outboxes.get(sid)
         connection = self.server.eio.sockets.get(self.eio_sids.get(sid))
-        if outbox is None or connection is None or not outbox.size:
+        wire = getattr(connection, "wire", None)
+        if outbox is None or connection is None or not outbox.size or (wire is not None and wire.broken):
             self.waiting.discard(sid)
-            return
-        if connection.queue.qsize() >= MAX_QUEUED_FRAMES:
+            return 0
+        queued = connection.queue.qsize()
+        if queued >= MAX_QUEUED_FRAMES or (wire is not None and wire.busy):
             self._fall_behind(sid, outbox, now)
-            return
+            return 0
         oldest_ms = outbox.oldest_ingest_ms
         ticks = outbox.take()
         self.waiting.discard(sid)
-        connection.send(packet.Packet(packet.MESSAGE, data=ticks_frame(ticks)))
-        self._count("delivered", len(ticks), metrics.TICKS_DELIVERED)
-        self._count("frames", 1, metrics.FRAMES_SENT)
+        message = ticks_message(ticks)
+        if wire is not None and not queued:  # nothing waits ahead of these ticks
+            wire.write(message)
+        else:
+            connection.send(packet.Packet(packet.MESSAGE, data=message[1:].decode()))
         metrics.DELIVERY_LATENCY_SECONDS.observe(max(0.0, now - oldest_ms / 1000))
+        return len(ticks)
+
+    def _sent(self, delivered: int, frames: int) -> None:
+        if frames:
+            self._count("delivered", delivered, metrics.TICKS_DELIVERED)
+            self._count("frames", frames, metrics.FRAMES_SENT)
 
     def _fall_behind(self, sid: str, outbox: Outbox, now: float) -> None:
         conflated = outbox.fall_behind(now)
@@ -141,14 +160,3 @@ class Fanout:
     def _count(self, name: str, amount: int, counter: Any) -> None:
         self.totals[name] += amount
         counter.inc(amount)
-
-
-def raw_socket(environ: dict) -> socket.socket | None:
-    """The TCP socket under a WebSocket request (eventlet or gevent), so a client that stopped
-    reading can be cut off even while a write to it is blocked."""
-    if "eventlet.input" in environ:
-        return environ["eventlet.input"].get_socket()
-    wsgi_input = environ.get("wsgi.input")
-    wsgi_input = getattr(wsgi_input, "rfile", wsgi_input)
-    raw = getattr(wsgi_input, "raw", None)
-    return getattr(raw, "_sock", None)

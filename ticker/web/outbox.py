@@ -16,13 +16,13 @@ class Outbox:
     __slots__ = ("pending", "last_seq", "size", "oldest_ingest_ms", "behind_since")
 
     def __init__(self) -> None:
-        self.pending: dict[int, list[str]] = {}
+        self.pending: dict[int, list[bytes]] = {}
         self.last_seq: dict[int, int] = {}  # per token: a client never sees a seq twice or going back
         self.size = 0
         self.oldest_ingest_ms = 0
         self.behind_since: float | None = None
 
-    def add(self, token: int, seq: int, ingest_ms: int, encoded: str) -> int:
+    def add(self, token: int, seq: int, ingest_ms: int, encoded: bytes) -> int:
         """Queue one tick; returns how many queued ticks it replaced (conflated)."""
         if seq <= self.last_seq.get(token, 0):
             return 0  # already queued or sent (a snapshot racing the live stream)
@@ -57,7 +57,7 @@ class Outbox:
     def behind_for(self, now: float) -> float:
         return 0.0 if self.behind_since is None else now - self.behind_since
 
-    def take(self) -> list[str]:
+    def take(self) -> list[bytes]:
         """Everything queued, oldest first per token, and the client counts as caught up."""
         ticks = [encoded for waiting in self.pending.values() for encoded in waiting]
         self.pending = {}
@@ -72,7 +72,7 @@ class Outbox:
             self.last_seq.pop(token, None)
 
 
-def ticks_frame(encoded_ticks: list[str]) -> str:
-    """A Socket.IO EVENT packet `ticks` carrying already-encoded ticks: each tick is encoded
-    once per mode, not once per client."""
-    return '2["ticks",[' + ",".join(encoded_ticks) + "]]"
+def ticks_message(encoded_ticks: list[bytes]) -> bytes:
+    """The Engine.IO message (`4`) carrying a Socket.IO EVENT packet (`2`) `ticks` with
+    already-encoded ticks: each tick is encoded once per mode, not once per client."""
+    return b'42["ticks",[' + b",".join(encoded_ticks) + b"]]"
