@@ -5,6 +5,7 @@ Monkey-patching must happen before anything imports sockets, so it comes first.
 
 import gc
 import os
+import resource
 
 ASYNC_MODE = os.environ.get("ASYNC_MODE", "gevent")  # ticker.config.Config.ASYNC_MODE: read before any import
 if ASYNC_MODE == "eventlet":
@@ -25,7 +26,17 @@ app = create_app(async_mode=ASYNC_MODE)
 if not app.config["WS_COMPRESSION"]:
     app.wsgi_app = without_compression(app.wsgi_app)
 
+
+def open_files_up_to_the_hard_limit() -> None:
+    """Every WebSocket connection is a file descriptor; the usual soft limit of 1024 would cap
+    a replica far below its capacity."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 if __name__ == "__main__":
+    open_files_up_to_the_hard_limit()
     with app.app_context():
         replica().start()
     # Everything built so far lives as long as the process: keep it out of the collector's full
