@@ -13,8 +13,12 @@ if ASYNC_MODE == "eventlet":
 
     eventlet.monkey_patch()
 elif ASYNC_MODE == "gevent":
+    import gevent
     from gevent import monkey
 
+    # Each client holds several greenlets; recording the stack each was spawned from (a
+    # debugging aid) cost kilobytes per client.
+    gevent.config.track_greenlet_tree = False
     monkey.patch_all()
 
 from ticker import create_app  # noqa: E402

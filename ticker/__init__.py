@@ -39,10 +39,13 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
         message_queue=app.config["REDIS_URL"],
         channel=keys.SOCKETIO_CHANNEL,
         cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"] or [],
+        ping_interval=app.config["PING_INTERVAL_SECS"],
+        ping_timeout=app.config["PING_TIMEOUT_SECS"],
     )
-    from ticker.web import wire
+    from ticker.web import pings, wire
 
-    wire.install(socketio.server, async_mode)
+    if wire.install(socketio.server, async_mode):
+        pings.install()
 
     from ticker.web import events, routes  # noqa: F401  (registers handlers)
 

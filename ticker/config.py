@@ -91,6 +91,9 @@ class Config:
     MAX_CONNECTIONS = _int("MAX_CONNECTIONS", 20000)  # per replica: beyond this, `server_busy`
     SLOW_CLIENT_SECS = _float("SLOW_CLIENT_SECS", 10.0)  # conflated this long, a client is disconnected
     TOKEN_EXPIRY_GRACE_SECS = _float("TOKEN_EXPIRY_GRACE_SECS", 30.0)  # time to `reauth` after `exp`
+    # Engine.IO heartbeat: a ping every interval; no pong within the timeout ends the connection.
+    PING_INTERVAL_SECS = _float("PING_INTERVAL_SECS", 25.0)
+    PING_TIMEOUT_SECS = _float("PING_TIMEOUT_SECS", 20.0)
     # Off only for the benchmark's baseline, where another process emits the ticks.
     WEB_TICK_DELIVERY = _env("WEB_TICK_DELIVERY", "on") != "off"
     # WebSocket permessage-deflate: off by default. Compressing every frame for every client cost

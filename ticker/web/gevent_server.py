@@ -6,6 +6,10 @@ import socket
 
 from gevent import pywsgi
 
+# The request line and headers are read through this buffer; gevent's default (8 KiB) then
+# stays allocated for as long as a WebSocket lives on the connection.
+REQUEST_BUFFER_BYTES = 1024
+
 
 class WebSocketClosingHandler(pywsgi.WSGIHandler):
     """gevent's request handler, which ends the TCP connection once a WebSocket on it has closed.
@@ -16,6 +20,9 @@ class WebSocketClosingHandler(pywsgi.WSGIHandler):
     the closing handshake, and clients wait for it: python-socketio's client up to 3 s in each
     `disconnect()`, browsers about 2 s before a closed socket reports `close`. eventlet's server
     closes its WebSockets itself."""
+
+    def __init__(self, sock, address, server, rfile=None):
+        super().__init__(sock, address, server, rfile or sock.makefile("rb", REQUEST_BUFFER_BYTES))
 
     def handle_one_response(self) -> None:
         super().handle_one_response()
