@@ -10,17 +10,23 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import psycopg2
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
+from sqlalchemy import text as sql
 
+from tests.conftest import REDIS_URL
 from tests.support.clients import RecordingClient
 from tests.support.processes import wait_for
 from ticker.bus import keys
+from ticker.bus.connection import redis_client
 from ticker.db import session_for
+from ticker.registry import instruments, mirror
 from ticker.registry.dump import DumpError
-from ticker.registry.instruments import Registry
+from ticker.registry.instruments import MirrorUpdate, Registry, replace_from_dump
 from ticker.registry.loader import reload_instruments
+from ticker.registry.mirror import copy_pairs, fingerprint
 from ticker.registry.models import Instrument
 
 pytestmark = pytest.mark.integration
@@ -211,3 +217,125 @@ def test_a_subscription_by_symbol_follows_the_renumbered_token(app, stack, make_
         assert any(old in e["tokens"] for e in client.events["unsubscribed"])
     finally:
         client.close()
+
+
+def table_pairs(app) -> dict[str, str]:
+    with session_for(app.config["DATABASE_URL"]) as session:
+        rows = session.execute(select(Instrument.instrument_token, Instrument.exchange, Instrument.tradingsymbol))
+        return {str(token): f"{exchange}:{symbol}" for token, exchange, symbol in rows}
+
+
+def table_fingerprint(app) -> str:
+    with session_for(app.config["DATABASE_URL"]) as session:
+        return fingerprint(copy_pairs(session.connection().connection.driver_connection.cursor()))
+
+
+def assert_mirror_is_the_registry(app, redis) -> None:
+    pairs = table_pairs(app)
+    assert redis.hgetall(keys.REGISTRY_TOKENS) == pairs
+    assert redis.hgetall(keys.REGISTRY_SYMBOLS) == {symbol: token for token, symbol in pairs.items()}
+    assert redis.get(keys.REGISTRY_MIRRORED) == table_fingerprint(app)
+    assert not redis.keys(f"{keys.REGISTRY_TOKENS}:staging*") + redis.keys(f"{keys.REGISTRY_SYMBOLS}:staging*")
+
+
+def index_definitions(app) -> set[str]:
+    with session_for(app.config["DATABASE_URL"]) as session:
+        return set(session.scalars(sql("SELECT indexdef FROM pg_indexes WHERE tablename = 'instruments'")))
+
+
+def forbid_writing_the_whole_mirror(monkeypatch) -> None:
+    monkeypatch.setattr(mirror, "StagedMirror", lambda *args: pytest.fail("the whole mirror was written"))
+
+
+def test_the_mirror_follows_a_day_of_changes_by_those_changes_alone(app, redis, dump, sim_dump, monkeypatch):
+    dump.changed_registry = True
+    dump.body = sim_dump.encode()
+    reload_instruments(app)
+    assert_mirror_is_the_registry(app, redis)
+    changed, expect = next_day(sim_dump)
+    rows = rows_of(changed.decode())
+    renamed, resized = find(rows, "NSE", "INFY"), find(rows, "NSE", "TCS")
+    renamed[2], resized[8] = "INFOSYS", str(int(resized[8]) + 1)
+    dump.body = to_csv(rows)
+    forbid_writing_the_whole_mirror(monkeypatch)
+
+    report = reload_instruments(app)
+
+    assert report.resymbolled == {int(renamed[0]): "NSE:INFOSYS"}
+    assert report.updated == 2  # the renamed row and the resized one
+    assert report.renumbered == {expect["old"]: expect["new"]} and report.removed == [expect["expired"]]
+    assert_mirror_is_the_registry(app, redis)
+    assert lookup(app, redis).resolve(["NSE:INFY", "NSE:INFOSYS"]) == [None, int(renamed[0])]
+
+
+def commit_without_mirroring(app, body: bytes) -> None:
+    """A reload that died between its commit and the mirror."""
+    with session_for(app.config["DATABASE_URL"]) as session:
+        replace_from_dump(session, body.decode().splitlines(keepends=True), MirrorUpdate(redis_client(REDIS_URL)))
+
+
+@pytest.mark.parametrize("mishap", ["missed a reload", "lost", "lost a field", "rebuilt by a replica"])
+def test_a_mirror_that_is_not_the_registry_a_reload_starts_from_is_written_whole(app, redis, dump, sim_dump, mishap):
+    dump.changed_registry = True
+    dump.body = sim_dump.encode()
+    reload_instruments(app)
+    changed, _ = next_day(sim_dump)
+    if mishap == "missed a reload":
+        commit_without_mirroring(app, changed)
+    elif mishap == "lost":
+        redis.delete(keys.REGISTRY_TOKENS, keys.REGISTRY_SYMBOLS, keys.REGISTRY_MIRRORED)
+    elif mishap == "lost a field":
+        redis.hdel(keys.REGISTRY_TOKENS, next(iter(table_pairs(app))))
+    else:
+        redis.delete(keys.REGISTRY_TOKENS)
+        assert lookup(app, redis).size() == registry_count(app)  # a replica rebuilds it from the database
+        assert_mirror_is_the_registry(app, redis)
+    dump.body = changed
+    reload_instruments(app)
+    assert_mirror_is_the_registry(app, redis)
+
+
+def test_a_first_load_fills_the_empty_table_and_rebuilds_its_indexes(app, redis, dump, sim_dump):
+    dump.changed_registry = True
+    indexes = index_definitions(app)
+    empty_the_registry(app)
+    dump.body = sim_dump.encode()
+
+    report = reload_instruments(app)
+
+    assert report.rows == len(report.added) == registry_count(app) == len(sim_dump.splitlines()) - 1
+    assert index_definitions(app) == indexes
+    assert_mirror_is_the_registry(app, redis)
+
+
+def test_a_first_load_keeps_the_indexes_while_a_reader_holds_the_table(app, redis, dump, sim_dump, monkeypatch):
+    dump.changed_registry = True
+    indexes = index_definitions(app)
+    empty_the_registry(app)
+    monkeypatch.setattr(instruments, "INDEX_LOCK_TIMEOUT", "200ms")
+    dump.body = sim_dump.encode()
+    reader = psycopg2.connect(app.config["DATABASE_URL"])
+    try:
+        reader.cursor().execute("SELECT count(*) FROM instruments")  # its transaction stays open
+        report = reload_instruments(app)
+    finally:
+        reader.close()
+    assert report.rows == registry_count(app) == len(sim_dump.splitlines()) - 1
+    assert index_definitions(app) == indexes
+    assert_mirror_is_the_registry(app, redis)
+
+
+def empty_the_registry(app) -> None:
+    with session_for(app.config["DATABASE_URL"]) as session:
+        session.execute(delete(Instrument))
+        session.commit()
+
+
+def test_a_failed_reload_leaves_no_staged_mirror(redis):
+    update = MirrorUpdate(redis)
+    update.whole({1: "NSE:ONE", 2: "NSE:TWO"})
+    update.staged.wait()
+    assert redis.hgetall(update.staged.staging[0]) == {"1": "NSE:ONE", "2": "NSE:TWO"}
+    assert 0 < redis.ttl(update.staged.staging[1]) <= mirror.STAGING_TTL_SECS
+    update.abandon()
+    assert not redis.exists(*update.staged.staging)

@@ -84,6 +84,7 @@ REGISTRY_LOADING = f"{PREFIX}:registry:loading"  # one loader of the dump at a t
 # Published after each successful reload: {"renumbered": {"<old token>": <new token>}, "removed": [token]}
 REGISTRY_RELOADED = f"{CHANNELS}:registry:reloaded"
 REGISTRY_VERSION = f"{PREFIX}:registry:version"  # bumped by each reload: replicas drop their caches
+REGISTRY_MIRRORED = f"{PREFIX}:registry:mirrored"  # fingerprint of the registry the two hashes hold
 
 # Published with the api_key after any change to an account's access token (shards reconnect).
 ACCOUNTS_CHANGED = f"{CHANNELS}:accounts:changed"

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ticker.bus import keys
-from ticker.registry.dump import COLUMNS, BadRow, DumpError, DumpReport, copy_line, validated_rows
+from ticker.registry.dump import COLUMNS, COPY_OPTIONS, BadRow, DumpError, DumpReport, copy_lines
+from ticker.registry.mirror import REBUILD_LOCK_SECS, MirrorUpdate, copy_pairs, fingerprint, parse_pairs, write_mirror
 from ticker.registry.models import Instrument
 
 log = logging.getLogger(__name__)
@@ -26,9 +28,12 @@ REGISTRY_LOCK_KEY = 0x7469636B  # PostgreSQL advisory lock id for registry write
 # A dump under half of yesterday's size is a transfer cut short on a row boundary, not a market
 # event (Kite's dump moves by a few thousand expiries and listings a day out of ~115,000).
 MIN_SIZE_RATIO = 0.5
-COPY_READ_CHARS = 1 << 16
+COPY_LINES_PER_READ = 1000  # ~85 KB of CSV per message to PostgreSQL
+# A first load drops the table's indexes while it fills it, unless a reader holds the table
+# this long; then it loads with the indexes in place.
+INDEX_LOCK_TIMEOUT = "2s"
 
-__all__ = ["DumpError", "Registry", "ReloadReport", "mirror_from_db", "replace_from_dump"]
+__all__ = ["DumpError", "MirrorUpdate", "Registry", "ReloadReport", "mirror_from_db", "replace_from_dump"]
 
 
 @dataclass
@@ -41,9 +46,11 @@ class ReloadReport:
     removed: list[int] = field(default_factory=list)  # tokens gone from the dump, not renumbered
     renumbered: dict[int, int] = field(default_factory=dict)  # old -> new token, same symbol
     resymbolled: dict[int, str] = field(default_factory=dict)  # token -> its new "EXCHANGE:SYMBOL"
-    updated: int = 0  # rows whose other fields (price, lot size, ...) changed
+    updated: int = 0  # kept tokens whose row changed (price, lot size, symbol, ...)
     seconds: float = 0.0
-    symbols: list[tuple[int, str]] = field(default_factory=list, repr=False)  # the new registry, for the mirror
+    # The new registry, token -> "EXCHANGE:SYMBOL", and its fingerprint, for the mirror.
+    symbols: dict[int, str] = field(default_factory=dict, repr=False)
+    fingerprint: str = ""
 
     def notice(self) -> dict[str, Any]:
         """The REGISTRY_RELOADED payload: how by-symbol subscriptions must move."""
@@ -56,103 +63,132 @@ class ReloadReport:
 
 
 class _CopySource:
-    """A read()-able text stream of COPY lines, pulled from an iterator of rows on demand."""
+    """A read()-able stream of COPY text, pulled from an iterator of lines on demand."""
 
-    def __init__(self, rows: Iterator[tuple]):
-        self._lines = (copy_line(row) for row in rows)
-        self._buffer = ""
+    def __init__(self, lines: Iterator[str]):
+        self._lines = lines
         self.error: Exception | None = None  # psycopg2 wraps what read() raises; this keeps it
 
-    def read(self, size: int = -1) -> str:
+    def read(self, size: int = -1) -> str:  # psycopg2 takes any length back, "" ending the data
         try:
-            return self._read(size)
+            return "".join(itertools.islice(self._lines, COPY_LINES_PER_READ))
         except Exception as exc:
             self.error = exc
             raise
 
-    def _read(self, size: int) -> str:
-        while size < 0 or len(self._buffer) < size:
-            chunk = "".join(itertools.islice(self._lines, 2000))
-            if not chunk:
-                break
-            self._buffer += chunk
-        if size < 0:
-            size = len(self._buffer)
-        out, self._buffer = self._buffer[:size], self._buffer[size:]
-        return out
-
 
 _COLUMN_LIST = ", ".join(COLUMNS)
-_DIFF_QUERIES = {
-    "renumbered": "SELECT o.instrument_token, s.instrument_token FROM instruments o "
-                  "JOIN instruments_staging s USING (exchange, tradingsymbol) "
-                  "WHERE o.instrument_token <> s.instrument_token",
-    "gone": "SELECT o.instrument_token FROM instruments o WHERE NOT EXISTS "
-            "(SELECT 1 FROM instruments_staging s WHERE s.instrument_token = o.instrument_token)",
-    "new": "SELECT s.instrument_token FROM instruments_staging s WHERE NOT EXISTS "
-           "(SELECT 1 FROM instruments o WHERE o.instrument_token = s.instrument_token)",
-    "resymbolled": "SELECT s.instrument_token, s.exchange || ':' || s.tradingsymbol FROM instruments o "
-                   "JOIN instruments_staging s USING (instrument_token) "
-                   "WHERE (o.exchange, o.tradingsymbol) <> (s.exchange, s.tradingsymbol)",
-}
-_SWAP = [
-    "DELETE FROM instruments o WHERE NOT EXISTS "
-    "(SELECT 1 FROM instruments_staging s WHERE s.instrument_token = o.instrument_token)",
-    f"INSERT INTO instruments ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM instruments_staging "
-    "ON CONFLICT (instrument_token) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[1:])
-    + f" WHERE ({', '.join('instruments.' + c for c in COLUMNS)}) IS DISTINCT FROM "
-    f"({', '.join('EXCLUDED.' + c for c in COLUMNS)})",
-]
+_UPDATE_CHANGED = (
+    "UPDATE instruments o SET " + ", ".join(f"{c} = s.{c}" for c in COLUMNS[1:])
+    + " FROM instruments_staging s WHERE o.instrument_token = s.instrument_token AND "
+    f"({', '.join('o.' + c for c in COLUMNS[1:])}) IS DISTINCT FROM ({', '.join('s.' + c for c in COLUMNS[1:])})"
+)
+_INSERT_NEW = (f"INSERT INTO instruments ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM instruments_staging "
+               "WHERE instrument_token = ANY(%s)")
+_SECONDARY_INDEXES = ("SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
+                      "WHERE indrelid = 'instruments'::regclass AND NOT indisunique")
 
 
-def _diff(cursor, report: ReloadReport) -> None:
-    cursor.execute(_DIFF_QUERIES["renumbered"])
-    report.renumbered = dict(cursor.fetchall())
-    cursor.execute(_DIFF_QUERIES["gone"])
-    report.removed = sorted(t for (t,) in cursor.fetchall() if t not in report.renumbered)
-    cursor.execute(_DIFF_QUERIES["new"])
+def _copy(cursor, table: str, lines: Iterable[str], dump: DumpReport) -> None:
+    """Stream the validated dump into `table`; DumpError (or the fetch's error) if it is unusable."""
+    source = _CopySource(copy_lines(lines, dump))
+    try:
+        cursor.copy_expert(f"COPY {table} ({_COLUMN_LIST}) FROM STDIN WITH ({COPY_OPTIONS})", source)
+    except psycopg2.Error:
+        if source.error is not None:
+            raise source.error from None  # the dump's fault (DumpError) or the fetch's
+        raise
+
+
+def _changes(old: dict[int, str], new: dict[int, str], report: ReloadReport) -> tuple[dict, dict]:
+    """Fill in the report's changes from the old and new token -> "EXCHANGE:SYMBOL" maps;
+    returns the pairs that went (tokens gone or resymbolled) and came (new or resymbolled)."""
+    went = {token: symbol for token, symbol in old.items() if new.get(token) != symbol}
+    came = {token: symbol for token, symbol in new.items() if old.get(token) != symbol}
+    token_of = {symbol: token for token, symbol in came.items()}
+    report.renumbered = {token: token_of[symbol] for token, symbol in went.items() if symbol in token_of}
+    report.removed = sorted(token for token in went if token not in new and token not in report.renumbered)
     targets = set(report.renumbered.values())
-    report.added = sorted(t for (t,) in cursor.fetchall() if t not in targets)
-    cursor.execute(_DIFF_QUERIES["resymbolled"])
-    report.resymbolled = dict(cursor.fetchall())
+    report.added = sorted(token for token in came if token not in old and token not in targets)
+    report.resymbolled = {token: symbol for token, symbol in came.items() if token in old}
+    return went, came
 
 
-def replace_from_dump(session: Session, lines: Iterable[str], min_ratio: float = MIN_SIZE_RATIO) -> ReloadReport:
-    """Validate the dump's `lines` as they stream in, COPY them into a staging table and swap
-    them into `instruments` in one transaction: readers see the old registry or the new one,
+def _reload(cursor, lines: Iterable[str], dump: DumpReport, report: ReloadReport, mirror: MirrorUpdate,
+            current: int, min_ratio: float) -> None:
+    """Into a full table: COPY into a staging table, then delete, update and insert only the
+    rows that changed (a few thousand on a trading morning)."""
+    cursor.execute("CREATE TEMP TABLE instruments_staging (LIKE instruments) ON COMMIT DROP")
+    _copy(cursor, "instruments_staging", lines, dump)
+    if dump.rows < current * min_ratio:
+        raise DumpError(f"the dump has {dump.rows:,} instruments, under {min_ratio:.0%} of the "
+                        f"{current:,} in the registry: refusing it as truncated")
+    old_pairs = copy_pairs(cursor)
+    old, new = parse_pairs(old_pairs), dump.symbols
+    went, came = _changes(old, new, report)
+    mirror.plan(went, came, new, fingerprint(old_pairs), len(old))
+    cursor.execute("DELETE FROM instruments WHERE instrument_token = ANY(%s)", ([t for t in went if t not in new],))
+    cursor.execute(_UPDATE_CHANGED)
+    report.updated = cursor.rowcount
+    cursor.execute(_INSERT_NEW, ([t for t in came if t not in old],))
+
+
+def _first_load(cursor, lines: Iterable[str], dump: DumpReport, report: ReloadReport, mirror: MirrorUpdate) -> None:
+    """Into an empty table: COPY straight into it with its secondary indexes dropped, then
+    build them again (one sort each beats ~100,000 inserts into each) while the mirror is
+    written. Readers wait for the commit, and would have found nothing before it anyway."""
+    indexes = _drop_secondary_indexes(cursor)
+    _copy(cursor, "instruments", lines, dump)
+    mirror.whole(dump.symbols)
+    for definition in indexes:
+        cursor.execute(definition)
+    report.added = list(dump.symbols)
+
+
+def _drop_secondary_indexes(cursor) -> list[str]:
+    """Drop the table's non-unique indexes in this transaction; returns their definitions,
+    or [] (nothing dropped) if a reader holds the table for longer than INDEX_LOCK_TIMEOUT."""
+    cursor.execute(_SECONDARY_INDEXES)
+    indexes = cursor.fetchall()
+    if not indexes:
+        return []
+    cursor.execute("SAVEPOINT drop_indexes")
+    cursor.execute("SET LOCAL lock_timeout = %s", (INDEX_LOCK_TIMEOUT,))
+    try:
+        cursor.execute("DROP INDEX " + ", ".join(name for name, _ in indexes))
+    except psycopg2.errors.LockNotAvailable:
+        cursor.execute("ROLLBACK TO SAVEPOINT drop_indexes")  # also undoes the lock_timeout
+        return []
+    cursor.execute("SET LOCAL lock_timeout = DEFAULT")
+    cursor.execute("RELEASE SAVEPOINT drop_indexes")
+    return [definition for _, definition in indexes]
+
+
+def replace_from_dump(session: Session, lines: Iterable[str], mirror: MirrorUpdate,
+                      min_ratio: float = MIN_SIZE_RATIO) -> ReloadReport:
+    """Validate the dump's `lines` as they stream in, COPY them into PostgreSQL and swap them
+    into `instruments` in one transaction: readers see the old registry or the new one,
     never a mix. Raises DumpError (nothing changed) for an unusable dump, or one smaller than
-    `min_ratio` of the current registry (a truncated transfer that ended on a row boundary)."""
+    `min_ratio` of the current registry (a truncated transfer that ended on a row boundary).
+    `mirror` gets ready meanwhile; call its `finish` once this returns."""
     started = time.perf_counter()
     report, dump = ReloadReport(), DumpReport()
     cursor = session.connection().connection.driver_connection.cursor()
     try:
         # Loaders queue up behind each other instead of interleaving their swaps.
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK_KEY,))
-        cursor.execute("CREATE TEMP TABLE instruments_staging (LIKE instruments) ON COMMIT DROP")
-        source = _CopySource(validated_rows(lines, dump))
-        try:
-            cursor.copy_expert(f"COPY instruments_staging ({_COLUMN_LIST}) FROM STDIN", source, size=COPY_READ_CHARS)
-        except psycopg2.Error:
-            if source.error is not None:
-                raise source.error from None  # the dump's fault (DumpError) or the fetch's
-            raise
-        report.rows, report.bad_rows, report.symbols = dump.rows, dump.bad, dump.symbols
         cursor.execute("SELECT count(*) FROM instruments")
         current = cursor.fetchone()[0]
-        if report.rows < current * min_ratio:
-            raise DumpError(f"the dump has {report.rows:,} instruments, under {min_ratio:.0%} of the "
-                            f"{current:,} in the registry: refusing it as truncated")
         if current:
-            _diff(cursor, report)
-        else:  # a first load: everything is new, nothing to compare
-            report.added = [token for token, _ in dump.symbols]
-        cursor.execute(_SWAP[0])
-        cursor.execute(_SWAP[1])
-        report.updated = max(cursor.rowcount - len(report.added) - len(report.renumbered), 0)
+            _reload(cursor, lines, dump, report, mirror, current, min_ratio)
+        else:
+            _first_load(cursor, lines, dump, report, mirror)
+        report.rows, report.bad_rows, report.symbols = dump.rows, dump.bad, dump.symbols
+        report.fingerprint = fingerprint(copy_pairs(cursor))  # of exactly what commits
         session.commit()
     except BaseException:
         session.rollback()
+        mirror.abandon()
         raise
     finally:
         cursor.close()
@@ -160,28 +196,16 @@ def replace_from_dump(session: Session, lines: Iterable[str], min_ratio: float =
     return report
 
 
-def mirror_to_redis(client: redis.Redis, pairs: list[tuple[int, str]]) -> None:
-    """Publish (token, "EXCHANGE:SYMBOL") pairs; RENAME swaps the new maps in atomically."""
-    staging = {keys.REGISTRY_TOKENS: {}, keys.REGISTRY_SYMBOLS: {}}
-    for token, symbol in pairs:
-        staging[keys.REGISTRY_TOKENS][token] = symbol
-        staging[keys.REGISTRY_SYMBOLS][symbol] = token
-    pipe = client.pipeline()
-    for key, mapping in staging.items():
-        pipe.delete(f"{key}:staging")  # a crashed earlier mirror may have left one half written
-        items = list(mapping.items())
-        for start in range(0, len(items), 10_000):
-            pipe.hset(f"{key}:staging", mapping=dict(items[start : start + 10_000]))
-    for key in staging:
-        pipe.rename(f"{key}:staging", key)
-    pipe.execute()
-
-
 def mirror_from_db(session: Session, client: redis.Redis) -> int:
-    rows = session.execute(select(Instrument.instrument_token, Instrument.exchange, Instrument.tradingsymbol))
-    pairs = [(token, f"{exchange}:{symbol}") for token, exchange, symbol in rows]
+    """Write the whole mirror from the registry in PostgreSQL; returns its size."""
+    cursor = session.connection().connection.driver_connection.cursor()
+    try:
+        pairs_text = copy_pairs(cursor)
+    finally:
+        cursor.close()
+    pairs = parse_pairs(pairs_text)
     if pairs:
-        mirror_to_redis(client, pairs)
+        write_mirror(client, pairs, fingerprint(pairs_text))
     return len(pairs)
 
 
@@ -208,7 +232,7 @@ class Registry:
     def _ensure_mirrored(self) -> None:
         if self.redis.exists(keys.REGISTRY_TOKENS):
             return
-        if not self.redis.set(keys.REGISTRY_LOCK, "1", nx=True, ex=30):
+        if not self.redis.set(keys.REGISTRY_LOCK, "1", nx=True, ex=REBUILD_LOCK_SECS):
             return  # another replica is rebuilding it; this lookup sees an empty registry
         try:
             with self.session_factory() as session:

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from ticker.bus import keys
 from ticker.bus.connection import redis_client
 from ticker.db import session_for
-from ticker.registry.instruments import ReloadReport, mirror_to_redis, replace_from_dump
+from ticker.registry.instruments import MirrorUpdate, ReloadReport, replace_from_dump
 from ticker.registry.models import Instrument
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,11 @@ def reload_instruments(app: Flask, progress: Progress | None = None, min_ratio: 
     Raises DumpError (the registry unchanged) for an unusable dump."""
     config = app.config
     kwargs = {} if min_ratio is None else {"min_ratio": min_ratio}
-    with session_for(config["DATABASE_URL"]) as session:
-        report = replace_from_dump(session, dump_lines(config["KITE_API_ROOT"], progress), **kwargs)
     client = redis_client(config["REDIS_URL"])
-    mirror_to_redis(client, report.symbols)  # exactly what was committed
+    mirror = MirrorUpdate(client)
+    with session_for(config["DATABASE_URL"]) as session:
+        report = replace_from_dump(session, dump_lines(config["KITE_API_ROOT"], progress), mirror, **kwargs)
+    mirror.finish(report.symbols, report.fingerprint)  # exactly what was committed
     publish_reload(client, report)
     log_report(report)
     return report
