@@ -86,8 +86,12 @@ class Config:
     MAX_TOKENS_PER_REQUEST = _int("MAX_TOKENS_PER_REQUEST", 1000)
     # Fan-out limits (docs/API.md lists the error code of each breach).
     MAX_MESSAGES_PER_SEC = _float("MAX_MESSAGES_PER_SEC", 20.0)  # client -> server events, per connection
-    MAX_CONNECTIONS_PER_USER = _int("MAX_CONNECTIONS_PER_USER", 20)  # per replica
+    MAX_CONNECTIONS_PER_USER = _int("MAX_CONNECTIONS_PER_USER", 20)  # across every replica
     MAX_CONNECTS_PER_ADDRESS_PER_SEC = _float("MAX_CONNECTS_PER_ADDRESS_PER_SEC", 20.0)
+    # Proxies in front of the replicas that append to X-Forwarded-For (nginx in docker-compose: 1).
+    # The client's address is the entry the farthest of them appended; 0 ignores the header,
+    # which any client can forge, and takes the socket's peer address.
+    TRUSTED_PROXY_COUNT = _int("TRUSTED_PROXY_COUNT", 0)
     MAX_CONNECTIONS = _int("MAX_CONNECTIONS", 20000)  # per replica: beyond this, `server_busy`
     SLOW_CLIENT_SECS = _float("SLOW_CLIENT_SECS", 10.0)  # conflated this long, a client is disconnected
     TOKEN_EXPIRY_GRACE_SECS = _float("TOKEN_EXPIRY_GRACE_SECS", 30.0)  # time to `reauth` after `exp`

@@ -16,6 +16,7 @@ from ticker.extensions import socketio
 from ticker.registry.tokens import OPERATORS_ROOM
 from ticker.web import auth, errors
 from ticker.web.errors import ClientError
+from ticker.web.limits import client_address
 from ticker.web.replica import Client, replica
 from ticker.web.requests import parse_reauth, parse_subscribe, parse_unsubscribe
 from ticker.web.wire import raw_socket
@@ -38,15 +39,16 @@ def _limits() -> dict[str, Any]:
 @socketio.on("connect")
 def on_connect(auth_data: Any = None) -> None:
     state = replica()
+    address = client_address(request.environ, current_app.config["TRUSTED_PROXY_COUNT"])
     try:
-        state.check_address(request.remote_addr)
+        state.check_address(address)
         claims = auth.verify(auth.bearer_token(auth_data, request.args, request.headers))
         eio_sid = socketio.server.manager.eio_sid_from_sid(request.sid, "/")
         client = state.admit(request.sid, eio_sid, claims, raw_socket(request.environ))
     except ClientError as exc:
         if exc.code.startswith(("auth_", "token_")):
             state.refusal(exc.code, exc.message)  # counted like the limits' refusals
-        log.info("refused connection from %s: %s", request.remote_addr, exc.code)
+        log.info("refused connection from %s: %s", address, exc.code)
         # Socket.IO delivers this as connect_error: err.message, and err.data = {code, message}.
         raise ConnectionRefusedError(exc.message, exc.as_dict()) from None
     if claims.get("admin") is True:

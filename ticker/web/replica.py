@@ -1,6 +1,6 @@
 """This web process's state: its clients and their subscriptions, its demand, its tick
 listener and local delivery, its limits, and the background work that keeps them honest
-(JWT expiry, stats for `/ws/stats`, the demand heartbeat)."""
+(JWT expiry, stats for `/ws/stats`, the demand and connection-count heartbeat)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from flask import Flask
 
 from ticker import metrics
@@ -27,7 +28,7 @@ from ticker.registry.instruments import Registry
 from ticker.web import errors
 from ticker.web.errors import ClientError
 from ticker.web.fanout import Fanout
-from ticker.web.limits import AttemptWindow, TokenBucket
+from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections
 from ticker.web.listener import TickListener
 from ticker.web.rooms import room_for
 
@@ -67,7 +68,9 @@ class Replica:
         self.demand = ReplicaDemand(self.redis, self.id)
         self.registry = Registry(self.redis, lambda: session_for(config["DATABASE_URL"]))
         self.clients: dict[str, Client] = {}
-        self.per_user: Counter[str] = Counter()
+        self.per_user: Counter[str] = Counter()  # this replica's share of UserConnections
+        self.user_connections = UserConnections(self.redis, self.id)
+        self.user_connections_drifted = False  # a Redis error left the cluster-wide count behind
         self.attempts = AttemptWindow(config["MAX_CONNECTS_PER_ADDRESS_PER_SEC"])
         self.rejected: Counter[str] = Counter()
         self.disconnected: Counter[str] = Counter()  # connections this replica cut, by code
@@ -88,7 +91,7 @@ class Replica:
         user = str(claims.get("sub"))
         if len(self.clients) >= self.config["MAX_CONNECTIONS"]:
             raise self.refusal(errors.SERVER_BUSY, "this server is full; try again or another replica")
-        if self.per_user[user] >= self.config["MAX_CONNECTIONS_PER_USER"]:
+        if not self._count_connection(user):
             raise self.refusal(errors.TOO_MANY_CONNECTIONS, "this user holds its maximum of connections")
         client = Client(sid, user, claims, TokenBucket(self.config["MAX_MESSAGES_PER_SEC"]), sock)
         self.clients[sid] = client
@@ -96,6 +99,24 @@ class Replica:
         self.fanout.attach(sid, eio_sid)
         metrics.CLIENTS_CONNECTED.inc()
         return client
+
+    def _count_connection(self, user: str) -> bool:
+        """Take a place among the user's connections on every replica; with Redis unreachable,
+        fall back to this replica's own count rather than refuse everyone."""
+        limit = self.config["MAX_CONNECTIONS_PER_USER"]
+        try:
+            return self.user_connections.add(user, limit)
+        except redis.RedisError as exc:
+            log.warning("cluster-wide connection count unavailable, counting this replica's: %s", exc)
+            self.user_connections_drifted = True
+            return self.per_user[user] < limit
+
+    def _uncount_connection(self, user: str) -> None:
+        try:
+            self.user_connections.remove(user)
+        except redis.RedisError as exc:
+            log.warning("could not uncount a connection of %s: %s", user, exc)
+            self.user_connections_drifted = True
 
     def refusal(self, code: str, message: str) -> ClientError:
         self.rejected[code] += 1
@@ -111,6 +132,7 @@ class Replica:
         self.per_user[client.user] -= 1
         if self.per_user[client.user] <= 0:
             del self.per_user[client.user]
+        self._uncount_connection(client.user)
         metrics.CLIENTS_CONNECTED.dec()
         return client
 
@@ -282,10 +304,19 @@ class Replica:
         while True:
             try:
                 self.demand.heartbeat()
+                self._keep_connections_counted()
                 self.publish_stats()
             except Exception as exc:  # noqa: BLE001  (Redis down: keep trying, never die)
                 log.warning("replica heartbeat failed: %s", exc)
             socketio.sleep(HEARTBEAT_SECS)
+
+    def _keep_connections_counted(self) -> None:
+        drifted, self.user_connections_drifted = self.user_connections_drifted, False
+        try:
+            self.user_connections.heartbeat(self.per_user, rewrite=drifted)
+        except redis.RedisError:
+            self.user_connections_drifted = True
+            raise
 
     def _sweep_forever(self) -> None:
         while True:

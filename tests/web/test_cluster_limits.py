@@ -1,0 +1,92 @@
+"""Connection limits that hold across replicas and behind proxies, with real replicas and clients:
+a user's connections are counted on every replica together (and a killed replica's stop counting
+by themselves), and the connection-attempt limit counts the address a trusted proxy reports."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import socketio
+
+from tests.support.clients import RecordingClient
+from tests.support.processes import wait_for
+from tests.web.webproc import start_web
+from ticker.bus.demand import REPLICA_TTL_SECS
+
+pytestmark = pytest.mark.integration
+
+PER_USER = 3
+
+
+@pytest.fixture
+def opened():
+    clients: list[RecordingClient] = []
+    yield clients
+    for client in clients:
+        client.close()
+
+
+def test_a_users_connections_are_limited_across_replicas(stack, processes, service_env, workdir, make_token, opened):
+    a, b = (start_web(processes, service_env, workdir, f"web-per-user-{n}", MAX_CONNECTIONS_PER_USER=str(PER_USER))
+            for n in "ab")
+    token = make_token("erin")
+
+    def admitted(url: str) -> RecordingClient | None:
+        client = RecordingClient()
+        try:
+            client.connect(url, token)
+        except socketio.exceptions.ConnectionError:
+            return None
+        opened.append(client)
+        return client
+
+    def refusal(url: str) -> str:
+        return RecordingClient().try_connect(url, auth={"token": token})["code"]
+
+    leaving, _, _ = admitted(a.url), admitted(a.url), admitted(b.url)
+    assert refusal(a.url) == refusal(b.url) == "too_many_connections"
+
+    leaving.close()
+    wait_for(lambda: admitted(b.url), 5, "a place freed by a disconnect on the other replica", interval=0.3)
+    assert refusal(a.url) == refusal(b.url) == "too_many_connections"
+
+    a.process.kill()  # SIGKILL: the replica cannot uncount its last connection
+    killed_at = time.monotonic()
+    assert refusal(b.url) == "too_many_connections"
+    wait_for(lambda: admitted(b.url), REPLICA_TTL_SECS + 5, "the killed replica's connection to stop counting",
+             interval=0.5)
+    assert time.monotonic() - killed_at <= REPLICA_TTL_SECS + 5
+    assert refusal(b.url) == "too_many_connections"  # b's own three still count
+
+
+def attempt_codes(url: str, forwarded_for: list[str]) -> list[str]:
+    """Connect once per X-Forwarded-For value, without a JWT: `auth_required` when the address
+    limit let the attempt through, `rate_limited` when it did not."""
+    return [RecordingClient().try_connect(url, headers={"X-Forwarded-For": value})["code"] for value in forwarded_for]
+
+
+@pytest.fixture(scope="module")
+def behind_proxy(stack, processes, service_env, workdir):
+    return start_web(processes, service_env, workdir, "web-behind-proxy", TRUSTED_PROXY_COUNT="1",
+                     MAX_CONNECTS_PER_ADDRESS_PER_SEC="2")
+
+
+def test_behind_a_trusted_proxy_the_address_it_appended_is_limited(behind_proxy):
+    # Six attempts take well under two seconds: at most four get through one address's limit.
+    same_client = attempt_codes(behind_proxy.url, [f"10.1.0.{n}, 10.9.9.9" for n in range(6)])
+    assert same_client.count("rate_limited") >= 2, same_client
+
+    time.sleep(1.1)
+    # What a client writes before the proxy's entry is not its address: the same forged value
+    # from six clients is six addresses.
+    many_clients = attempt_codes(behind_proxy.url, [f"6.6.6.6, 10.2.0.{n}" for n in range(6)])
+    assert many_clients == ["auth_required"] * 6
+
+
+def test_without_trusted_proxies_the_header_is_ignored(stack, processes, service_env, workdir):
+    web = start_web(processes, service_env, workdir, "web-no-proxy", MAX_CONNECTS_PER_ADDRESS_PER_SEC="2")
+
+    forged = attempt_codes(web.url, [f"10.3.0.{n}" for n in range(6)])
+
+    assert forged.count("rate_limited") >= 2, forged
