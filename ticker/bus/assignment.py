@@ -108,6 +108,17 @@ def _write(client: redis.Redis, previous: Assignment, current: Assignment, input
     pipe.execute()
 
 
+def overflow(client: redis.Redis) -> tuple[int, set[int]]:
+    """The wanted tokens the latest assignment found no room for, and the demand version that
+    assignment was computed from (it saw every demand published up to that version)."""
+    pipe = client.pipeline()  # one transaction: the set and the version of the same assignment
+    pipe.get(keys.ASSIGNMENT_INPUTS)
+    pipe.smembers(keys.ASSIGNMENT_OVERFLOW)
+    inputs, tokens = pipe.execute()
+    seen = int(inputs.split(":", 1)[0]) if inputs else 0
+    return seen, {int(token) for token in tokens}
+
+
 def assignment_version(client: redis.Redis) -> int:
     return int(client.get(keys.ASSIGNMENT_VERSION) or 0)
 

@@ -1,6 +1,7 @@
 """This web process's state: its clients and their subscriptions, its demand, its tick
 listener and local delivery, its limits, and the background work that keeps them honest
-(JWT expiry, stats for `/ws/stats`, the demand and connection-count heartbeat)."""
+(JWT expiry, stats for `/ws/stats`, the demand and connection-count heartbeat, subscriptions
+the upstream pool found no room for)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ import redis
 from flask import Flask
 
 from ticker import metrics
-from ticker.bus import keys
+from ticker.bus import assignment, keys
 from ticker.bus.connection import redis_client
-from ticker.bus.demand import ReplicaDemand, read_demand
+from ticker.bus.demand import ReplicaDemand, demand_version, read_demand
 from ticker.bus.ticks import decode, project
 from ticker.db import session_for
 from ticker.extensions import socketio
@@ -38,6 +39,7 @@ HEARTBEAT_SECS = 5.0
 SWEEP_SECS = 0.5  # how often expired JWTs are looked for
 STATS_TTL_SECS = int(3 * HEARTBEAT_SECS)  # a dead replica drops out of /ws/stats after this
 LIVE_WAIT_SECS = 1.0  # longest a subscribe waits for its channels before reading snapshots
+OVERFLOW_CHECK_SECS = 1.0  # how soon a client hears that its subscription found no room upstream
 
 
 @dataclass(eq=False)
@@ -71,6 +73,7 @@ class Replica:
         self.per_user: Counter[str] = Counter()  # this replica's share of UserConnections
         self.user_connections = UserConnections(self.redis, self.id)
         self.user_connections_drifted = False  # a Redis error left the cluster-wide count behind
+        self.joined_at: dict[int, int] = {}  # token -> demand version of its latest local subscribe
         self.attempts = AttemptWindow(config["MAX_CONNECTS_PER_ADDRESS_PER_SEC"])
         self.rejected: Counter[str] = Counter()
         self.disconnected: Counter[str] = Counter()  # connections this replica cut, by code
@@ -176,6 +179,11 @@ class Replica:
             if token in names:
                 client.by_symbol[token] = names[token]
         self.demand.add(tokens, mode)
+        if tokens:
+            # Read after the demand is published: an assignment computed from this version or a
+            # later one has seen these tokens (see check_overflow).
+            version = demand_version(self.redis)
+            self.joined_at.update(dict.fromkeys(tokens, version))
         self.listener.dirty = True
         metrics.SUBSCRIPTIONS.inc(len(tokens))
 
@@ -189,6 +197,9 @@ class Replica:
             self.fanout.leave(client.sid, token, mode)
         for mode, mode_tokens in by_mode.items():
             self.demand.remove(mode_tokens, mode)
+        for token in tokens:
+            if token not in self.demand.counts:
+                self.joined_at.pop(token, None)
         self.listener.dirty = True
         metrics.SUBSCRIPTIONS.dec(len(tokens))
 
@@ -209,6 +220,34 @@ class Replica:
 
     def needed_buckets(self) -> set[int]:
         return {keys.bucket_of(token) for token in self.demand.counts}
+
+    # Upstream overflow --------------------------------------------------------------------
+
+    def check_overflow(self) -> None:
+        """Two replicas can each admit tokens against the same free room upstream; the assigner
+        then leaves some in overflow. Their clients are told (`error` `capacity_exhausted` with
+        the tokens, and `unsubscribed` with that reason) and stop holding them. A token counts
+        only once the assignment was computed from demand that includes this replica's latest
+        subscribe to it, so room that opened after an older assignment is never mistaken."""
+        if not self.joined_at:
+            return
+        seen, overflow = assignment.overflow(self.redis)
+        stranded = [t for t in overflow if self.joined_at.get(t, seen + 1) <= seen]
+        if not stranded:
+            return
+        log.warning("no room upstream for %d subscribed tokens; unsubscribing their clients", len(stranded))
+        for client in list(self.clients.values()):
+            lost = [t for t in stranded if t in client.subscriptions]
+            if lost:
+                self._drop_overflowed(client, lost)
+
+    def _drop_overflowed(self, client: Client, tokens: list[int]) -> None:
+        self.unsubscribe(client, tokens)
+        self.send(client.sid, "error", {
+            "code": errors.CAPACITY_EXHAUSTED, "tokens": tokens,
+            "message": "every Kite connection filled up before these instruments got a place: unsubscribed"})
+        self.send(client.sid, "unsubscribed", {"tokens": tokens, "total": len(client.subscriptions),
+                                               "reason": errors.CAPACITY_EXHAUSTED})
 
     # Registry reloads --------------------------------------------------------------------
 
@@ -298,6 +337,7 @@ class Replica:
             socketio.start_background_task(self.listener.run_forever)
         socketio.start_background_task(self._heartbeat_forever)
         socketio.start_background_task(self._sweep_forever)
+        socketio.start_background_task(self._overflow_forever)
         log.info("replica %s started", self.id)
 
     def _heartbeat_forever(self) -> None:
@@ -325,6 +365,14 @@ class Replica:
             except Exception:  # noqa: BLE001  (one bad client must not stop the sweeps)
                 log.exception("expiry sweep failed")
             socketio.sleep(SWEEP_SECS)
+
+    def _overflow_forever(self) -> None:
+        while True:
+            try:
+                self.check_overflow()
+            except Exception as exc:  # noqa: BLE001  (Redis down: keep trying, never die)
+                log.warning("overflow check failed: %s", exc)
+            socketio.sleep(OVERFLOW_CHECK_SECS)
 
 
 def cluster_stats(client: Any) -> dict[str, Any]:
