@@ -76,7 +76,7 @@ def test_clients_whose_tokens_overflowed_are_told_and_unsubscribed(cluster, conn
     subscribe(bob, tokens[1::2])
 
     assignment.rebalance(redis, {}, GRACE_SECS)  # what a shard or beat does next: room for five
-    placed, overflowed = tokens[:CAPACITY], tokens[CAPACITY:]
+    placed = tokens[:CAPACITY]
     assert pool_health(a.url) == {"capacity": CAPACITY, "assigned": CAPACITY, "overflow": 3}
 
     for client, lost, total in [(alice, [tokens[6]], 3), (carol, [tokens[6]], 1), (bob, [tokens[5], tokens[7]], 2)]:
