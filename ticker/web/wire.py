@@ -170,7 +170,9 @@ def install(server: Any, async_mode: str) -> bool:
     if base is None:
         return False
     if async_mode == "gevent":
-        eio._async = {**eio._async, "websocket": gevent_websocket_class(base)}
+        from ticker.web.websocket import websocket_class
+
+        eio._async = {**eio._async, "websocket": websocket_class(gevent_websocket_class(base))}
     elif async_mode == "eventlet":
         eio._async = {**eio._async, "websocket": eventlet_websocket_class(base)}
     else:

@@ -1,0 +1,135 @@
+"""The WebSocket under Engine.IO in a gevent replica, read by the connection's own greenlet.
+
+python-engineio's gevent driver runs simple-websocket, which reads every connection in a
+greenlet of its own and hands messages over through an event: with the request's greenlet
+waiting on that event and Engine.IO's writer, three greenlets per client, most of them idle
+for the life of the connection. This class gives Engine.IO the same interface (`wait`,
+`send`, `close`) but `wait` reads the socket itself, in the greenlet that called it, and the
+handshake is answered without building an HTTP parser per connection. It frames with wsproto
+(without extensions: a connection that asks for compression keeps simple-websocket), and it
+gives the fan-out its `Wire`.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.lock
+from wsproto import ConnectionType
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError, generate_accept_token
+
+from ticker.web.wire import Wire, compressed, raw_socket
+
+RECEIVE_BYTES = 4096
+
+
+def websocket_class(fallback: type) -> type:
+    """The Engine.IO WebSocket class for gevent; `fallback` (simple-websocket's, wired) serves
+    the connections this one does not (compression offered, a socket it cannot find)."""
+    return type("GeventWebSocket", (GeventWebSocket,), {"FALLBACK": fallback})
+
+
+class GeventWebSocket:
+    FALLBACK: type
+
+    def __init__(self, handler: Callable[[Any], Any], server: Any):
+        self.app = handler  # Engine.IO's `_websocket_handler`, bound to its socket
+        self.server = server
+        self._sock: Any = None  # Engine.IO sets its read timeout (ping interval + timeout) on this
+        self.lock = gevent.lock.Semaphore()
+        self.protocol = Connection(ConnectionType.SERVER)
+        self.messages: collections.deque[str | bytes] = collections.deque()
+        self.partial: list[str | bytes] = []
+        self.partial_size = 0
+        self.closed = False
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        sock = raw_socket(environ)
+        key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "")
+        if sock is None or compressed(environ):
+            return self.FALLBACK(self.app, self.server)(environ, start_response)
+        if not key or environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13":
+            start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [b"a WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version 13"]
+        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode()) + b"\r\n\r\n")
+        self._sock = sock
+        engine_socket = getattr(self.app, "__self__", None)
+        if engine_socket is not None:
+            engine_socket.wire = Wire(sock, sock._sock, self.lock, gevent.spawn)
+        self.app(self)
+        return []
+
+    # What Engine.IO calls -------------------------------------------------------------------
+
+    def wait(self) -> str | bytes | None:
+        """The next message from the client, or None once the connection has ended."""
+        while not self.messages:
+            if self.closed:
+                return None
+            try:
+                data = self._sock.recv(RECEIVE_BYTES)
+            except OSError:
+                data = b""
+            if not data:
+                self.closed = True
+                return None
+            try:
+                self._receive(data)
+            except (LocalProtocolError, RemoteProtocolError):
+                self._send_close(CloseReason.PROTOCOL_ERROR, "protocol error")
+                self.closed = True
+        return self.messages.popleft()
+
+    def send(self, message: str | bytes) -> None:
+        if self.closed or self.protocol.state is not ConnectionState.OPEN:
+            raise OSError("the WebSocket is closed")
+        event = Message(data=message) if isinstance(message, bytes) else TextMessage(data=message)
+        self._write(self.protocol.send(event))
+
+    def close(self) -> None:
+        self._send_close(CloseReason.NORMAL_CLOSURE, None)
+        self.closed = True
+
+    # ----------------------------------------------------------------------------------------
+
+    def _receive(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        for event in self.protocol.events():
+            if isinstance(event, (TextMessage, BytesMessage)):
+                self._collect(event)
+            elif isinstance(event, Ping):
+                self._write(self.protocol.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                if self.protocol.state is ConnectionState.REMOTE_CLOSING:
+                    self._write(self.protocol.send(event.response()))
+                self.closed = True
+
+    def _collect(self, event: TextMessage | BytesMessage) -> None:
+        self.partial.append(event.data)
+        self.partial_size += len(event.data)
+        if self.partial_size > self.server.max_http_buffer_size:
+            self.partial.clear()
+            self._send_close(CloseReason.MESSAGE_TOO_BIG, "message is too big")
+            self.closed = True
+            return
+        if event.message_finished:
+            parts, self.partial, self.partial_size = self.partial, [], 0
+            self.messages.append(parts[0] if len(parts) == 1 else parts[0][:0].join(parts))
+
+    def _send_close(self, code: int, reason: str | None) -> None:
+        if self.protocol.state is ConnectionState.OPEN:
+            try:
+                self._write(self.protocol.send(CloseConnection(code=code, reason=reason)))
+            except OSError:
+                pass
+
+    def _write(self, data: bytes) -> None:
+        with self.lock:  # the fan-out's frames hold it too
+            self._sock.sendall(data)
