@@ -51,6 +51,14 @@ def replica_stats(replica: str) -> str:
 STATS_REPLICAS = f"{PREFIX}:stats:replicas"  # set of replica ids that published stats
 
 
+def user_connections_of(replica: str) -> str:
+    """Hash user -> connections one replica holds; expires unless the replica refreshes it."""
+    return f"{PREFIX}:connections:{replica}"
+
+
+CONNECTION_REPLICAS = f"{PREFIX}:connections:replicas"  # set of replica ids holding connections
+
+
 def listener_wake(replica: str) -> str:
     """Channel a replica publishes to itself so its tick listener subscribes new buckets at once."""
     return f"{CHANNELS}:listener:{replica}"

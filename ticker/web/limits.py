@@ -77,13 +77,6 @@ def client_address(environ: Mapping[str, Any], trusted_proxies: int) -> str:
     return forwarded[-trusted_proxies].strip() or remote
 
 
-def user_connections_of(replica: str) -> str:
-    """Hash user -> connections one replica holds; expires unless the replica refreshes it."""
-    return f"{keys.PREFIX}:connections:{replica}"
-
-
-CONNECTION_REPLICAS = f"{keys.PREFIX}:connections:replicas"  # set of replica ids holding connections
-
 # KEYS: the replicas set, this replica's hash. ARGV: hash key prefix, replica id, user, limit, ttl.
 # Replicas whose hash has expired (dead, or without connections) leave the set on the way.
 _ADMIT = """
@@ -115,7 +108,7 @@ class UserConnections:
     def __init__(self, client: redis.Redis, replica: str, ttl_secs: int = REPLICA_TTL_SECS):
         self.redis = client
         self.replica = replica
-        self.key = user_connections_of(replica)
+        self.key = keys.user_connections_of(replica)
         self.ttl_secs = ttl_secs
         self._admit = client.register_script(_ADMIT)
         self._release = client.register_script(_RELEASE)
@@ -123,8 +116,8 @@ class UserConnections:
     def add(self, user: str, limit: int) -> bool:
         """Count one more connection of `user` here, unless the user holds `limit` already
         across the live replicas; False (and nothing counted) then."""
-        args = [user_connections_of(""), self.replica, user, limit, self.ttl_secs]
-        return bool(self._admit(keys=[CONNECTION_REPLICAS, self.key], args=args))
+        args = [keys.user_connections_of(""), self.replica, user, limit, self.ttl_secs]
+        return bool(self._admit(keys=[keys.CONNECTION_REPLICAS, self.key], args=args))
 
     def remove(self, user: str) -> None:
         self._release(keys=[self.key], args=[user])
@@ -139,5 +132,5 @@ class UserConnections:
         if held:
             pipe.hset(self.key, mapping=dict(held))
             pipe.expire(self.key, self.ttl_secs)
-            pipe.sadd(CONNECTION_REPLICAS, self.replica)
+            pipe.sadd(keys.CONNECTION_REPLICAS, self.replica)
         pipe.execute()
