@@ -239,8 +239,12 @@ def assert_mirror_is_the_registry(app, redis) -> None:
 
 
 def index_definitions(app) -> set[str]:
+    """The table's indexes and constraints, as PostgreSQL defines them."""
     with session_for(app.config["DATABASE_URL"]) as session:
-        return set(session.scalars(sql("SELECT indexdef FROM pg_indexes WHERE tablename = 'instruments'")))
+        indexes = session.scalars(sql("SELECT indexdef FROM pg_indexes WHERE tablename = 'instruments'"))
+        constraints = session.scalars(sql("SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint "
+                                          "WHERE conrelid = 'instruments'::regclass"))
+        return {*indexes, *constraints}
 
 
 def forbid_writing_the_whole_mirror(monkeypatch) -> None:
@@ -308,18 +312,26 @@ def test_a_first_load_fills_the_empty_table_and_rebuilds_its_indexes(app, redis,
     assert_mirror_is_the_registry(app, redis)
 
 
-def test_a_first_load_keeps_the_indexes_while_a_reader_holds_the_table(app, redis, dump, sim_dump, monkeypatch):
+@pytest.mark.parametrize("holder", ["a reader holds the table", "a foreign key needs its key"])
+def test_a_first_load_keeps_the_indexes_it_cannot_drop(app, redis, dump, sim_dump, monkeypatch, holder):
     dump.changed_registry = True
     indexes = index_definitions(app)
     empty_the_registry(app)
     monkeypatch.setattr(instruments, "INDEX_LOCK_TIMEOUT", "200ms")
     dump.body = sim_dump.encode()
-    reader = psycopg2.connect(app.config["DATABASE_URL"])
+    other = psycopg2.connect(app.config["DATABASE_URL"])
     try:
-        reader.cursor().execute("SELECT count(*) FROM instruments")  # its transaction stays open
+        if holder == "a reader holds the table":
+            other.cursor().execute("SELECT count(*) FROM instruments")  # its transaction stays open
+        else:
+            with other, other.cursor() as cursor:
+                cursor.execute("CREATE TABLE watched (token bigint REFERENCES instruments)")
         report = reload_instruments(app)
     finally:
-        reader.close()
+        other.rollback()
+        with other, other.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS watched")
+        other.close()
     assert report.rows == registry_count(app) == len(sim_dump.splitlines()) - 1
     assert index_definitions(app) == indexes
     assert_mirror_is_the_registry(app, redis)

@@ -83,10 +83,18 @@ _UPDATE_CHANGED = (
     + " FROM instruments_staging s WHERE o.instrument_token = s.instrument_token AND "
     f"({', '.join('o.' + c for c in COLUMNS[1:])}) IS DISTINCT FROM ({', '.join('s.' + c for c in COLUMNS[1:])})"
 )
+# The token lists go as bigint[]: a bigint = ANY(integer[]) is searched element by element per row.
+_DELETE_GONE = "DELETE FROM instruments WHERE instrument_token = ANY(%s::bigint[])"
 _INSERT_NEW = (f"INSERT INTO instruments ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM instruments_staging "
-               "WHERE instrument_token = ANY(%s)")
-_SECONDARY_INDEXES = ("SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
-                      "WHERE indrelid = 'instruments'::regclass AND NOT indisunique")
+               "WHERE instrument_token = ANY(%s::bigint[])")
+# Each index of the table, with the SQL that drops it and the SQL that builds it again.
+_INDEXES = """
+SELECT coalesce('ALTER TABLE instruments DROP CONSTRAINT ' || quote_ident(c.conname),
+                'DROP INDEX ' || i.indexrelid::regclass::text),
+       coalesce('ALTER TABLE instruments ADD CONSTRAINT ' || quote_ident(c.conname) || ' '
+                || pg_get_constraintdef(c.oid), pg_get_indexdef(i.indexrelid))
+FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.contype IN ('p', 'u')
+WHERE i.indrelid = 'instruments'::regclass ORDER BY c.conname IS NULL"""
 
 
 def _copy(cursor, table: str, lines: Iterable[str], dump: DumpReport) -> None:
@@ -127,17 +135,17 @@ def _reload(cursor, lines: Iterable[str], dump: DumpReport, report: ReloadReport
     old, new = parse_pairs(old_pairs), dump.symbols
     went, came = _changes(old, new, report)
     mirror.plan(went, came, new, fingerprint(old_pairs), len(old))
-    cursor.execute("DELETE FROM instruments WHERE instrument_token = ANY(%s)", ([t for t in went if t not in new],))
+    cursor.execute(_DELETE_GONE, ([t for t in went if t not in new],))
     cursor.execute(_UPDATE_CHANGED)
     report.updated = cursor.rowcount
     cursor.execute(_INSERT_NEW, ([t for t in came if t not in old],))
 
 
 def _first_load(cursor, lines: Iterable[str], dump: DumpReport, report: ReloadReport, mirror: MirrorUpdate) -> None:
-    """Into an empty table: COPY straight into it with its secondary indexes dropped, then
-    build them again (one sort each beats ~100,000 inserts into each) while the mirror is
-    written. Readers wait for the commit, and would have found nothing before it anyway."""
-    indexes = _drop_secondary_indexes(cursor)
+    """Into an empty table: COPY straight into it with its indexes dropped, then build them
+    again (one sort each beats ~100,000 inserts into each) while the mirror is written.
+    Readers wait for the commit, and would have found nothing before it anyway."""
+    indexes = _drop_indexes(cursor)
     _copy(cursor, "instruments", lines, dump)
     mirror.whole(dump.symbols)
     for definition in indexes:
@@ -145,23 +153,23 @@ def _first_load(cursor, lines: Iterable[str], dump: DumpReport, report: ReloadRe
     report.added = list(dump.symbols)
 
 
-def _drop_secondary_indexes(cursor) -> list[str]:
-    """Drop the table's non-unique indexes in this transaction; returns their definitions,
-    or [] (nothing dropped) if a reader holds the table for longer than INDEX_LOCK_TIMEOUT."""
-    cursor.execute(_SECONDARY_INDEXES)
+def _drop_indexes(cursor) -> list[str]:
+    """Drop the table's indexes (and the constraints they back) in this transaction; returns
+    the SQL that builds them again, or [] (nothing dropped) if a reader holds the table for
+    longer than INDEX_LOCK_TIMEOUT or another table's foreign key needs one."""
+    cursor.execute(_INDEXES)
     indexes = cursor.fetchall()
-    if not indexes:
-        return []
     cursor.execute("SAVEPOINT drop_indexes")
     cursor.execute("SET LOCAL lock_timeout = %s", (INDEX_LOCK_TIMEOUT,))
     try:
-        cursor.execute("DROP INDEX " + ", ".join(name for name, _ in indexes))
-    except psycopg2.errors.LockNotAvailable:
+        for drop, _ in indexes:
+            cursor.execute(drop)
+    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DependentObjectsStillExist):
         cursor.execute("ROLLBACK TO SAVEPOINT drop_indexes")  # also undoes the lock_timeout
         return []
     cursor.execute("SET LOCAL lock_timeout = DEFAULT")
     cursor.execute("RELEASE SAVEPOINT drop_indexes")
-    return [definition for _, definition in indexes]
+    return [build for _, build in indexes]
 
 
 def replace_from_dump(session: Session, lines: Iterable[str], mirror: MirrorUpdate,
