@@ -7,6 +7,7 @@ and are exported by a collector, since shard tasks run in short-lived Celery chi
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,29 @@ DELIVERY_LATENCY_SECONDS = Histogram(
     "Time from a tick's ingest by its shard to its emit by this replica",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+
+
+def observe_all(histogram: Histogram, values: list[float]) -> None:
+    """`histogram.observe(v)` for each of `values`, taking each bucket's lock once per call
+    rather than once per value: on the delivery path that is once per flush instead of once per
+    frame (about 3 us a frame). Falls back to `observe` should the client library's internals
+    (bucket bounds, per-bucket values) ever change."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1  # the first bound >= value, as observe()
+    for bucket, count in zip(buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+    total.inc(sum(values))
+
+
 TICKS_DELIVERED = Counter("ticker_ticks_delivered_total", "Tick deliveries (one tick reaching one client)")
 FRAMES_SENT = Counter("ticker_frames_sent_total", "Socket.IO `ticks` frames sent to clients")
 TICKS_CONFLATED = Counter(

@@ -42,6 +42,7 @@ class Fanout:
         self.eio_sids: dict[str, str] = {}
         self.waiting: set[str] = set()  # clients with something queued
         self.totals = {"delivered": 0, "frames": 0, "conflated": 0, "dropped": 0}
+        self.latencies: list[float] = []  # of the frames sent in this flush, observed at its end
 
     def attach(self, sid: str, eio_sid: str) -> None:
         self.outboxes[sid] = Outbox()
@@ -92,20 +93,16 @@ class Fanout:
             outbox.add(tick["instrument_token"], tick["seq"], tick["ingest_ts"], orjson.dumps(tick))
         if outbox.size:
             self.waiting.add(sid)
-            sent = self._flush_one(sid, time.time())
-            self._sent(sent, 1 if sent else 0)
+            self._sent(self._flush_one(sid, time.time()))
 
     def flush(self) -> bool:
         """Send every waiting client one frame, or conflate it if it is behind; True while
         some client still has ticks waiting (it is behind)."""
         now = time.time()
-        delivered = frames = 0
+        delivered = 0
         for sid in list(self.waiting):
-            sent = self._flush_one(sid, now)
-            if sent:
-                delivered += sent
-                frames += 1
-        self._sent(delivered, frames)
+            delivered += self._flush_one(sid, now)
+        self._sent(delivered)
         return bool(self.waiting)
 
     def _queue(self, tick: dict, modes: dict[str, dict[str, Outbox]]) -> int:
@@ -142,13 +139,16 @@ class Fanout:
             wire.write(message)
         else:
             connection.send(packet.Packet(packet.MESSAGE, data=message[1:].decode()))
-        metrics.DELIVERY_LATENCY_SECONDS.observe(max(0.0, now - oldest_ms / 1000))
+        self.latencies.append(max(0.0, now - oldest_ms / 1000))
         return len(ticks)
 
-    def _sent(self, delivered: int, frames: int) -> None:
-        if frames:
+    def _sent(self, delivered: int) -> None:
+        """Count what the frames since the last call carried (one metrics update per flush)."""
+        if self.latencies:
             self._count("delivered", delivered, metrics.TICKS_DELIVERED)
-            self._count("frames", frames, metrics.FRAMES_SENT)
+            self._count("frames", len(self.latencies), metrics.FRAMES_SENT)
+            metrics.observe_all(metrics.DELIVERY_LATENCY_SECONDS, self.latencies)
+            self.latencies = []
 
     def _fall_behind(self, sid: str, outbox: Outbox, now: float) -> None:
         conflated = outbox.fall_behind(now)
