@@ -41,7 +41,7 @@ _SPECIALS = re.compile(r"[\t\\\r\n\x00]")  # no Kite field holds one; NUL cannot
 COPY_OPTIONS = f"FORMAT csv, FORCE_NOT_NULL ({', '.join(TEXT_LIMITS)})"
 
 
-def _plain_row_pattern():
+def _plain_row_pattern() -> re.Pattern[str]:
     """A line that parse_row accepts as it stands: unquoted, integers in canonical form (so
     str(int(text)) == text) and in range, decimals plain and in range, a YYYY-MM-DD expiry
     (its calendar is checked apart), texts within their limits."""

@@ -1,9 +1,11 @@
 """Reload the registry from Kite's instruments dump into PostgreSQL and its Redis mirror.
 
 The CLI (`flask instruments load`), beat (`tasks.registry.reload_registry`) and the tests use
-`reload_instruments`. After a successful reload the Redis mirror is swapped in, the registry
-version bumped (replicas drop their caches) and a notice published on `keys.REGISTRY_RELOADED`
-saying which tokens were renumbered or removed, so by-symbol subscriptions follow.
+`reload_instruments`. After a successful reload the Redis mirror is brought to the new registry
+(by the day's changes when it holds the previous one, else whole; see ticker.registry.mirror),
+the registry version bumped (replicas drop their caches) and a notice published on
+`keys.REGISTRY_RELOADED` saying which tokens were renumbered or removed, so by-symbol
+subscriptions follow.
 """
 
 from __future__ import annotations
