@@ -13,12 +13,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg2
 import pytest
 import requests
+from redis import ConnectionError as RedisConnectionError
+from redis import Redis
 from sqlalchemy import delete, func, select
 from sqlalchemy import text as sql
 
 from tests.conftest import REDIS_URL
 from tests.support.clients import RecordingClient
-from tests.support.processes import wait_for
+from tests.support.processes import free_port, wait_for
 from ticker.bus import keys
 from ticker.bus.connection import redis_client
 from ticker.db import session_for
@@ -351,3 +353,17 @@ def test_a_failed_reload_leaves_no_staged_mirror(redis):
     assert 0 < redis.ttl(update.staged.staging[1]) <= mirror.STAGING_TTL_SECS
     update.abandon()
     assert not redis.exists(*update.staged.staging)
+
+
+def test_the_registry_commits_while_redis_is_unreachable_and_the_mirror_catches_up(app, redis, dump, sim_dump):
+    dump.changed_registry = True
+    changed, expect = next_day(sim_dump)
+    unreachable = MirrorUpdate(Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1))
+    with session_for(app.config["DATABASE_URL"]) as session:
+        report = replace_from_dump(session, changed.decode().splitlines(keepends=True), unreachable)
+    assert registry_count(app) == expect["count"]
+    with pytest.raises(RedisConnectionError):
+        unreachable.finish(report.symbols, report.fingerprint)
+    dump.body = changed
+    reload_instruments(app)  # the next reload finds the mirror is not the registry it starts from
+    assert_mirror_is_the_registry(app, redis)

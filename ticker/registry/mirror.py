@@ -88,7 +88,7 @@ class MirrorChanges:
         )
 
 
-def _holds(client: redis.Redis, registry_fingerprint: str, size: int) -> bool:
+def _holding(client: redis.Redis, registry_fingerprint: str, size: int) -> bool:
     """Whether the mirror holds the registry of this fingerprint and size."""
     held = client.get(keys.REGISTRY_MIRRORED)
     if isinstance(held, bytes):
@@ -102,7 +102,7 @@ def apply_changes(client: redis.Redis, changes: MirrorChanges, registry_fingerpr
     with client.pipeline() as pipe:
         try:
             pipe.watch(keys.REGISTRY_MIRRORED, *_LIVE)
-            if not _holds(pipe, changes.old, changes.size):
+            if not _holding(pipe, changes.old, changes.size):
                 return False
             pipe.multi()
             if changes.gone_tokens:
@@ -164,6 +164,7 @@ class StagedMirror:
             pipe.execute()
 
     def discard(self) -> None:
+        """The registry did not commit: drop the staging hashes."""
         self._thread.join()
         self.client.delete(*self.staging)
 
@@ -175,7 +176,7 @@ def write_mirror(client: redis.Redis, pairs: dict[int, str], registry_fingerprin
 
 class MirrorUpdate:
     """How one reload brings the mirror along: planned while PostgreSQL replaces the registry
-    (`whole`, `changes`), done once it has committed (`finish`), dropped if it fails."""
+    (`whole` or `plan`), done once it has committed (`finish`), dropped if it fails (`abandon`)."""
 
     def __init__(self, client: redis.Redis):
         self.client = client
@@ -189,10 +190,16 @@ class MirrorUpdate:
     def plan(self, went: dict[int, str], came: dict[int, str], new: dict[int, str], old: str, size: int) -> None:
         """Change the mirror by the reload's changes (see MirrorChanges.between) if it holds
         the registry they start from and they are few; else write it whole."""
-        if len(went) + len(came) <= MAX_CHANGED_SHARE * size and _holds(self.client, old, size):
+        if len(went) + len(came) <= MAX_CHANGED_SHARE * size and self._holds(old, size):
             self.changes = MirrorChanges.between(went, came, new, old, size)
         else:
             self.whole(new)
+
+    def _holds(self, registry_fingerprint: str, size: int) -> bool:
+        try:
+            return _holding(self.client, registry_fingerprint, size)
+        except redis.RedisError:  # the registry commits all the same; `finish` raises it then
+            return False
 
     def finish(self, pairs: dict[int, str], registry_fingerprint: str) -> None:
         """The registry `pairs` of `registry_fingerprint` is committed: bring the mirror to it."""
