@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.processes import VENV_BIN, Process, free_port, port_open, wait_for
+from tests.support.processes import VENV_BIN, Process, free_port, port_open, stop_all, wait_for
 from ticker import create_app
 from ticker.bus.connection import redis_client
 from ticker.config import TestConfig
@@ -120,8 +120,7 @@ def processes(workdir):
     """Every process started through this fixture is stopped, by PID, at the end of the run."""
     started: list[Process] = []
     yield started
-    for process in reversed(started):
-        process.stop()
+    stop_all(reversed(started))
 
 
 def start(processes, name: str, argv: list[str], env: dict[str, str], workdir: Path) -> Process:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support.processes import VENV_BIN, Process, free_port, port_open, wait_for
+from tests.support.processes import VENV_BIN, Process, free_port, port_open, stop_all, wait_for
 from ticker.bus import assignment, keys
 from ticker.bus.connection import redis_client
 from ticker.bus.demand import ReplicaDemand
@@ -41,13 +41,18 @@ class Pool:
     demand: ReplicaDemand | None = None
 
     def start_worker(self, name: str) -> Process:
-        worker = Process(name, [
+        return self.start_workers(name)[0]
+
+    def start_workers(self, *names: str) -> list[Process]:
+        """Start shard workers at once; returns when every one is ready."""
+        workers = [Process(name, [
             str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-Q", "shards,default", "-n", f"{name}@%h",
             "--concurrency", "6", "--max-tasks-per-child", "1", "--without-gossip", "--without-mingle", "-l", "INFO",
-        ], self.env, self.workdir)
-        self.workers.append(worker)
-        worker.wait_for_output("ready", 30)
-        return worker
+        ], self.env, self.workdir) for name in names]
+        self.workers += workers
+        for worker in workers:
+            worker.wait_for_output("ready", 30)
+        return workers
 
     def sim_stats(self) -> dict:
         return requests.get(f"{self.sim}/_sim/stats", timeout=5).json()
@@ -80,12 +85,6 @@ def pool_channels(redis_url: str) -> str:
 @contextmanager
 def running_pool(base_env: dict[str, str], workdir: Path, database_url: str, redis_url: str) -> Iterator[Pool]:
     """A simulator with small limits, two accounts, two shard workers and beat; stopped on exit."""
-    client = redis_client(redis_url)
-    client.flushdb()
-    migrate.recreate_database(database_url)
-    with session_for(database_url) as session:
-        for api_key, (secret, token) in ACCOUNTS.items():
-            accounts.add_account(session, api_key, secret, token, notify=client)
     port = free_port()
     env = {
         **base_env, "REDIS_URL": redis_url, "DATABASE_URL": database_url,
@@ -98,6 +97,13 @@ def running_pool(base_env: dict[str, str], workdir: Path, database_url: str, red
         "--max-tokens-per-connection", str(PER_CONNECTION), "--max-connections-per-key", str(PER_KEY),
         *(f"--account={key}:{secret}:{token}" for key, (secret, token) in ACCOUNTS.items()),
     ], env, workdir)
+    # Redis and the database are made ready while the simulator starts.
+    client = redis_client(redis_url)
+    client.flushdb()
+    migrate.recreate_database(database_url)
+    with session_for(database_url) as session:
+        for api_key, (secret, token) in ACCOUNTS.items():
+            accounts.add_account(session, api_key, secret, token, notify=client)
     wait_for(lambda: port_open(port), 30, "the pool simulator")
     pool = Pool(f"http://127.0.0.1:{port}", env, workdir, client)
     pool.demand = ReplicaDemand(client, "pool-replica")
@@ -112,13 +118,11 @@ def running_pool(base_env: dict[str, str], workdir: Path, database_url: str, red
     beat = Process("pool-beat", [str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-s",
                                  str(workdir / "beat-schedule"), "-l", "INFO"], env, workdir)
     try:
-        pool.start_worker("w1")
-        pool.start_worker("w2")
+        pool.start_workers("w1", "w2")
         yield pool
     finally:
         beating.set()
-        for process in [beat, *pool.workers, sim]:
-            process.stop()
+        stop_all([beat, *pool.workers, sim])
 
 
 def nse_tokens(sim_url: str) -> list[int]:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +49,7 @@ class Process:
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        self.terminated = False
 
     @property
     def pid(self) -> int:
@@ -74,17 +75,33 @@ class Process:
         if self.alive():
             os.kill(self.pid, sig)
 
+    def terminate(self) -> None:
+        """SIGTERM the process, once: a warm shutdown for Celery."""
+        if self.alive() and not self.terminated:
+            os.kill(self.pid, signal.SIGTERM)
+            self.terminated = True
+
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM the process (a warm shutdown for Celery), then SIGKILL its whole group."""
-        if self.alive():
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
+        self.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait(5)
         self.log.close()
+
+
+def stop_all(processes: Iterable[Process], timeout: float = 10) -> None:
+    """Stop several processes at once: each gets SIGTERM first, so their shutdowns overlap,
+    then each is waited for (all within `timeout`) and what is left of its group killed."""
+    processes = list(processes)
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.stop(max(0.0, deadline - time.monotonic()))

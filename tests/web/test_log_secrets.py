@@ -17,7 +17,7 @@ import requests
 
 from tests.conftest import ISOLATED_REDIS_URL
 from tests.support.clients import RecordingClient
-from tests.support.processes import Process, free_port, port_open, wait_for
+from tests.support.processes import Process, free_port, port_open, stop_all, wait_for
 from ticker.db import session_for
 from ticker.registry import accounts
 from ticker.registry.migrate import recreate_database
@@ -51,8 +51,7 @@ def replica(service_env, workdir, database):
         wait_for(lambda: port_open(sim_port) and port_open(web_port), 30, "the simulator and web replica")
         yield f"http://127.0.0.1:{web_port}", web, db_url
     finally:  # at the end of this module: they share the isolated Redis database with later tests
-        web.stop()
-        sim.stop()
+        stop_all([web, sim])
 
 
 def connect_every_way(url: str, make_token) -> list[str]:
