@@ -12,7 +12,7 @@ import requests
 from tests.support.clients import RecordingClient
 from tests.support.processes import wait_for
 from tests.web.test_fanout import consecutive
-from tests.web.webproc import start_web, tokens_of
+from tests.web.webproc import start_webs, tokens_of
 from ticker.bus import keys
 from ticker.bus.demand import REPLICA_TTL_SECS, read_demand
 
@@ -40,7 +40,7 @@ def assert_exactly_once(clients: list[RecordingClient], tokens: list[int]) -> No
 def test_three_replicas_deliver_exactly_once_and_survive_losing_one(
     stack, processes, service_env, workdir, make_token, database, redis
 ):
-    webs = [start_web(processes, service_env, workdir, f"web-{name}") for name in "abc"]
+    webs = start_webs(processes, service_env, workdir, [f"web-{name}" for name in "abc"])
     admin = make_token("root", admin=True)
     doomed_id = replica_id(webs[0].url, admin)
     tokens = tokens_of(database, "NSE", 4, skip=200)

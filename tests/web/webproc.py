@@ -21,12 +21,27 @@ class Web:
 
 def start_web(processes, service_env: dict, workdir, name: str, **env: str) -> Web:
     """Start `python wsgi.py` with `env` on a free port; returns once it is healthy."""
-    port = free_port()
-    process = start(processes, name, [sys.executable, "wsgi.py"], {**service_env, "PORT": str(port), **env}, workdir)
-    wait_for(lambda: port_open(port) or not process.alive(), 30, f"{name} to listen")
+    return start_webs(processes, service_env, workdir, [name], **env)[0]
+
+
+def start_webs(processes, service_env: dict, workdir, names: list[str], **env: str) -> list[Web]:
+    """Start one `python wsgi.py` per name, all at once, with `env` on free ports; returns once
+    every one is healthy."""
+    webs = []
+    for name in names:
+        port = free_port()
+        argv, web_env = [sys.executable, "wsgi.py"], {**service_env, "PORT": str(port), **env}
+        webs.append(Web(start(processes, name, argv, web_env, workdir), port))
+    for web in webs:
+        wait_until_healthy(web)
+    return webs
+
+
+def wait_until_healthy(web: Web) -> None:
+    name, process = web.process.name, web.process
+    wait_for(lambda: port_open(web.port) or not process.alive(), 30, f"{name} to listen")
     assert process.alive(), process.output()[-3000:]
-    wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/health/live", timeout=2).ok, 10, f"{name} to answer")
-    return Web(process, port)
+    wait_for(lambda: requests.get(f"{web.url}/health/live", timeout=2).ok, 10, f"{name} to answer")
 
 
 def rss_kib(pid: int) -> int:
