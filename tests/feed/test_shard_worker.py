@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.conftest import ISOLATED_REDIS_URL
-from tests.support.processes import VENV_BIN, Process, wait_for
+from tests.support.processes import VENV_BIN, Process, stop_all, wait_for
 from ticker.bus import keys
 from ticker.bus.connection import redis_client
 from ticker.bus.demand import ReplicaDemand
@@ -34,11 +34,28 @@ def worker_env(service_env, sim):
     return {**service_env, "REDIS_URL": ISOLATED_REDIS_URL}
 
 
-def start_worker(env, workdir) -> Process:
-    return Process("shard-worker", [
-        str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-Q", "shards,default", "-n", "shard-test@%h",
-        "--concurrency", "2", "--max-tasks-per-child", "1", "--without-gossip", "--without-mingle", "-l", "INFO",
-    ], env, workdir)
+def celery_worker(name: str, queue: str, *options: str) -> list[str]:
+    return [str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-Q", queue, "-n", f"{name}@%h", *options,
+            "--without-gossip", "--without-mingle", "-l", "INFO"]
+
+
+@pytest.fixture
+def start_worker(worker_env, workdir, own_redis):
+    """Starts the shard worker, and supervision in a jobs worker of its own, as in the Procfile;
+    both are stopped at the end. (A shard worker that ran supervision too would often hand the
+    shard task just dispatched to the child that ran supervision, which exits after its one task,
+    and start the shard only at its next pool check, 5 s later.)"""
+    started: list[Process] = []
+
+    def start() -> Process:
+        shards = Process("shard-worker", celery_worker("shard-test", "shards", "--concurrency", "2",
+                                                        "--max-tasks-per-child", "1"), worker_env, workdir)
+        jobs = Process("jobs-worker", celery_worker("jobs-test", "default", "--concurrency", "1"), worker_env, workdir)
+        started.extend([shards, jobs])
+        return shards
+
+    yield start
+    stop_all(started)
 
 
 def streaming_pid(client) -> int | None:
@@ -52,38 +69,32 @@ def token(database, registry) -> int:
         return connection.scalar(text("SELECT min(instrument_token) FROM instruments WHERE segment = 'NSE'"))
 
 
-def test_shard_streams_demand_and_stops_cleanly_on_warm_shutdown(own_redis, worker_env, workdir, token):
+def test_shard_streams_demand_and_stops_cleanly_on_warm_shutdown(own_redis, start_worker, token):
     demand = ReplicaDemand(own_redis, "test-replica")
     demand.heartbeat()
-    worker = start_worker(worker_env, workdir)
-    try:
-        wait_for(lambda: streaming_pid(own_redis), 30, "the shard to stream")
-        demand.add([token], "quote")
-        wait_for(lambda: own_redis.hget(keys.LAST_TICKS, token), 5, "a tick for the demanded token")
+    worker = start_worker()
+    wait_for(lambda: streaming_pid(own_redis), 30, "the shard to stream")
+    demand.add([token], "quote")
+    wait_for(lambda: own_redis.hget(keys.LAST_TICKS, token), 5, "a tick for the demanded token")
 
-        worker.kill(signal.SIGTERM)  # a warm shutdown, as a deploy does it
-        worker.proc.wait(20)
-        assert worker.proc.returncode == 0
-        assert not own_redis.exists(keys.shard_lease(SLOT))
-        assert not own_redis.exists(keys.shard_state(SLOT))
-    finally:
-        worker.stop()
+    worker.kill(signal.SIGTERM)  # a warm shutdown, as a deploy does it
+    worker.proc.wait(20)
+    assert worker.proc.returncode == 0
+    assert not own_redis.exists(keys.shard_lease(SLOT))
+    assert not own_redis.exists(keys.shard_state(SLOT))
 
 
-def test_a_worker_child_runs_a_second_shard_task_after_the_first(own_redis, worker_env, workdir, token):
-    worker = start_worker(worker_env, workdir)
-    try:
-        first = wait_for(lambda: streaming_pid(own_redis), 30, "the first shard to stream")
-        own_redis.delete(keys.shard_lease(SLOT), keys.shard_dispatched(SLOT))  # the first loses its lease
-        wait_for(lambda: not own_redis.exists(keys.shard_state(SLOT)), 10, "the first shard to stop")
+def test_a_worker_child_runs_a_second_shard_task_after_the_first(own_redis, start_worker, worker_env, token):
+    start_worker()
+    first = wait_for(lambda: streaming_pid(own_redis), 30, "the first shard to stream")
+    own_redis.delete(keys.shard_lease(SLOT), keys.shard_dispatched(SLOT))  # the first loses its lease
+    wait_for(lambda: not own_redis.exists(keys.shard_state(SLOT)), 10, "the first shard to stop")
 
-        subprocess.run([str(VENV_BIN / "celery"), "-A", "tasks", "call", "tasks.shards.supervise_shards"],
-                       env=worker_env, check=True, capture_output=True, timeout=30)
-        second = wait_for(lambda: streaming_pid(own_redis), 30, "a second shard to stream")
-        assert second != first  # a fresh child process, not a second reactor in the old one
-        demand = ReplicaDemand(own_redis, "test-replica")
-        demand.heartbeat()
-        demand.add([token], "ltp")
-        wait_for(lambda: own_redis.hget(keys.LAST_TICKS, token), 5, "ticks from the second shard")
-    finally:
-        worker.stop()
+    subprocess.run([str(VENV_BIN / "celery"), "-A", "tasks", "call", "tasks.shards.supervise_shards"],
+                   env=worker_env, check=True, capture_output=True, timeout=30)
+    second = wait_for(lambda: streaming_pid(own_redis), 30, "a second shard to stream")
+    assert second != first  # a fresh child process, not a second reactor in the old one
+    demand = ReplicaDemand(own_redis, "test-replica")
+    demand.heartbeat()
+    demand.add([token], "ltp")
+    wait_for(lambda: own_redis.hget(keys.LAST_TICKS, token), 5, "ticks from the second shard")
