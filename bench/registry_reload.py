@@ -164,7 +164,7 @@ def kite_rows(api_root: str) -> list[dict]:
     return rows
 
 
-def measure(app, runs: int) -> tuple[dict[str, float], int]:
+def measure(app, runs: int) -> tuple[dict[str, list[float]], int]:
     api_root = app.config["KITE_API_ROOT"]
     results: dict[str, list[float]] = {name: [] for name in LABELS}
     rows = kite_rows(api_root)
@@ -179,7 +179,7 @@ def measure(app, runs: int) -> tuple[dict[str, float], int]:
             results["orm_write"].append(timed(lambda: orm_insert(rows)))
     finally:
         changed.httpd.shutdown()
-    return {name: statistics.median(values) for name, values in results.items()}, len(rows)
+    return results, len(rows)
 
 
 LABELS = {
@@ -192,17 +192,19 @@ LABELS = {
 }
 
 
-def report(figures: dict[str, float], rows: int, runs: int) -> str:
+def report(results: dict[str, list[float]], rows: int, runs: int, machine: str, load: float) -> str:
+    figures = {name: statistics.median(values) for name, values in results.items()}
     table = "\n".join(f"| {label} | {figures[key]:.2f} | {rows / figures[key]:,.0f} |" for key, label in LABELS.items())
     ratio = figures["orm_e2e"] / figures["bulk_first"]
     ratio_write = figures["orm_write"] / figures["bulk_first"]
     ratio_changes = figures["orm_e2e"] / figures["bulk_changes"]
+    per_run = [orm / bulk for orm, bulk in zip(results["orm_e2e"], results["bulk_first"], strict=True)]
     return f"""{SECTION}
 
-`make bench-registry` (`python -m bench.registry_reload --runs {runs} --write`): the simulator's full
-dump ({rows:,} instruments, about 8 MB of CSV) into PostgreSQL, median of {runs} runs, each run
-measuring every path in turn, each path ending with the registry committed (the bulk path's also
-mirrored in Redis and announced). Machine: {describe()}.
+`python -m bench.registry_reload --runs {runs} --write` (`make bench-registry` runs it with 3): the
+simulator's full dump ({rows:,} instruments, about 8 MB of CSV) into PostgreSQL, median of {runs} runs,
+each run measuring every path in turn, each path ending with the registry committed (the bulk
+path's also mirrored in Redis and announced). Machine: {machine}.{shared_note(load)}
 
 | path | seconds | instruments/s |
 |---|---:|---:|
@@ -211,8 +213,9 @@ mirrored in Redis and announced). Machine: {describe()}.
 The bulk path's first load is {ratio:.1f}x faster than the ORM end to end and {ratio_write:.1f}x faster than
 the ORM's database writes alone, although it also validates every row, builds the table's indexes
 and writes the Redis mirror; a daily reload with a morning's changes is {ratio_changes:.1f}x faster than the
-ORM end to end. Targets: a full reload under 5 s ({verdict(figures['bulk_first'] < 5)}); at least 10x faster
-than ORM objects ({verdict(ratio >= 10)} end to end, {verdict(ratio_write >= 10)} against the ORM's writes alone).
+ORM end to end. Run by run, the first load was {min(per_run):.1f}x to {max(per_run):.1f}x faster than the ORM end to
+end. Targets: a full reload under 5 s ({verdict(figures['bulk_first'] < 5)}); at least 10x faster than ORM
+objects ({verdict(ratio >= 10)} end to end, {verdict(ratio_write >= 10)} against the ORM's writes alone).
 The first load starts from an empty table as a fresh install's (TRUNCATE, so no dead rows of the
 paths measured before it) and no mirror in Redis.
 
@@ -227,6 +230,13 @@ changed). Before these (commit 92a6482 and after), every reload merged every row
 table and rewrote the whole mirror: first load 1.58 s, daily reload 1.35 s, 6.1x the ORM end to end
 (load average 1.61).
 """
+
+
+def shared_note(load: float) -> str:
+    if load < 1:
+        return ""
+    return ("\nThe machine was shared (other suites running): every path ran slower than on a quiet machine; "
+            "the ratios compare paths measured in the same runs.")
 
 
 def verdict(met: bool) -> str:
@@ -248,16 +258,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18799)
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
+    machine, load = describe(), os.getloadavg()[0]  # before this benchmark adds its own load
     recreate_database(BENCH_DATABASE_URL)
     sim = start_simulator(args.port)
     try:
         app = create_app(BenchConfig)
         app.config["KITE_API_ROOT"] = f"http://127.0.0.1:{args.port}"
-        figures, rows = measure(app, args.runs)
+        results, rows = measure(app, args.runs)
     finally:
         sim.send_signal(signal.SIGTERM)
         sim.wait(10)
-    text_ = report(figures, rows, args.runs)
+    text_ = report(results, rows, args.runs, machine, load)
     print(text_)
     if args.write:
         write_section(text_)
