@@ -36,7 +36,8 @@ class RecordingClient:
 
     def connect(self, url: str, token: str | None = None, **kwargs: Any) -> RecordingClient:
         auth = {"token": token} if token is not None else None
-        self.sio.connect(url, auth=auth, transports=["websocket"], wait_timeout=5, **kwargs)
+        kwargs.setdefault("transports", ["websocket"])
+        self.sio.connect(url, auth=auth, wait_timeout=5, **kwargs)
         return self
 
     def try_connect(self, url: str, **kwargs: Any) -> Any:

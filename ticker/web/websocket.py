@@ -13,20 +13,63 @@ gives the fan-out its `Wire`.
 from __future__ import annotations
 
 import collections
+import logging
+import queue
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 import gevent.lock
+from engineio import exceptions as engineio_exceptions
+from engineio import packet
 from wsproto import ConnectionType
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError, generate_accept_token
 
-from ticker.web.wire import Wire, compressed, raw_socket
+from ticker.web.wire import BINARY, TEXT, Wire, compressed, frame, raw_socket
+
+log = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 4096
+
+
+class DirectQueue:
+    """Stands in for an Engine.IO socket's packet queue once its WebSocket is open: `put`
+    writes the packet at once (or right after the write in flight), so no greenlet per
+    connection waits on a queue to do it. `None` (Engine.IO closing the socket) closes the
+    WebSocket; `join` returns once everything put has been written."""
+
+    def __init__(self, websocket: GeventWebSocket):
+        self.websocket = websocket
+
+    def put(self, pkt: packet.Packet | None) -> None:
+        if pkt is None:
+            self.websocket.close()
+            return
+        try:
+            self.websocket.send(pkt.encode())
+        except OSError:
+            pass  # the connection is gone; the reading side ends it
+
+    def qsize(self) -> int:
+        return len(self.websocket.wire.backlog) if self.websocket.wire is not None else 0
+
+    def empty(self) -> bool:
+        return not self.qsize()
+
+    def join(self) -> None:
+        with self.websocket.lock:  # held while a write is in flight
+            pass
+
+    def get(self, block: bool = True, timeout: float | None = None) -> packet.Packet:
+        """Only a long-polling request would ask, and Engine.IO answers those itself once a
+        socket is upgraded."""
+        raise queue.Empty
+
+    def task_done(self) -> None:
+        pass
 
 
 def websocket_class(fallback: type) -> type:
@@ -48,6 +91,7 @@ class GeventWebSocket:
         self.partial: list[str | bytes] = []
         self.partial_size = 0
         self.closed = False
+        self.wire: Wire | None = None
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         sock = raw_socket(environ)
@@ -61,10 +105,60 @@ class GeventWebSocket:
                      b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode()) + b"\r\n\r\n")
         self._sock = sock
         engine_socket = getattr(self.app, "__self__", None)
-        if engine_socket is not None:
-            engine_socket.wire = Wire(sock, sock._sock, self.lock, gevent.spawn)
-        self.app(self)
+        if engine_socket is None:
+            self.app(self)  # Engine.IO's own handler, with its writer greenlet
+            return []
+        self.wire = engine_socket.wire = Wire(sock, sock._sock, self.lock, gevent.spawn)
+        self.serve(engine_socket)
         return []
+
+    def serve(self, engine_socket: Any) -> None:
+        """Engine.IO's WebSocket handler (`Socket._websocket_handler`, python-engineio 4),
+        without its writer greenlet: the socket's queue is replaced by one that writes each
+        packet as it is put (`DirectQueue`). Reads run in this greenlet."""
+        server = engine_socket.server
+        sock_timeout = server.ping_interval + server.ping_timeout
+        self._sock.settimeout(sock_timeout)
+        if engine_socket.connected:  # upgrading from long-polling: the probe, then UPGRADE
+            engine_socket.upgrading = True
+            probe = self.wait()
+            if probe != "2probe":
+                engine_socket.upgrading = False
+                return
+            self.send("3probe")
+            engine_socket.queue.put(packet.Packet(packet.NOOP))  # ends the pending poll
+            if self.wait() != "5":
+                engine_socket.upgrading = False
+                return
+            engine_socket.upgraded, engine_socket.upgrading = True, False
+        else:
+            engine_socket.connected = engine_socket.upgraded = True
+        polling_queue, engine_socket.queue = engine_socket.queue, DirectQueue(self)
+        while not polling_queue.empty():  # what was sent while upgrading, in order
+            engine_socket.queue.put(polling_queue.get_nowait())
+        try:
+            self._read_packets(engine_socket)
+        finally:
+            engine_socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+            self.close()
+
+    def _read_packets(self, engine_socket: Any) -> None:
+        while True:
+            try:
+                message = self.wait()
+            except OSError:  # silent past the ping timeout, or reset
+                return
+            if message is None or len(message) > engine_socket.server.max_http_buffer_size:
+                return
+            try:
+                engine_socket.receive(packet.Packet(encoded_packet=message))
+            except engineio_exceptions.UnknownPacketError:
+                pass
+            except engineio_exceptions.SocketIsClosedError:
+                return
+            except Exception:  # noqa: BLE001  (as Engine.IO: log, and end this connection only)
+                log.exception("error handling a packet from %s", engine_socket.sid)
+                return
 
     # What Engine.IO calls -------------------------------------------------------------------
 
@@ -90,11 +184,15 @@ class GeventWebSocket:
     def send(self, message: str | bytes) -> None:
         if self.closed or self.protocol.state is not ConnectionState.OPEN:
             raise OSError("the WebSocket is closed")
-        event = Message(data=message) if isinstance(message, bytes) else TextMessage(data=message)
-        self._write(self.protocol.send(event))
+        if isinstance(message, bytes):
+            data = frame(message, BINARY)
+        else:
+            data = frame(message.encode(), TEXT)
+        self._write(data)
 
     def close(self) -> None:
-        self._send_close(CloseReason.NORMAL_CLOSURE, None)
+        if not self.closed:
+            self._send_close(CloseReason.NORMAL_CLOSURE, None)
         self.closed = True
 
     # ----------------------------------------------------------------------------------------
@@ -131,5 +229,8 @@ class GeventWebSocket:
                 pass
 
     def _write(self, data: bytes) -> None:
+        if self.wire is not None:
+            self.wire.enqueue(data)  # never waits, so any greenlet may send to any client
+            return
         with self.lock:  # the fan-out's frames hold it too
             self._sock.sendall(data)

@@ -16,6 +16,7 @@ through its deflate state.
 
 from __future__ import annotations
 
+import collections
 import errno
 from collections.abc import Callable
 from typing import Any
@@ -24,16 +25,24 @@ from typing import Any
 _WOULD_BLOCK = {errno.EAGAIN, errno.EWOULDBLOCK}
 
 
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final WebSocket text frame (RFC 6455 §5.2), as a server sends it."""
+TEXT, BINARY = 0x1, 0x2  # WebSocket opcodes
+
+
+def frame(payload: bytes, opcode: int = TEXT) -> bytes:
+    """An unmasked, final WebSocket frame (RFC 6455 §5.2), as a server sends it."""
+    first = 0x80 | opcode
     length = len(payload)
     if length < 126:
-        header = bytes((0x81, length))
+        header = bytes((first, length))
     elif length < 65536:
-        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
+        header = bytes((first, 126)) + length.to_bytes(2, "big")
     else:
-        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
+        header = bytes((first, 127)) + length.to_bytes(8, "big")
     return header + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    return frame(payload, TEXT)
 
 
 class Wire:
@@ -41,9 +50,10 @@ class Wire:
 
     `green` is the cooperative socket (its `sendall` yields while the kernel buffer is
     full), `raw` the non-blocking OS socket under it, `lock` the connection's send lock, which
-    every other writer holds too, and `spawn` starts a greenlet."""
+    every other writer holds too, and `spawn` starts a greenlet. `backlog` holds frames that
+    came while a write was in flight; the greenlet finishing that write sends them too."""
 
-    __slots__ = ("green", "raw", "lock", "spawn", "broken")
+    __slots__ = ("green", "raw", "lock", "spawn", "broken", "backlog")
 
     def __init__(self, green: Any, raw: Any, lock: Any, spawn: Callable[..., Any]):
         self.green = green
@@ -51,6 +61,7 @@ class Wire:
         self.lock = lock
         self.spawn = spawn
         self.broken = False
+        self.backlog: collections.deque[bytes] = collections.deque()
 
     @property
     def busy(self) -> bool:
@@ -60,23 +71,36 @@ class Wire:
     def write(self, payload: bytes) -> None:
         """Send one text frame now. The caller checked `busy` is False; if the kernel takes
         only part of the frame, a greenlet sends the rest and the wire stays busy until then."""
-        frame = text_frame(payload)
+        self._send(text_frame(payload))
+
+    def enqueue(self, data: bytes) -> None:
+        """Send framed `data` now, or right after the write in flight: never waits, so any
+        greenlet may send to any client (a control message, an ack, a ping)."""
+        if self.lock.locked():
+            self.backlog.append(data)
+        else:
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
         try:
-            sent = self.raw.send(frame)
+            sent = self.raw.send(data)
         except OSError as exc:
             if exc.errno not in _WOULD_BLOCK:
                 self.broken = True  # the reader side notices the closed connection and cleans up
                 return
             sent = 0
-        if sent < len(frame):
+        if sent < len(data):
             self.lock.acquire()  # free (checked by the caller, and nothing ran since)
-            self.spawn(self._finish, memoryview(frame)[sent:])
+            self.spawn(self._finish, memoryview(data)[sent:])
 
     def _finish(self, rest: memoryview) -> None:
         try:
             self.green.sendall(rest)
+            while self.backlog:
+                self.green.sendall(self.backlog.popleft())
         except OSError:
             self.broken = True
+            self.backlog.clear()
         finally:
             self.lock.release()
 
