@@ -6,9 +6,15 @@ from __future__ import annotations
 import os
 import sys
 
+from tests.support.parallel import SETTINGS, isolate_worker
+
+# In a parallel run (pytest-xdist, as pyproject.toml runs the suite) each worker is a test run
+# of its own, with a Redis server and PostgreSQL databases of its own: tests/support/parallel.py.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+WORKER_REDIS = isolate_worker(WORKER) if WORKER else None
 # This process is a deployment of its own too: its Redis (and so its pub/sub channel
 # namespace) is the test database's, set before anything reads the configuration.
-os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", SETTINGS["TEST_REDIS_URL"])
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,9 +32,17 @@ REDIS_URL = TestConfig.REDIS_URL
 DATABASE_URL = TestConfig.DATABASE_URL
 # Tests that run a shard worker of their own use a second Redis database, so their worker
 # owns its slot alone.
-ISOLATED_REDIS_URL = os.environ.get("TEST_ISOLATED_REDIS_URL", "redis://127.0.0.1:6379/10")
+ISOLATED_REDIS_URL = os.environ.get("TEST_ISOLATED_REDIS_URL", SETTINGS["TEST_ISOLATED_REDIS_URL"])
 AUDIENCE = "ticker-test"
 ISSUER = "https://auth.test.invalid/"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_redis():
+    """A parallel worker's own Redis server, stopped after everything that used it."""
+    yield
+    if WORKER_REDIS is not None:
+        WORKER_REDIS.stop()
 
 
 @pytest.fixture(scope="session")
