@@ -3,12 +3,17 @@ per-slot views for shards, overflow, and admission of new subscriptions."""
 
 import pytest
 
+from tests.conftest import ISOLATED_REDIS_URL
 from ticker.bus import assignment, keys
+from ticker.bus.connection import redis_client
 from ticker.bus.demand import ReplicaDemand
 
 
 @pytest.fixture
-def clean(redis):
+def clean():
+    """Not the run's shared database: a running stack's shard supervisor rewrites the usable
+    slots there every few seconds. No process uses this one while these tests run."""
+    redis = redis_client(ISOLATED_REDIS_URL)
     for key in redis.scan_iter(match=f"{keys.PREFIX}:*"):
         if ":assignment:" in key or ":slot" in key or ":demand:" in key or ":replica:" in key:
             redis.delete(key)
