@@ -7,9 +7,11 @@ fan-out writes a tick frame itself: one `send` on the non-blocking socket, which
 the whole frame at once (the usual case: the kernel buffer has room) or takes part of it,
 and then a greenlet finishes the frame while the client counts as busy.
 
-Every write to the connection, the library's and ours, holds the connection's send lock, so
-frames never interleave; the fan-out writes only when the lock is free and Engine.IO's queue
-is empty, so a tick frame never overtakes a packet queued before it (an ack, an error).
+Frames never interleave: a write either goes out whole in one `send` (nothing yields in
+between) or holds the connection's send lock until it is finished, and every other writer
+either waits for that lock or, through `enqueue`, leaves its frame to be sent right after. The
+fan-out writes only when the lock is free and nothing is queued, so a tick frame never
+overtakes a packet sent before it (an ack, an error).
 Connections that negotiated compression keep the library's path: their frames must go
 through its deflate state.
 """
