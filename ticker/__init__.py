@@ -47,7 +47,9 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
     if wire.install(socketio.server, async_mode):
         pings.install()
 
-    from ticker.web import events, routes  # noqa: F401  (registers handlers)
+    from ticker.web import events, routes  # (importing events registers the handlers)
+
+    events.name_literal_star_events(socketio.server)
 
     app.register_blueprint(routes.bp)
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.support.clients import RecordingClient
@@ -79,6 +79,7 @@ def check_reply(event: str, reply: object) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(event=events, payload=payloads)
+@example(event="*", payload=True)  # the catch-all's own name
 def test_any_event_gets_a_clear_answer_and_the_connection_survives(web, fuzzer, event, payload):
     check_reply(event, fuzzer.call(event, payload, timeout=10))
     assert fuzzer.sio.connected

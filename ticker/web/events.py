@@ -129,6 +129,21 @@ def on_reauth(client: Client, data: Any) -> dict:
     return reply
 
 
+def name_literal_star_events(server: Any) -> None:
+    """python-socketio hands an event literally named `*` to the catch-all handler without its
+    name, and Flask-SocketIO then takes its payload for the session id (the client's ack was
+    `('', 400)`). Give that event its name, as every other unknown event has."""
+    find = server._get_event_handler
+
+    def get_event_handler(event: Any, namespace: str, args: tuple) -> tuple:
+        handler, args = find(event, namespace, args)
+        if event == "*" and handler is not None and handler is server.handlers.get(namespace, {}).get("*"):
+            args = (event, *args)
+        return handler, args
+
+    server._get_event_handler = get_event_handler
+
+
 @socketio.on("*")
 def on_unknown(event: Any, *_: Any) -> dict | None:
     client = replica().clients.get(request.sid)
