@@ -1,5 +1,8 @@
-"""Cutting ticks down to a client's mode (pure logic)."""
+"""Cutting ticks down to a client's mode, and the channels ticks travel on (pure logic)."""
 
+from collections import Counter
+
+from ticker.bus.keys import TICK_BUCKETS, bucket_of
 from ticker.bus.ticks import highest, project
 
 FULL = {
@@ -36,3 +39,10 @@ def test_index_quote_keeps_what_an_index_has():
 def test_highest_mode():
     assert highest(["ltp", "full", "quote"]) == "full"
     assert highest(["ltp"]) == "ltp"
+
+
+def test_an_exchanges_tokens_spread_over_the_buckets():
+    # Kite tokens carry the segment in their low byte: NSE's all end in 0x01.
+    nse = [(exchange_token << 8) | 1 for exchange_token in range(1000, 1640)]
+    counts = Counter(bucket_of(token) for token in nse)
+    assert len(counts) == TICK_BUCKETS and max(counts.values()) == len(nse) // TICK_BUCKETS

@@ -15,8 +15,10 @@ TICK_BUCKETS = 64  # enough to spread load, few enough that a flush publishes a 
 
 
 def bucket_of(token: int) -> int:
-    """The bucket (and so the channel) a token's ticks travel on."""
-    return token % TICK_BUCKETS
+    """The bucket (and so the channel) a token's ticks travel on. A Kite instrument token is
+    the exchange token shifted left 8 bits, with the segment in the low byte: the exchange token
+    spreads tokens over the buckets, the segment would put a whole exchange in one."""
+    return (token >> 8) % TICK_BUCKETS
 
 
 def tick_channel(bucket: int) -> str:
