@@ -14,7 +14,7 @@ from flask_socketio import SocketIO
 
 from ticker.bus import keys
 from ticker.bus.connection import redis_client
-from ticker.bus.ticks import decode, project
+from ticker.bus.ticks import decode_batch, project
 from ticker.config import Config
 from ticker.web.rooms import room_for
 
@@ -28,7 +28,7 @@ def main() -> None:
     pubsub.subscribe(*(keys.tick_channel(bucket) for bucket in range(keys.TICK_BUCKETS)))
     print("baseline emitter listening", flush=True)
     for message in pubsub.listen():
-        for tick in decode(message["data"]):
+        for tick in decode_batch(message["data"]):
             projected = project(tick, mode)
             if projected is not None:
                 emitter.emit("ticks", [projected], to=room_for(tick["instrument_token"], mode))

@@ -1,9 +1,9 @@
-"""Cutting ticks down to a client's mode, and the channels ticks travel on (pure logic)."""
+"""Cutting ticks down to a client's mode, the batch format and its channels (pure logic)."""
 
 from collections import Counter
 
 from ticker.bus.keys import TICK_BUCKETS, bucket_of
-from ticker.bus.ticks import highest, project
+from ticker.bus.ticks import decode_batch, encode, highest, pack, project, unpack
 
 FULL = {
     "tradable": True, "mode": "full", "instrument_token": 408065, "last_price": 1500.5, "seq": 3, "ingest_ts": 1,
@@ -39,6 +39,21 @@ def test_index_quote_keeps_what_an_index_has():
 def test_highest_mode():
     assert highest(["ltp", "full", "quote"]) == "full"
     assert highest(["ltp"]) == "ltp"
+
+
+def test_a_batch_carries_each_tick_as_encoded_with_its_routing_row():
+    ticks = [dict(FULL, seq=7), dict(project(FULL, "ltp"), instrument_token=256265, seq=2)]
+    encoded = [encode(t) for t in ticks]
+    batch = pack(ticks, encoded)
+
+    assert unpack(batch) == [([408065, 7, 1, "full"], encoded[0]), ([256265, 2, 1, "ltp"], encoded[1])]
+    assert unpack(batch.decode()) == unpack(batch)  # as a decoding Redis client hands it over
+    assert decode_batch(batch) == ticks
+
+
+def test_a_tick_with_newlines_in_its_text_still_stays_one_line():
+    tick = dict(FULL, tradingsymbol="A\nB")
+    assert decode_batch(pack([tick], [encode(tick)])) == [tick]
 
 
 def test_an_exchanges_tokens_spread_over_the_buckets():

@@ -27,7 +27,7 @@ from tests.support.pool import (
 )
 from tests.support.processes import VENV_BIN, Process, wait_for
 from ticker.bus import assignment, keys
-from ticker.bus.ticks import decode
+from ticker.bus.ticks import decode, decode_batch
 from ticker.db import session_for
 from ticker.registry import accounts
 
@@ -182,7 +182,7 @@ def test_sequence_numbers_have_no_gaps_within_a_connection(pool, universe):
     while time.time() < deadline:
         message = pubsub.get_message(timeout=0.5)
         if message:
-            seqs += [t["seq"] for t in decode(message["data"]) if t["instrument_token"] == token]
+            seqs += [t["seq"] for t in decode_batch(message["data"]) if t["instrument_token"] == token]
     pubsub.close()
     assert len(seqs) >= 8
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))

@@ -40,19 +40,34 @@ def test_a_client_behind_keeps_only_the_latest_tick_per_token_and_counts_the_res
     assert outbox.behind_for(200.0) == 0.0  # caught up
 
 
-def test_a_tick_already_queued_or_older_is_never_sent_again():
+def test_a_just_subscribed_token_never_gets_a_tick_already_queued_or_older():
     # A snapshot read while the live stream already queued the same or a newer tick.
     outbox = Outbox()
+    outbox.watch(10, until=100.0)
     outbox.add(10, 5, 0, tick(10, 5))
     assert outbox.add(10, 5, 0, tick(10, 5)) == 0
     assert outbox.add(10, 4, 0, tick(10, 4)) == 0
     outbox.take()
     outbox.add(10, 5, 0, tick(10, 5))
     assert outbox.take() == []
+    outbox.add(10, 6, 0, tick(10, 6))
+    assert seqs(outbox.take()) == [(10, 6)]
+
+
+def test_the_watch_ends_and_with_it_the_seq_memory():
+    outbox = Outbox()
+    outbox.watch(10, until=100.0)
+    outbox.add(10, 5, 0, tick(10, 5))
+    assert outbox.watching(now=99.0)
+    assert not outbox.watching(now=100.0)
+    outbox.take()
+    outbox.add(10, 5, 0, tick(10, 5))  # past the watch nothing is remembered (nor needs to be)
+    assert seqs(outbox.take()) == [(10, 5)]
 
 
 def test_unsubscribing_forgets_the_token():
     outbox = Outbox()
+    outbox.watch(10, until=100.0)
     outbox.add(10, 5, 0, tick(10, 5))
     outbox.add(20, 1, 0, tick(20, 1))
     outbox.forget([10])

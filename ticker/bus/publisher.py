@@ -8,13 +8,12 @@ lease (paused past its TTL, partitioned) cannot publish even before it notices.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from typing import Any
 
 import redis
 
 from ticker.bus import keys
-from ticker.bus.ticks import decode, encode
+from ticker.bus.ticks import decode, encode, pack
 
 SNAPSHOT_CHUNK = 200  # HSET arguments per Lua call (Lua's unpack has a stack limit)
 
@@ -41,8 +40,8 @@ class LeaseLost(Exception):
 
 class TickPublisher:
     """Stamps each tick with a per-token `seq` and `ingest_ts`, then publishes one batch per
-    channel and keeps each token's last tick as the snapshot for new subscribers, in one
-    fenced round trip per flush."""
+    channel (`ticker.bus.ticks.pack`) and keeps each token's last tick as the snapshot for new
+    subscribers, in one fenced round trip per flush."""
 
     def __init__(self, client: redis.Redis, lease_key: str, lease_value: str):
         self.redis = client
@@ -65,7 +64,7 @@ class TickPublisher:
         if not ticks:
             return 0
         now_ms = int(time.time() * 1000)
-        batches: dict[str, list[str]] = defaultdict(list)
+        batches: dict[str, tuple[list[dict], list[bytes]]] = {}
         snapshot: list[Any] = []
         seqs = self.seqs
         for tick in ticks:
@@ -75,11 +74,16 @@ class TickPublisher:
             tick["seq"] = seq
             tick["ingest_ts"] = now_ms
             encoded = encode(tick)
-            batches[keys.channel_for(token)].append(encoded)
+            channel = keys.channel_for(token)
+            batch = batches.get(channel)
+            if batch is None:
+                batch = batches[channel] = ([], [])
+            batch[0].append(tick)
+            batch[1].append(encoded)
             snapshot += (token, encoded)
         args: list[Any] = [self.lease_value, len(batches)]
-        for channel, encoded_ticks in batches.items():
-            args += (channel, "[" + ",".join(encoded_ticks) + "]")
+        for channel, (batch_ticks, encoded_ticks) in batches.items():
+            args += (channel, pack(batch_ticks, encoded_ticks))
         if self._publish(keys=[self.lease_key, keys.LAST_TICKS], args=args + snapshot) < 0:
             raise LeaseLost("lease lost: another shard owns this slot now")
         return len(ticks)

@@ -1,7 +1,12 @@
-"""Tick modes and the one tick encoder (pure logic, no I/O).
+"""Tick modes, the one tick encoder and the batch format on Redis (pure logic, no I/O).
 
 A shard publishes each tick in the richest mode it streams; each client receives it cut down to
 the mode it asked for, never richer and never poorer.
+
+A batch on a tick channel is one line of JSON rows `[token, seq, ingest_ts, mode]`, then the
+encoded ticks one per line, in the same order (orjson never writes a raw newline). A replica
+reads the rows and forwards the ticks' bytes as they are, so a tick is encoded once, by the
+shard, however many clients receive it.
 """
 
 from __future__ import annotations
@@ -46,10 +51,30 @@ def project(tick: dict[str, Any], mode: str) -> dict[str, Any] | None:
     return projected
 
 
-def encode(value: Any) -> str:
-    """JSON as it crosses Redis: compact, and the same bytes for every consumer. orjson makes
-    this several times cheaper than the json module, on the hot path of every shard."""
-    return orjson.dumps(value).decode()
+def pack(ticks: list[dict[str, Any]], encoded: list[bytes]) -> bytes:
+    """The batch carrying `ticks`, already encoded as `encoded`."""
+    rows = [(t["instrument_token"], t["seq"], t["ingest_ts"], t["mode"]) for t in ticks]
+    return orjson.dumps(rows) + b"\n" + b"\n".join(encoded)
+
+
+def unpack(batch: bytes | str) -> list[tuple[list, bytes]]:
+    """`[([token, seq, ingest_ts, mode], encoded tick), ...]` of a batch, without decoding the ticks."""
+    if isinstance(batch, str):
+        batch = batch.encode()
+    rows, _, body = batch.partition(b"\n")
+    return list(zip(orjson.loads(rows), body.split(b"\n"), strict=True))
+
+
+def decode_batch(batch: bytes | str) -> list[dict[str, Any]]:
+    """Every tick of a batch, decoded (for readers off the hot path)."""
+    return [orjson.loads(encoded) for _, encoded in unpack(batch)]
+
+
+def encode(value: Any) -> bytes:
+    """JSON as it crosses Redis and reaches clients: compact, and the same bytes for every
+    consumer. orjson makes this several times cheaper than the json module, on the hot path of
+    every shard."""
+    return orjson.dumps(value)
 
 
 def decode(text: str | bytes) -> Any:

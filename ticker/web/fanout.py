@@ -1,17 +1,23 @@
 """Local delivery of ticks to this replica's clients: one frame per client per flush.
 
-The tick listener hands each batch from Redis to `Fanout.dispatch`, which projects every tick
-once per mode that has local members, encodes it once, and queues it in each member's
-`Outbox`. `Fanout.flush` then sends each client with pending ticks a single frame. The
-listener flushes as soon as Redis has nothing more to read, so at low load a tick goes out at
-once, and under load the ticks that arrived meanwhile share a frame.
+The tick listener hands each batch from Redis to `Fanout.dispatch`, which only notes, per mode,
+the encoded tick of each token that has local members (a tick in a richer mode than a member
+asked for is cut down once, for all of them) and which clients are concerned. `Fanout.flush`
+then visits each such client once: it picks the ticks of the client's tokens out of the batch
+(a set intersection, no per-tick work in Python) and writes them as one frame, at once. So the
+first client's frame leaves before the last client's ticks are even looked at, and a tick is
+never copied into a queue per client. The listener flushes as soon as Redis has nothing more to
+read, so at low load a tick goes out at once, and under load the ticks that arrived meanwhile
+share a frame.
 
-A client whose connection already holds `MAX_QUEUED_FRAMES` unsent frames is behind: its
-outbox conflates (latest tick per token) until it catches up, and after `slow_secs` behind it
-is handed to `on_slow` to be disconnected. Frames never go through the message queue (what
-`ignore_queue` would do, minus re-encoding the same ticks for every member): they are written
-straight to the client's WebSocket (`ticker.web.wire`), or where a connection has no wire
-(long-polling, compression), put in its Engine.IO queue.
+A client that cannot take a frame now goes through its `Outbox` instead: it is behind when its
+connection holds `MAX_QUEUED_FRAMES` unsent frames or a write is still in flight, and then the
+outbox conflates (latest tick per token) until it catches up; after `slow_secs` behind it is
+handed to `on_slow` to be disconnected. A client that just subscribed goes through the outbox
+too for a few seconds, so its snapshot and the live stream never show it a `seq` twice or going
+back. Frames never go through the message queue: they are written straight to the client's
+WebSocket (`ticker.web.wire`), or where a connection has no wire (long-polling, compression),
+put in its Engine.IO queue.
 """
 
 from __future__ import annotations
@@ -20,111 +26,211 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from engineio import packet
 
 from ticker import metrics
-from ticker.bus.ticks import project
+from ticker.bus.ticks import MODE_RANK, MODES, decode, encode, project
 from ticker.web.outbox import Outbox, ticks_message
 
 MAX_QUEUED_FRAMES = 4  # unsent frames on a connection before its client counts as behind
+WATCH_SECS = 5.0  # after a subscribe, how long its snapshot could still race the live stream
+
+
+class Member:
+    """One client as the fan-out knows it."""
+
+    __slots__ = ("eio_sid", "outbox", "tokens")
+
+    def __init__(self, eio_sid: str):
+        self.eio_sid = eio_sid
+        self.outbox = Outbox()
+        self.tokens: dict[str, set[int]] = {}  # mode -> tokens subscribed in it
 
 
 class Fanout:
-    """Membership (token -> mode -> client sids) and the outboxes of this replica's clients."""
+    """Membership (token -> mode -> client sids), the clients, and the ticks read since the last
+    flush (the window)."""
 
     def __init__(self, server: Any, on_slow: Callable[[str], None], slow_secs: float):
         self.server = server  # the python-socketio Server
         self.on_slow = on_slow
         self.slow_secs = slow_secs
-        self.members: dict[int, dict[str, dict[str, Outbox]]] = {}  # token -> mode -> sid -> outbox
-        self.outboxes: dict[str, Outbox] = {}
-        self.eio_sids: dict[str, str] = {}
-        self.waiting: set[str] = set()  # clients with something queued
+        self.members: dict[int, dict[str, set[str]]] = {}
+        self.clients: dict[str, Member] = {}
+        self.waiting: set[str] = set()  # clients with ticks in their outbox
         self.totals = {"delivered": 0, "frames": 0, "conflated": 0, "dropped": 0}
         self.latencies: list[float] = []  # of the frames sent in this flush, observed at its end
+        # The window: per mode, token -> its encoded ticks since the last flush (two or more
+        # joined by commas, their (seq, tick) pairs in `repeats`); each token's last seq; the
+        # clients concerned; the oldest ingest time.
+        self.window: dict[str, dict[int, bytes]] = {mode: {} for mode in MODES}
+        self.seqs: dict[int, int] = {}
+        self.repeats: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
+        self.concerned: set[str] = set()
+        self.oldest_ms = 0
 
     def attach(self, sid: str, eio_sid: str) -> None:
-        self.outboxes[sid] = Outbox()
-        self.eio_sids[sid] = eio_sid
+        self.clients[sid] = Member(eio_sid)
 
     def detach(self, sid: str) -> None:
         """The client is gone; whatever still waited for it is dropped."""
-        outbox = self.outboxes.pop(sid, None)
-        self.eio_sids.pop(sid, None)
+        member = self.clients.pop(sid, None)
         self.waiting.discard(sid)
-        if outbox is not None and outbox.size:
-            self._count("dropped", outbox.size, metrics.TICKS_DROPPED)
+        if member is not None and member.outbox.size:
+            self._count("dropped", member.outbox.size, metrics.TICKS_DROPPED)
+
+    def eio_sid(self, sid: str) -> str | None:
+        member = self.clients.get(sid)
+        return member.eio_sid if member is not None else None
+
+    def behind(self) -> int:
+        """How many clients are behind now."""
+        return sum(1 for sid in self.waiting if self.clients[sid].outbox.behind_since is not None)
 
     def join(self, sid: str, token: int, mode: str) -> None:
-        outbox = self.outboxes.get(sid)
-        if outbox is not None:
-            self.members.setdefault(token, {}).setdefault(mode, {})[sid] = outbox
+        member = self.clients.get(sid)
+        if member is not None:
+            self.members.setdefault(token, {}).setdefault(mode, set()).add(sid)
+            member.tokens.setdefault(mode, set()).add(token)
+            member.outbox.watch(token, time.time() + WATCH_SECS)
 
     def leave(self, sid: str, token: int, mode: str) -> None:
         modes = self.members.get(token, {})
         sids = modes.get(mode)
         if sids is not None:
-            sids.pop(sid, None)
+            sids.discard(sid)
             if not sids:
                 del modes[mode]
             if not modes:
                 self.members.pop(token, None)
-        outbox = self.outboxes.get(sid)
-        if outbox is not None:
-            outbox.forget([token])
+        member = self.clients.get(sid)
+        if member is not None:
+            tokens = member.tokens.get(mode)
+            if tokens is not None:
+                tokens.discard(token)
+                if not tokens:
+                    del member.tokens[mode]
+            member.outbox.forget([token])
 
-    def dispatch(self, ticks: list[dict]) -> None:
-        """Queue a batch of full-mode-or-poorer ticks for every local member, in its mode."""
-        conflated = 0
-        for tick in ticks:
-            modes = self.members.get(tick["instrument_token"])
-            if modes:
-                conflated += self._queue(tick, modes)
-        if conflated:
-            self._count("conflated", conflated, metrics.TICKS_CONFLATED)
+    def dispatch(self, batch: list[tuple[list, bytes]]) -> None:
+        """Note a batch (`ticker.bus.ticks.unpack`) for the clients concerned, in their modes."""
+        members, window, seqs, concerned = self.members, self.window, self.seqs, self.concerned
+        for (token, seq, ingest_ms, mode), encoded in batch:
+            modes = members.get(token)
+            if not modes:
+                continue
+            if not concerned or ingest_ms < self.oldest_ms:
+                self.oldest_ms = ingest_ms
+            earlier = seqs.get(token)
+            seqs[token] = seq
+            decoded = None
+            for wanted, sids in modes.items():
+                if wanted == mode:
+                    data = encoded
+                elif MODE_RANK[wanted] > MODE_RANK[mode]:
+                    continue  # never pass a poorer tick off as richer
+                else:
+                    decoded = decoded or decode(encoded)
+                    data = encode(project(decoded, wanted))
+                ticks = window[wanted]
+                if earlier is not None and token in ticks:
+                    self._repeat(wanted, token, earlier, seq, data)
+                else:
+                    ticks[token] = data
+                concerned |= sids
 
     def offer(self, sid: str, ticks: list[dict]) -> None:
         """Queue already projected ticks (a snapshot) for one client and send them now."""
-        outbox = self.outboxes.get(sid)
-        if outbox is None:
+        member = self.clients.get(sid)
+        if member is None:
             return
         for tick in ticks:
-            outbox.add(tick["instrument_token"], tick["seq"], tick["ingest_ts"], orjson.dumps(tick))
-        if outbox.size:
+            member.outbox.add(tick["instrument_token"], tick["seq"], tick["ingest_ts"], encode(tick))
+        if member.outbox.size:
             self.waiting.add(sid)
-            self._sent(self._flush_one(sid, time.time()))
+            self._sent(self._flush_outbox(sid, member, time.time()))
 
     def flush(self) -> bool:
-        """Send every waiting client one frame, or conflate it if it is behind; True while
-        some client still has ticks waiting (it is behind)."""
+        """Send every concerned client one frame (or queue it in its outbox if it cannot take
+        one now), and retry the clients with queued ticks; True while some client still has
+        ticks waiting (it is behind)."""
         now = time.time()
         delivered = 0
-        for sid in list(self.waiting):
-            delivered += self._flush_one(sid, now)
+        visited = self.concerned
+        if visited:
+            self.concerned = set()
+            clients = self.clients
+            for sid in visited:
+                member = clients.get(sid)
+                if member is not None:
+                    delivered += self._deliver(sid, member, now)
+            for ticks in self.window.values():
+                ticks.clear()
+            self.seqs.clear()
+            self.repeats.clear()
+        for sid in [sid for sid in self.waiting if sid not in visited]:
+            delivered += self._flush_outbox(sid, self.clients[sid], now)
         self._sent(delivered)
         return bool(self.waiting)
 
-    def _queue(self, tick: dict, modes: dict[str, dict[str, Outbox]]) -> int:
-        token, seq, ingest_ms = tick["instrument_token"], tick["seq"], tick["ingest_ts"]
-        conflated = 0
-        for mode, sids in modes.items():
-            projected = project(tick, mode)
-            if projected is None:
-                continue
-            encoded = orjson.dumps(projected)
-            waiting = self.waiting
-            for sid, outbox in sids.items():
-                conflated += outbox.add(token, seq, ingest_ms, encoded)
-                waiting.add(sid)
-        return conflated
+    def _repeat(self, mode: str, token: int, earlier: int, seq: int, data: bytes) -> None:
+        """A second tick of `token` in one window: both go, in order, in the same frame."""
+        ticks = self.window[mode]
+        repeats = self.repeats.setdefault((mode, token), [(earlier, ticks[token])])
+        repeats.append((seq, data))
+        ticks[token] += b"," + data
 
-    def _flush_one(self, sid: str, now: float) -> int:
-        """Send the client's queued ticks as one frame; how many ticks went (0: none could)."""
-        outbox = self.outboxes.get(sid)
-        connection = self.server.eio.sockets.get(self.eio_sids.get(sid))
+    def _deliver(self, sid: str, member: Member, now: float) -> int:
+        """Write the window's ticks for one client as a frame now, or queue them."""
+        connection = self.server.eio.sockets.get(member.eio_sid)
+        if connection is None:
+            return 0
         wire = getattr(connection, "wire", None)
-        if outbox is None or connection is None or not outbox.size or (wire is not None and wire.broken):
+        outbox = member.outbox
+        if wire is None or wire.busy or outbox.size or outbox.watching(now) or connection.queue.qsize():
+            self._queue(sid, member)
+            return self._flush_outbox(sid, member, now)
+        if wire.broken:
+            return 0
+        parts: list[bytes] = []
+        window = self.window
+        for mode, tokens in member.tokens.items():
+            ticks = window[mode]
+            if ticks:
+                parts += map(ticks.__getitem__, ticks.keys() & tokens)
+        if not parts:
+            return 0
+        wire.write(ticks_message(parts))
+        self.latencies.append(max(0.0, now - self.oldest_ms / 1000))
+        if self.repeats:
+            return len(parts) + sum(len(r) - 1 for (mode, token), r in self.repeats.items()
+                                    if token in member.tokens.get(mode, ()))
+        return len(parts)
+
+    def _queue(self, sid: str, member: Member) -> None:
+        """Put the window's ticks for one client in its outbox."""
+        outbox, window, seqs, oldest = member.outbox, self.window, self.seqs, self.oldest_ms
+        conflated = 0
+        for mode, tokens in member.tokens.items():
+            ticks = window[mode]
+            for token in ticks.keys() & tokens:
+                repeats = self.repeats.get((mode, token))
+                if repeats is None:
+                    conflated += outbox.add(token, seqs[token], oldest, ticks[token])
+                else:
+                    for seq, data in repeats:
+                        conflated += outbox.add(token, seq, oldest, data)
+        if conflated:
+            self._count("conflated", conflated, metrics.TICKS_CONFLATED)
+        if outbox.size:
+            self.waiting.add(sid)
+
+    def _flush_outbox(self, sid: str, member: Member, now: float) -> int:
+        """Send the client's queued ticks as one frame; how many ticks went (0: none could)."""
+        outbox = member.outbox
+        connection = self.server.eio.sockets.get(member.eio_sid)
+        wire = getattr(connection, "wire", None)
+        if connection is None or not outbox.size or (wire is not None and wire.broken):
             self.waiting.discard(sid)
             return 0
         queued = connection.queue.qsize()

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from ticker.bus import keys
-from ticker.bus.ticks import decode
+from ticker.bus.ticks import unpack
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ RETRY_SECS = 1.0  # Redis unreachable: try again this often, forever
 
 
 class TickListener:
-    """`needed_buckets()` says which channels this replica's clients need; `deliver(ticks)`
-    queues a batch, `flush()` sends what is queued and says whether anything still waits;
+    """`needed_buckets()` says which channels this replica's clients need; `deliver(batch)`
+    queues a batch (`ticker.bus.ticks.unpack`: rows and encoded ticks), `flush()` sends what
+    is queued and says whether anything still waits;
     `on_notice(channel, payload)` gets control notices (registry reloads)."""
 
     def __init__(
@@ -45,6 +46,11 @@ class TickListener:
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.redis = client
+        # Batches are read as bytes and their ticks forwarded as they are: a connection of its
+        # own that does not decode replies.
+        pool = client.connection_pool
+        self.raw = redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class, **{**pool.connection_kwargs, "decode_responses": False}))
         self.wake_channel = wake_channel
         self.needed_buckets = needed_buckets
         self.deliver = deliver
@@ -55,7 +61,8 @@ class TickListener:
         self.requested: set[int] = set()
         self.unneeded_since: dict[int, float] = {}
         self.dirty = True  # set when demand changes; the loop then syncs its channels
-        self.buckets = {keys.tick_channel(b): b for b in range(keys.TICK_BUCKETS)}
+        self.buckets = {keys.tick_channel(b).encode(): b for b in range(keys.TICK_BUCKETS)}
+        self.notices = {keys.REGISTRY_RELOADED.encode()}
         self.batches = 0
 
     def run_forever(self) -> None:
@@ -82,7 +89,7 @@ class TickListener:
         return True
 
     def _run(self) -> None:
-        pubsub = self.redis.pubsub()
+        pubsub = self.raw.pubsub()
         pubsub.subscribe(self.wake_channel, keys.REGISTRY_RELOADED)
         next_sync = 0.0
         while True:
@@ -107,17 +114,17 @@ class TickListener:
         bucket = self.buckets.get(channel)
         if kind == "message" and bucket is not None:
             self.batches += 1
-            self.deliver(decode(message["data"]))
+            self.deliver(unpack(message["data"]))
             return 1
         if kind == "subscribe" and bucket is not None:
             self.live.add(bucket)
-        elif kind == "message" and channel == keys.REGISTRY_RELOADED:
-            self._notice(channel, message["data"])
-        elif kind == "message" and channel == self.wake_channel:
+        elif kind == "message" and channel in self.notices:
+            self._notice(channel.decode(), message["data"])
+        elif kind == "message" and channel == self.wake_channel.encode():
             self.dirty = True
         return 0
 
-    def _notice(self, channel: str, data: str) -> None:
+    def _notice(self, channel: str, data: bytes) -> None:
         try:
             self.on_notice(channel, json.loads(data))
         except Exception:  # noqa: BLE001  (a bad notice must not stop the ticks)

@@ -1,10 +1,13 @@
 """Per-client batching and conflation (pure logic, no I/O).
 
-Ticks for one client wait in its `Outbox` only until the next flush, which sends them all in
-one frame. While the client keeps up, every tick is kept in order. Once its connection is
-backed up (it stopped reading, or reads slower than ticks arrive) the outbox keeps only the
-latest tick of each token until it catches up: a slow client costs a bounded amount of memory
-and gets the freshest prices, never an ever-growing queue.
+Ticks for one client wait in its `Outbox` only when they cannot go straight out: the client is
+behind, or a token was just subscribed. While the client keeps up, every tick is kept in order.
+Once its connection is backed up (it stopped reading, or reads slower than ticks arrive) the
+outbox keeps only the latest tick of each token until it catches up: a slow client costs a
+bounded amount of memory and gets the freshest prices, never an ever-growing queue.
+
+A newly subscribed token is watched for a while: its snapshot and the live stream can race,
+so the outbox remembers the last `seq` it queued for the token and drops anything not newer.
 """
 
 from __future__ import annotations
@@ -13,20 +16,34 @@ from __future__ import annotations
 class Outbox:
     """Encoded ticks waiting for one client, grouped by token."""
 
-    __slots__ = ("pending", "last_seq", "size", "oldest_ingest_ms", "behind_since")
+    __slots__ = ("pending", "seen", "watch_until", "size", "oldest_ingest_ms", "behind_since")
 
     def __init__(self) -> None:
         self.pending: dict[int, list[bytes]] = {}
-        self.last_seq: dict[int, int] = {}  # per token: a client never sees a seq twice or going back
+        self.seen: dict[int, int] = {}  # watched token -> last seq queued (0: none yet)
+        self.watch_until = 0.0
         self.size = 0
         self.oldest_ingest_ms = 0
         self.behind_since: float | None = None
 
+    def watch(self, token: int, until: float) -> None:
+        """`token` was just subscribed: until `until`, a tick not newer than the last one
+        queued for it (a snapshot racing the live stream) is dropped."""
+        self.seen.setdefault(token, 0)
+        self.watch_until = max(self.watch_until, until)
+
+    def watching(self, now: float) -> bool:
+        if self.seen and now >= self.watch_until:
+            self.seen = {}
+        return bool(self.seen)
+
     def add(self, token: int, seq: int, ingest_ms: int, encoded: bytes) -> int:
         """Queue one tick; returns how many queued ticks it replaced (conflated)."""
-        if seq <= self.last_seq.get(token, 0):
-            return 0  # already queued or sent (a snapshot racing the live stream)
-        self.last_seq[token] = seq
+        seen = self.seen.get(token)
+        if seen is not None:
+            if seq <= seen:
+                return 0  # already queued or sent
+            self.seen[token] = seq
         if not self.size:
             self.oldest_ingest_ms = ingest_ms
         waiting = self.pending.get(token)
@@ -69,10 +86,10 @@ class Outbox:
         """The client unsubscribed `tokens`: drop what waits for them and their seq memory."""
         for token in tokens:
             self.size -= len(self.pending.pop(token, ()))
-            self.last_seq.pop(token, None)
+            self.seen.pop(token, None)
 
 
 def ticks_message(encoded_ticks: list[bytes]) -> bytes:
     """The Engine.IO message (`4`) carrying a Socket.IO EVENT packet (`2`) `ticks` with
-    already-encoded ticks: each tick is encoded once per mode, not once per client."""
+    already-encoded ticks: each tick is encoded once, by the shard, not once per client."""
     return b'42["ticks",[' + b",".join(encoded_ticks) + b"]]"

@@ -144,7 +144,7 @@ class Replica:
         log.info("disconnecting %s user=%s: %s", client.sid, client.user, code)
         self.disconnected[code] += 1
         self.send(client.sid, "error", {"code": code, "message": message})
-        eio_sid = self.fanout.eio_sids.get(client.sid)
+        eio_sid = self.fanout.eio_sid(client.sid)
         connection = socketio.server.eio.sockets.get(eio_sid)
         if client.sock is not None:
             try:
@@ -315,7 +315,7 @@ class Replica:
             "users": len(self.per_user),
             "subscriptions": sum(len(c.subscriptions) for c in self.clients.values()),
             "tokens": len(self.demand.counts),
-            "behind": sum(1 for sid in self.fanout.waiting if self.fanout.outboxes[sid].behind_since),
+            "behind": self.fanout.behind(),
             **{f"ticks_{name}": value for name, value in self.fanout.totals.items() if name != "frames"},
             "frames_sent": self.fanout.totals["frames"],
             "connections_rejected": dict(self.rejected),
