@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECS = 0.2  # longest wait for Redis when nothing is pending
 RETRY_FLUSH_SECS = 0.02  # a client is behind: try its outbox again this soon
+READ_SECS = 5.0  # a message that has begun to arrive: longest wait for the rest of it
 BUCKET_LINGER_SECS = 30.0  # keep a bucket this long after its last local client left
 MAX_BATCHES_PER_FLUSH = 200  # under a flood, still flush (and let sockets write) regularly
 RETRY_SECS = 1.0  # Redis unreachable: try again this often, forever
@@ -99,15 +100,25 @@ class TickListener:
                 next_sync = now + 1.0
                 self._sync(pubsub, now)
             pending = self.flush()
-            message = pubsub.get_message(timeout=RETRY_FLUSH_SECS if pending else POLL_SECS)
+            message = self._read(pubsub, RETRY_FLUSH_SECS if pending else POLL_SECS)
             count = 0
             while message is not None and count < MAX_BATCHES_PER_FLUSH:
                 count += self._handle(message)
-                message = pubsub.get_message(timeout=0)
+                message = self._read(pubsub, 0)
             if message is not None:
                 self._handle(message)
             self.flush()
             self.sleep(0)  # let the sockets' writers send what was just queued
+
+    @staticmethod
+    def _read(pubsub, wait: float) -> dict | None:
+        """The next message, waiting at most `wait` for one to begin arriving. Once it has, it
+        is read whole: redis-py reads it with the same timeout it waited with, and on a timeout
+        in mid-message (a batch larger than one socket read, `wait` 0) it reconnects, and the
+        rest of that message and every batch published meanwhile are lost."""
+        if not pubsub.connection.can_read(timeout=wait):
+            return None
+        return pubsub.get_message(timeout=READ_SECS)
 
     def _handle(self, message: dict) -> int:
         kind, channel = message["type"], message["channel"]

@@ -1,0 +1,111 @@
+"""The tick listener against the real Redis, under gevent as in a web replica: every batch
+published reaches delivery, even when Redis's writes reach it in pieces."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.support.processes import free_port
+from ticker.bus import keys
+from ticker.bus.ticks import encode, pack
+
+pytestmark = pytest.mark.integration
+
+BURSTS, PER_BATCH = 3, 4
+
+LISTENER = """
+import sys, time
+from gevent import monkey
+monkey.patch_all()
+import gevent
+from ticker.bus import keys
+from ticker.bus.connection import redis_client
+from ticker.web.listener import TickListener
+
+expected = int(sys.argv[2])
+received = []
+listener = TickListener(redis_client(sys.argv[1]), keys.listener_wake("test-listener"),
+                        lambda: set(range(keys.TICK_BUCKETS)), received.extend, lambda: False,
+                        lambda channel, notice: None, sleep=gevent.sleep)
+gevent.spawn(listener.run_forever)
+assert listener.wait_live(set(range(keys.TICK_BUCKETS)), timeout=10)
+print("live", flush=True)
+deadline = time.monotonic() + 10
+while len(received) < expected and time.monotonic() < deadline:
+    gevent.sleep(0.05)
+gevent.sleep(0.3)  # anything beyond what was published would show too
+print(len(received), listener.batches, flush=True)
+"""
+
+
+class TricklingProxy:
+    """Forwards TCP to Redis; what Redis sends back arrives in 1,000-byte pieces a moment
+    apart, as when Redis, or the machine, is busy between two writes to a subscriber."""
+
+    def __init__(self, host: str, port: int):
+        self.upstream = (host, port)
+        self.server = socket.create_server(("127.0.0.1", free_port()))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            redis_side = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, redis_side, 0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(redis_side, client, 1000), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket, piece: int) -> None:
+        try:
+            while data := source.recv(65536):
+                for at in range(0, len(data), piece or len(data)):
+                    target.sendall(data[at:at + (piece or len(data))])
+                    if piece:
+                        time.sleep(0.001)
+        except OSError:
+            pass
+        finally:
+            target.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def batch(bucket: int, size: int) -> bytes:
+    ticks = [{"instrument_token": ((bucket + keys.TICK_BUCKETS * i) << 8) | 1, "seq": 1, "ingest_ts": 1,
+              "mode": "full", "depth": "x" * 1000} for i in range(size)]
+    return pack(ticks, [encode(t) for t in ticks])
+
+
+def test_a_burst_of_large_batches_on_every_bucket_arrives_whole(redis):
+    # A read that gave up on a message in mid-arrival made redis-py reconnect, and the rest of
+    # the burst was lost.
+    expected = BURSTS * keys.TICK_BUCKETS * PER_BATCH
+    url = redis.connection_pool.connection_kwargs
+    proxy = TricklingProxy(url["host"], url["port"])
+    redis_url = f"redis://127.0.0.1:{proxy.port}/{url['db']}"
+    listener = subprocess.Popen([sys.executable, "-c", LISTENER, redis_url, str(expected)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "live"
+        for _ in range(BURSTS):
+            pipe = redis.pipeline(transaction=False)
+            for bucket in range(keys.TICK_BUCKETS):
+                pipe.publish(keys.tick_channel(bucket), batch(bucket, PER_BATCH))
+            pipe.execute()
+        received, batches = map(int, listener.stdout.readline().split())
+    finally:
+        listener.kill()
+        listener.wait()
+        proxy.close()
+    assert (received, batches) == (expected, BURSTS * keys.TICK_BUCKETS)
