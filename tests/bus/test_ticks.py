@@ -3,7 +3,7 @@
 from collections import Counter
 
 from ticker.bus.keys import TICK_BUCKETS, bucket_of
-from ticker.bus.ticks import decode_batch, encode, highest, pack, project, unpack
+from ticker.bus.ticks import decode_batch, encode, encode_all, highest, pack, project, unpack
 
 FULL = {
     "tradable": True, "mode": "full", "instrument_token": 408065, "last_price": 1500.5, "seq": 3, "ingest_ts": 1,
@@ -61,3 +61,11 @@ def test_an_exchanges_tokens_spread_over_the_buckets():
     nse = [(exchange_token << 8) | 1 for exchange_token in range(1000, 1640)]
     counts = Counter(bucket_of(token) for token in nse)
     assert len(counts) == TICK_BUCKETS and max(counts.values()) == len(nse) // TICK_BUCKETS
+
+
+def test_encoding_a_list_at_once_gives_what_encoding_each_gives():
+    quote = project(FULL, "quote")
+    nested = {"tradable": True, "depth": [{"tradable": 1}, {"tradable": 2}]}  # cuts where no tick starts
+    texts = {"tradable": True, "mode": ',{"tradable":'}  # inside a string the quotes are escaped
+    for values in ([FULL, quote, FULL], [FULL], [], [nested, FULL], [texts, FULL], [FULL, {"mode": "ltp"}], [{}]):
+        assert encode_all(values) == [encode(v) for v in values], values

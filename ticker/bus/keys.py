@@ -25,6 +25,9 @@ def tick_channel(bucket: int) -> str:
     return f"{CHANNELS}:ticks:{bucket}"
 
 
+TICK_CHANNELS = tuple(tick_channel(bucket) for bucket in range(TICK_BUCKETS))
+
+
 def channel_for(token: int) -> str:
     return tick_channel(bucket_of(token))
 

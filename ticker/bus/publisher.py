@@ -13,25 +13,39 @@ from typing import Any
 import redis
 
 from ticker.bus import keys
-from ticker.bus.ticks import decode, encode, pack
+from ticker.bus.ticks import decode, encode_all, pack
 
-SNAPSHOT_CHUNK = 200  # HSET arguments per Lua call (Lua's unpack has a stack limit)
+SNAPSHOT_CHUNK = 200  # snapshots per HSET in the Lua script (its unpack has a stack limit)
 
+# Each batch is `ticker.bus.ticks.pack`'s: a line of rows `[token, seq, ingest_ts, mode]`, then
+# one encoded tick per line. The snapshots are cut from the batches here, so each tick crosses
+# to Redis once. (cjson reads a token as a double; Redis writes a double that holds an integer,
+# as every token below 2^53 does, back as that integer.)
 _FENCED_PUBLISH = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
-local channels = tonumber(ARGV[2])
-local i = 3
-for _ = 1, channels do
+for i = 2, #ARGV, 2 do
   redis.call('publish', ARGV[i], ARGV[i + 1])
-  i = i + 2
 end
-while i <= #ARGV do
-  local last = math.min(i + 2 * SNAPSHOT_CHUNK - 1, #ARGV)
-  redis.call('hset', KEYS[2], unpack(ARGV, i, last))
-  i = last + 1
+local fields = {}
+for i = 3, #ARGV, 2 do
+  local batch = ARGV[i]
+  local newline = string.find(batch, '\\n', 1, true)
+  local rows = cjson.decode(string.sub(batch, 1, newline - 1))
+  local at = newline + 1
+  for r = 1, #rows do
+    local stop = string.find(batch, '\\n', at, true) or (#batch + 1)
+    fields[#fields + 1] = rows[r][1]
+    fields[#fields + 1] = string.sub(batch, at, stop - 1)
+    at = stop + 1
+    if #fields >= SNAPSHOT_CHUNK then
+      redis.call('hset', KEYS[2], unpack(fields))
+      fields = {}
+    end
+  end
 end
-return channels
-""".replace("SNAPSHOT_CHUNK", str(SNAPSHOT_CHUNK))
+if #fields > 0 then redis.call('hset', KEYS[2], unpack(fields)) end
+return 1
+""".replace("SNAPSHOT_CHUNK", str(2 * SNAPSHOT_CHUNK))
 
 
 class LeaseLost(Exception):
@@ -64,26 +78,23 @@ class TickPublisher:
         if not ticks:
             return 0
         now_ms = int(time.time() * 1000)
-        batches: dict[str, tuple[list[dict], list[bytes]]] = {}
-        snapshot: list[Any] = []
         seqs = self.seqs
         for tick in ticks:
             token = tick["instrument_token"]
-            seq = seqs.get(token, 0) + 1
-            seqs[token] = seq
-            tick["seq"] = seq
+            seqs[token] = tick["seq"] = seqs.get(token, 0) + 1
             tick["ingest_ts"] = now_ms
-            encoded = encode(tick)
-            channel = keys.channel_for(token)
-            batch = batches.get(channel)
+        batches: dict[int, tuple[list[dict], list[bytes]]] = {}
+        bucket_of = keys.bucket_of
+        for tick, encoded in zip(ticks, encode_all(ticks), strict=True):
+            bucket = bucket_of(tick["instrument_token"])
+            batch = batches.get(bucket)
             if batch is None:
-                batch = batches[channel] = ([], [])
+                batch = batches[bucket] = ([], [])
             batch[0].append(tick)
             batch[1].append(encoded)
-            snapshot += (token, encoded)
-        args: list[Any] = [self.lease_value, len(batches)]
-        for channel, (batch_ticks, encoded_ticks) in batches.items():
-            args += (channel, pack(batch_ticks, encoded_ticks))
-        if self._publish(keys=[self.lease_key, keys.LAST_TICKS], args=args + snapshot) < 0:
+        args: list[Any] = [self.lease_value]
+        for bucket, (batch_ticks, encoded_ticks) in batches.items():
+            args += (keys.TICK_CHANNELS[bucket], pack(batch_ticks, encoded_ticks))
+        if self._publish(keys=[self.lease_key, keys.LAST_TICKS], args=args) < 0:
             raise LeaseLost("lease lost: another shard owns this slot now")
         return len(ticks)

@@ -51,6 +51,23 @@ def project(tick: dict[str, Any], mode: str) -> dict[str, Any] | None:
     return projected
 
 
+def encode_all(values: list[dict[str, Any]]) -> list[bytes]:
+    """`[encode(v) for v in values]`, for a fraction of the cost: orjson's cost is mostly per
+    call, so the list is encoded in one call and cut where each value starts. A value starts
+    with `{"<first key>":`, which no JSON string can contain (its quotes would be escaped); if
+    the values do not all share their first key, or a nested object cut the list wrongly (the
+    count of pieces tells), each value is encoded on its own."""
+    if not values:
+        return []
+    first = next(iter(values[0]), None)
+    if first is not None and all(next(iter(value), None) == first for value in values):
+        start = b"{" + orjson.dumps(first) + b":"
+        pieces = orjson.dumps(values)[1:-1].split(b"," + start)
+        if len(pieces) == len(values):
+            return [pieces[0], *(start + piece for piece in pieces[1:])]
+    return [orjson.dumps(value) for value in values]
+
+
 def pack(ticks: list[dict[str, Any]], encoded: list[bytes]) -> bytes:
     """The batch carrying `ticks`, already encoded as `encoded`."""
     rows = [(t["instrument_token"], t["seq"], t["ingest_ts"], t["mode"]) for t in ticks]

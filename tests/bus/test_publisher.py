@@ -1,0 +1,87 @@
+"""The fenced publisher against the real Redis: what subscribers and snapshots receive."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ticker.bus import keys
+from ticker.bus.publisher import LeaseLost, TickPublisher
+from ticker.bus.ticks import decode, decode_batch
+
+pytestmark = pytest.mark.integration
+
+LEASE = "test:publisher:lease"
+
+
+def ticks(count: int, start: int = 2000, price: float = 100.0) -> list[dict]:
+    return [{"tradable": True, "mode": "quote", "instrument_token": ((start + i) << 8) | 1, "last_price": price + i,
+             "ohlc": {"open": 1.0, "close": 2.0}, "change": -1.1160714285714286} for i in range(count)]
+
+
+@pytest.fixture
+def publisher(redis):
+    redis.set(LEASE, "mine")
+    redis.delete(keys.LAST_TICKS)
+    yield TickPublisher(redis, LEASE, "mine")
+    redis.delete(LEASE, keys.LAST_TICKS)
+
+
+def received(pubsub, batches: int, timeout: float = 5) -> list[dict]:
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while batches and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.5)
+        if message and message["type"] == "message":
+            got += decode_batch(message["data"])
+            batches -= 1
+    return got
+
+
+def test_every_tick_reaches_its_channel_stamped_and_becomes_the_snapshot(redis, publisher):
+    pubsub = redis.pubsub()
+    pubsub.subscribe(*(keys.tick_channel(b) for b in range(keys.TICK_BUCKETS)))
+    first, second = ticks(300), ticks(300, price=500.0)
+
+    assert publisher.publish(first) == 300
+    assert publisher.publish(second) == 300
+    got = received(pubsub, 2 * keys.TICK_BUCKETS)
+    pubsub.close()
+
+    assert len(got) == 600
+    by_token: dict[int, list[dict]] = {}
+    for tick in got:
+        by_token.setdefault(tick["instrument_token"], []).append(tick)
+    assert all([t["seq"] for t in seen] == [1, 2] for seen in by_token.values())
+    assert all(tick["ingest_ts"] > 0 and tick["ohlc"] == {"open": 1.0, "close": 2.0} for tick in got)
+    snapshots = redis.hgetall(keys.LAST_TICKS)
+    assert len(snapshots) == 300
+    for tick in second:
+        assert decode(snapshots[str(tick["instrument_token"])]) == tick  # the latest, exactly as sent
+
+
+def test_a_publisher_that_lost_its_lease_publishes_nothing(redis, publisher):
+    publisher.publish(ticks(5))
+    before = redis.hgetall(keys.LAST_TICKS)
+    redis.set(LEASE, "someone-else")
+    pubsub = redis.pubsub()
+    pubsub.subscribe(*(keys.tick_channel(b) for b in range(keys.TICK_BUCKETS)))
+
+    with pytest.raises(LeaseLost):
+        publisher.publish(ticks(5, price=900.0))
+
+    assert received(pubsub, 1, timeout=1) == []
+    pubsub.close()
+    assert redis.hgetall(keys.LAST_TICKS) == before
+
+
+def test_seq_continues_from_the_snapshots_after_a_restart(redis, publisher):
+    publisher.publish(ticks(3))
+    publisher.publish(ticks(3))
+    successor = TickPublisher(redis, LEASE, "mine")
+    tokens = [t["instrument_token"] for t in ticks(3)]
+    successor.resume_seqs(tokens)
+    batch = ticks(3)
+    successor.publish(batch)
+    assert [t["seq"] for t in batch] == [3, 3, 3]
