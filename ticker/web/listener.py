@@ -101,12 +101,8 @@ class TickListener:
                 self._sync(pubsub, now)
             pending = self.flush()
             message = self._read(pubsub, RETRY_FLUSH_SECS if pending else POLL_SECS)
-            count = 0
-            while message is not None and count < MAX_BATCHES_PER_FLUSH:
-                count += self._handle(message)
-                message = self._read(pubsub, 0)
             if message is not None:
-                self._handle(message)
+                self._drain(pubsub, message)
             self.flush()
             self.sleep(0)  # let the sockets' writers send what was just queued
 
@@ -119,6 +115,28 @@ class TickListener:
         if not pubsub.connection.can_read(timeout=wait):
             return None
         return pubsub.get_message(timeout=READ_SECS)
+
+    def _drain(self, pubsub, first: dict) -> None:
+        """Handle `first` and every message already arriving behind it, up to
+        `MAX_BATCHES_PER_FLUSH` batches. Those are taken straight off the connection: handing a
+        tick batch over through redis-py's PubSub cost more than delivering it (a burst is a
+        batch per bucket). Anything else still goes through PubSub, which keeps the state of
+        the subscriptions and of its health checks."""
+        count = self._handle(first)
+        connection = pubsub.connection
+        while count < MAX_BATCHES_PER_FLUSH and connection.can_read(timeout=0):
+            response = connection.read_response(timeout=READ_SECS, disconnect_on_error=False, push_request=True)
+            bucket = self.buckets.get(response[1]) if response[0] == b"message" else None
+            if bucket is not None:
+                self.batches += 1
+                self.deliver(unpack(response[2]))
+                count += 1
+            elif pubsub.is_health_check_response(response):
+                pubsub.health_check_response_counter -= 1
+            else:
+                message = pubsub.handle_message(response)
+                if message is not None:
+                    count += self._handle(message)
 
     def _handle(self, message: dict) -> int:
         kind, channel = message["type"], message["channel"]
