@@ -41,7 +41,7 @@ browser: ## Install Debian's chromium and chromedriver (the live page test drive
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 bench-fanout: install services ## Fan-out benchmark vs the straightforward design (figures into BENCHMARKS.md)
-	$(BIN)/python bench/fanout.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.fanout --write $(BENCH_ARGS)
 
 bench-registry: install services ## Registry reload benchmark: COPY path vs ORM objects (figures into BENCHMARKS.md)
 	$(BIN)/python -m bench.registry_reload --write $(BENCH_ARGS)

@@ -358,9 +358,13 @@ def main() -> None:
     body = "\n".join([
         f"`.venv/bin/{command.strip()}` (`make bench-fanout`); {machine}.",
         "",
-        f"{args.tokens} NSE instruments tick {args.tick_rate:g} times a second each; one web replica pinned to "
-        "core 0, the socket.io-client load generator (one Node process) pinned to core 1; "
-        f"{args.warmup:g} s warm-up, then {args.seconds:g} s measured. Latency is shard ingest to client receipt.",
+        f"{args.tokens} NSE instruments tick {args.tick_rate:g} times a second each, all in the same instant (the "
+        "simulator steps every instrument at once and sends one frame per Kite connection, so each step is a "
+        "burst); one web replica pinned to core 0, the socket.io-client load generator (one Node process) pinned "
+        f"to core 1; {args.warmup:g} s warm-up, then {args.seconds:g} s measured. Latency is shard ingest "
+        "(`ingest_ts`, stamped when the shard publishes) to the load generator's receipt of the frame, before it "
+        "parses it (one Node process stands in for hundreds of clients, each of which would parse only its own "
+        "frames).",
         "",
         table(streams, idles),
         "",
