@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import requests
 import socketio
 
 from tests.support.clients import RecordingClient
@@ -44,8 +45,12 @@ def test_a_users_connections_are_limited_across_replicas(stack, processes, servi
     def refusal(url: str) -> str:
         return RecordingClient().try_connect(url, auth={"token": token})["code"]
 
+    admin = {"Authorization": f"Bearer {make_token('root', admin=True)}"}
+    users = lambda: requests.get(f"{b.url}/ws/stats", headers=admin, timeout=5).json()["totals"]["users"]  # noqa: E731
+    before = users()
     leaving, _, _ = admitted(a.url), admitted(a.url), admitted(b.url)
     assert refusal(a.url) == refusal(b.url) == "too_many_connections"
+    assert users() == before + 1  # on two replicas, one user
 
     leaving.close()
     wait_for(lambda: admitted(b.url), 5, "a place freed by a disconnect on the other replica", interval=0.3)

@@ -77,6 +77,15 @@ def client_address(environ: Mapping[str, Any], trusted_proxies: int) -> str:
     return forwarded[-trusted_proxies].strip() or remote
 
 
+def users_connected(client: redis.Redis) -> int:
+    """Distinct users holding a connection on any live replica (one connected to two replicas
+    counts once), from the counts the connection limit keeps."""
+    users: set[str] = set()
+    for replica in client.smembers(keys.CONNECTION_REPLICAS):
+        users.update(client.hkeys(keys.user_connections_of(replica)))
+    return len(users)
+
+
 # KEYS: the replicas set, this replica's hash. ARGV: hash key prefix, replica id, user, limit, ttl.
 # Replicas whose hash has expired (dead, or without connections) leave the set on the way.
 _ADMIT = """

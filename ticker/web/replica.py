@@ -29,7 +29,7 @@ from ticker.registry.instruments import Registry
 from ticker.web import errors
 from ticker.web.errors import ClientError
 from ticker.web.fanout import Fanout
-from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections
+from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users_connected
 from ticker.web.listener import TickListener
 from ticker.web.rooms import room_for
 
@@ -384,9 +384,10 @@ def cluster_stats(client: Any) -> dict[str, Any]:
             client.srem(keys.STATS_REPLICAS, replica_id)
         else:
             replicas.append(json.loads(raw))
-    summed = ("clients", "users", "subscriptions", "behind", "ticks_delivered", "frames_sent",
-              "ticks_conflated", "ticks_dropped")
+    summed = ("clients", "subscriptions", "behind", "ticks_delivered", "frames_sent", "ticks_conflated",
+              "ticks_dropped")
     totals = {name: sum(r.get(name, 0) for r in replicas) for name in summed}
+    totals["users"] = users_connected(client)
     totals["tokens"] = len(set().union(*read_demand(client)))  # distinct tokens wanted anywhere
     totals["replicas"] = len(replicas)
     return {"totals": totals, "replicas": replicas}
