@@ -18,9 +18,11 @@ from ticker.bus.ticks import encode, pack
 pytestmark = pytest.mark.integration
 
 BURSTS, PER_BATCH = 3, 4
+SEGMENT = 0x0F  # a segment no exchange uses: these ticks cannot be mistaken for a running stack's
 
 LISTENER = """
 import sys, time
+SEGMENT = int(sys.argv[3])
 from gevent import monkey
 monkey.patch_all()
 import gevent
@@ -30,8 +32,15 @@ from ticker.web.listener import TickListener
 
 expected = int(sys.argv[2])
 received = []
+batches = []
+
+def deliver(batch):  # this test's ticks only: a running stack may publish on the same channels
+    mine = [tick for tick in batch if tick[0][0] & 0xFF == SEGMENT]
+    received.extend(mine)
+    batches.extend(mine[:1])
+
 listener = TickListener(redis_client(sys.argv[1]), keys.listener_wake("test-listener"),
-                        lambda: set(range(keys.TICK_BUCKETS)), received.extend, lambda: False,
+                        lambda: set(range(keys.TICK_BUCKETS)), deliver, lambda: False,
                         lambda channel, notice: None, sleep=gevent.sleep)
 gevent.spawn(listener.run_forever)
 assert listener.wait_live(set(range(keys.TICK_BUCKETS)), timeout=10)
@@ -40,7 +49,7 @@ deadline = time.monotonic() + 10
 while len(received) < expected and time.monotonic() < deadline:
     gevent.sleep(0.05)
 gevent.sleep(0.3)  # anything beyond what was published would show too
-print(len(received), listener.batches, flush=True)
+print(len(received), len(batches), flush=True)
 """
 
 
@@ -82,7 +91,7 @@ class TricklingProxy:
 
 
 def batch(bucket: int, size: int) -> bytes:
-    ticks = [{"instrument_token": ((bucket + keys.TICK_BUCKETS * i) << 8) | 1, "seq": 1, "ingest_ts": 1,
+    ticks = [{"instrument_token": ((bucket + keys.TICK_BUCKETS * i) << 8) | SEGMENT, "seq": 1, "ingest_ts": 1,
               "mode": "full", "depth": "x" * 1000} for i in range(size)]
     return pack(ticks, [encode(t) for t in ticks])
 
@@ -94,7 +103,7 @@ def test_a_burst_of_large_batches_on_every_bucket_arrives_whole(redis):
     url = redis.connection_pool.connection_kwargs
     proxy = TricklingProxy(url["host"], url["port"])
     redis_url = f"redis://127.0.0.1:{proxy.port}/{url['db']}"
-    listener = subprocess.Popen([sys.executable, "-c", LISTENER, redis_url, str(expected)],
+    listener = subprocess.Popen([sys.executable, "-c", LISTENER, redis_url, str(expected), str(SEGMENT)],
                                 stdout=subprocess.PIPE, text=True)
     try:
         assert listener.stdout.readline().strip() == "live"

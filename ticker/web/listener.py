@@ -72,10 +72,16 @@ class TickListener:
                 self._run()
             except redis.RedisError as exc:
                 log.warning("tick listener lost Redis (%s); retrying", exc)
-                self.live.clear()
-                self.requested.clear()
-                self.dirty = True
-                self.sleep(RETRY_SECS)
+                self._restart()
+            except Exception:  # noqa: BLE001  (a bug must not end delivery for good)
+                log.exception("tick listener failed; restarting it")
+                self._restart()
+
+    def _restart(self) -> None:
+        self.live.clear()
+        self.requested.clear()
+        self.dirty = True
+        self.sleep(RETRY_SECS)
 
     def wait_live(self, buckets: set[int], timeout: float) -> bool:
         """Block (cooperatively) until every bucket's channel is subscribed, or `timeout`."""
@@ -91,6 +97,12 @@ class TickListener:
 
     def _run(self) -> None:
         pubsub = self.raw.pubsub()
+        try:
+            self._listen(pubsub)
+        finally:
+            pubsub.close()  # its connection goes back to the pool, not leaked per restart
+
+    def _listen(self, pubsub) -> None:
         pubsub.subscribe(self.wake_channel, keys.REGISTRY_RELOADED)
         next_sync = 0.0
         while True:
@@ -112,6 +124,7 @@ class TickListener:
         is read whole: redis-py reads it with the same timeout it waited with, and on a timeout
         in mid-message (a batch larger than one socket read, `wait` 0) it reconnects, and the
         rest of that message and every batch published meanwhile are lost."""
+        pubsub.check_health()  # a PING when one is due, so an idle connection is known alive
         if not pubsub.connection.can_read(timeout=wait):
             return None
         return pubsub.get_message(timeout=READ_SECS)
