@@ -34,7 +34,7 @@ class Queue:
 
 def setup(*clients: str) -> tuple[Fanout, dict[str, Wire]]:
     wires = {sid: Wire() for sid in clients}
-    sockets = {f"eio-{sid}": SimpleNamespace(wire=wire, queue=Queue()) for sid, wire in wires.items()}
+    sockets = {f"eio-{sid}": SimpleNamespace(wire=wire, queue=Queue(), upgraded=True) for sid, wire in wires.items()}
     fanout = Fanout(SimpleNamespace(eio=SimpleNamespace(sockets=sockets)), on_slow=lambda sid: None, slow_secs=5)
     for sid in clients:
         fanout.attach(sid, f"eio-{sid}")
@@ -54,8 +54,14 @@ def seqs(frame: list[dict]) -> list[tuple[int, int, str]]:
 
 
 def settled(fanout: Fanout, monkeypatch) -> None:
-    """Past the watch that follows a subscribe, so ticks take the direct path."""
-    now = time.time() + fanout_module.WATCH_SECS + 1
+    """Past the watch that follows a subscribe and its snapshot, so ticks take the direct path."""
+    for sid in fanout.clients:
+        fanout.offer(sid, [])  # what the replica does when there was no snapshot to send
+    later(monkeypatch, fanout_module.WATCH_SECS + 1)
+
+
+def later(monkeypatch, secs: float) -> None:
+    now = time.time() + secs
     monkeypatch.setattr(fanout_module.time, "time", lambda: now)
 
 
@@ -115,6 +121,30 @@ def test_a_snapshot_racing_the_live_stream_is_never_seen_twice_or_going_back():
     sent = [t["seq"] for frame in wires["a"].frames for t in frame if t["instrument_token"] == 1]
     assert sent == [8, 9]
     assert [t["seq"] for frame in wires["a"].frames for t in frame if t["instrument_token"] == 2] == [3]
+
+
+def test_the_watch_lasts_until_a_late_snapshot_comes(monkeypatch):
+    fanout, wires = setup("a")
+    fanout.join("a", 1, "full")
+    later(monkeypatch, fanout_module.WATCH_SECS * 2)  # the snapshot's read is slow (a busy loop, Redis)
+
+    fanout.dispatch(batch(tick(1, 8)))
+    fanout.flush()
+    fanout.offer("a", [tick(1, 7)])
+
+    assert [t["seq"] for frame in wires["a"].frames for t in frame] == [8]
+
+
+def test_a_token_whose_mode_changed_mid_flush_keeps_each_ticks_seq(monkeypatch):
+    fanout, wires = setup("a")
+    fanout.join("a", 1, "full")
+    fanout.dispatch(batch(tick(1, 5)))  # full, while the client is still watched
+    fanout.dispatch(batch(tick(1, 6, "ltp")))  # upstream now streams the token in ltp only
+    fanout.dispatch(batch(tick(1, 7)))
+    fanout.offer("a", [tick(1, 5)])  # the snapshot, read as tick 5 was being published
+    fanout.flush()
+
+    assert [(t["seq"], t["mode"]) for frame in wires["a"].frames for t in frame] == [(5, "full"), (7, "full")]
 
 
 def test_a_client_that_cannot_take_a_frame_gets_the_latest_tick_per_token_later(monkeypatch):

@@ -33,7 +33,14 @@ from ticker.bus.ticks import MODE_RANK, MODES, decode, encode, project
 from ticker.web.outbox import Outbox, ticks_message
 
 MAX_QUEUED_FRAMES = 4  # unsent frames on a connection before its client counts as behind
-WATCH_SECS = 5.0  # after a subscribe, how long its snapshot could still race the live stream
+SNAPSHOT_WAIT_SECS = 30.0  # after a subscribe, longest watch for its snapshot to be offered
+WATCH_SECS = 5.0  # after the snapshot, how long a live tick older than it could still arrive
+
+
+def wire_of(connection: Any) -> Any:
+    """The connection's `Wire` once its WebSocket has taken over (never during an upgrade's
+    probe, when a tick would reach the client before `3probe`); None otherwise."""
+    return getattr(connection, "wire", None) if getattr(connection, "upgraded", False) else None
 
 
 class Member:
@@ -64,7 +71,7 @@ class Fanout:
         # joined by commas, their (seq, tick) pairs in `repeats`); each token's last seq; the
         # clients concerned; the oldest ingest time.
         self.window: dict[str, dict[int, bytes]] = {mode: {} for mode in MODES}
-        self.seqs: dict[int, int] = {}
+        self.seqs: dict[str, dict[int, int]] = {mode: {} for mode in MODES}  # per mode, token -> last seq
         self.repeats: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
         self.concerned: set[str] = set()
         self.oldest_ms = 0
@@ -85,14 +92,15 @@ class Fanout:
 
     def behind(self) -> int:
         """How many clients are behind now."""
-        return sum(1 for sid in self.waiting if self.clients[sid].outbox.behind_since is not None)
+        return sum(1 for sid in self.waiting
+                   if (member := self.clients.get(sid)) is not None and member.outbox.behind_since is not None)
 
     def join(self, sid: str, token: int, mode: str) -> None:
         member = self.clients.get(sid)
         if member is not None:
             self.members.setdefault(token, {}).setdefault(mode, set()).add(sid)
             member.tokens.setdefault(mode, set()).add(token)
-            member.outbox.watch(token, time.time() + WATCH_SECS)
+            member.outbox.watch(token, time.time() + SNAPSHOT_WAIT_SECS)
 
     def leave(self, sid: str, token: int, mode: str) -> None:
         modes = self.members.get(token, {})
@@ -121,8 +129,6 @@ class Fanout:
                 continue
             if not concerned or ingest_ms < self.oldest_ms:
                 self.oldest_ms = ingest_ms
-            earlier = seqs.get(token)
-            seqs[token] = seq
             decoded = None
             for wanted, sids in modes.items():
                 if wanted == mode:
@@ -132,11 +138,13 @@ class Fanout:
                 else:
                     decoded = decoded or decode(encoded)
                     data = encode(project(decoded, wanted))
-                ticks = window[wanted]
-                if earlier is not None and token in ticks:
-                    self._repeat(wanted, token, earlier, seq, data)
+                mode_seqs = seqs[wanted]
+                earlier = mode_seqs.get(token)
+                mode_seqs[token] = seq
+                if earlier is None:
+                    window[wanted][token] = data
                 else:
-                    ticks[token] = data
+                    self._repeat(wanted, token, earlier, seq, data)
                 concerned |= sids
 
     def offer(self, sid: str, ticks: list[dict]) -> None:
@@ -146,6 +154,7 @@ class Fanout:
             return
         for tick in ticks:
             member.outbox.add(tick["instrument_token"], tick["seq"], tick["ingest_ts"], encode(tick))
+        member.outbox.settle(time.time() + WATCH_SECS)
         if member.outbox.size:
             self.waiting.add(sid)
             self._sent(self._flush_outbox(sid, member, time.time()))
@@ -166,10 +175,13 @@ class Fanout:
                     delivered += self._deliver(sid, member, now)
             for ticks in self.window.values():
                 ticks.clear()
-            self.seqs.clear()
+            for mode_seqs in self.seqs.values():
+                mode_seqs.clear()
             self.repeats.clear()
         for sid in [sid for sid in self.waiting if sid not in visited]:
-            delivered += self._flush_outbox(sid, self.clients[sid], now)
+            member = self.clients.get(sid)  # a client cut off meanwhile (on_slow yields) is gone
+            if member is not None:
+                delivered += self._flush_outbox(sid, member, now)
         self._sent(delivered)
         return bool(self.waiting)
 
@@ -185,7 +197,7 @@ class Fanout:
         connection = self.server.eio.sockets.get(member.eio_sid)
         if connection is None:
             return 0
-        wire = getattr(connection, "wire", None)
+        wire = wire_of(connection)
         outbox = member.outbox
         if wire is None or wire.busy or outbox.size or outbox.watching(now) or connection.queue.qsize():
             self._queue(sid, member)
@@ -212,11 +224,11 @@ class Fanout:
         outbox, window, seqs, oldest = member.outbox, self.window, self.seqs, self.oldest_ms
         conflated = 0
         for mode, tokens in member.tokens.items():
-            ticks = window[mode]
+            ticks, mode_seqs = window[mode], seqs[mode]
             for token in ticks.keys() & tokens:
                 repeats = self.repeats.get((mode, token))
                 if repeats is None:
-                    conflated += outbox.add(token, seqs[token], oldest, ticks[token])
+                    conflated += outbox.add(token, mode_seqs[token], oldest, ticks[token])
                 else:
                     for seq, data in repeats:
                         conflated += outbox.add(token, seq, oldest, data)
@@ -229,7 +241,7 @@ class Fanout:
         """Send the client's queued ticks as one frame; how many ticks went (0: none could)."""
         outbox = member.outbox
         connection = self.server.eio.sockets.get(member.eio_sid)
-        wire = getattr(connection, "wire", None)
+        wire = wire_of(connection)
         if connection is None or not outbox.size or (wire is not None and wire.broken):
             self.waiting.discard(sid)
             return 0

@@ -27,10 +27,14 @@ class Outbox:
         self.behind_since: float | None = None
 
     def watch(self, token: int, until: float) -> None:
-        """`token` was just subscribed: until `until`, a tick not newer than the last one
-        queued for it (a snapshot racing the live stream) is dropped."""
+        """`token` was just subscribed: until `until` (at the latest), a tick not newer than the
+        last one queued for it (a snapshot racing the live stream) is dropped."""
         self.seen.setdefault(token, 0)
         self.watch_until = max(self.watch_until, until)
+
+    def settle(self, until: float) -> None:
+        """The snapshot was queued: the watch need only outlast live ticks still on their way."""
+        self.watch_until = min(self.watch_until, until)
 
     def watching(self, now: float) -> bool:
         if self.seen and now >= self.watch_until:

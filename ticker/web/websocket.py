@@ -109,7 +109,7 @@ class GeventWebSocket:
         if engine_socket is None:
             self.app(self)  # Engine.IO's own handler, with its writer greenlet
             return []
-        self.wire = engine_socket.wire = Wire(sock, sock._sock, self.lock, gevent.spawn)
+        self.wire = Wire(sock, sock._sock, self.lock, gevent.spawn)
         self.serve(engine_socket)
         return []
 
@@ -137,6 +137,9 @@ class GeventWebSocket:
         polling_queue, engine_socket.queue = engine_socket.queue, DirectQueue(self)
         while not polling_queue.empty():  # what was sent while upgrading, in order
             engine_socket.queue.put(polling_queue.get_nowait())
+        # Only now may the fan-out write ticks straight to the socket: during the probe a tick
+        # would reach the client before `3probe` and fail its upgrade.
+        engine_socket.wire = self.wire
         try:
             self._read_packets(engine_socket)
         finally:
