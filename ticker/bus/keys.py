@@ -29,7 +29,7 @@ TICK_CHANNELS = tuple(tick_channel(bucket) for bucket in range(TICK_BUCKETS))
 
 
 def channel_for(token: int) -> str:
-    return tick_channel(bucket_of(token))
+    return TICK_CHANNELS[bucket_of(token)]
 
 
 LAST_TICKS = f"{PREFIX}:last"  # hash: token -> JSON of its last tick (snapshot for new subscribers)

@@ -68,10 +68,10 @@ class Fanout:
         self.totals = {"delivered": 0, "frames": 0, "conflated": 0, "dropped": 0}
         self.latencies: list[float] = []  # of the frames sent in this flush, observed at its end
         # The window: per mode, token -> its encoded ticks since the last flush (two or more
-        # joined by commas, their (seq, tick) pairs in `repeats`); each token's last seq; the
-        # clients concerned; the oldest ingest time.
+        # joined by commas, their (seq, tick) pairs in `repeats`) and its last seq; the clients
+        # concerned; the oldest ingest time.
         self.window: dict[str, dict[int, bytes]] = {mode: {} for mode in MODES}
-        self.seqs: dict[str, dict[int, int]] = {mode: {} for mode in MODES}  # per mode, token -> last seq
+        self.seqs: dict[str, dict[int, int]] = {mode: {} for mode in MODES}
         self.repeats: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
         self.concerned: set[str] = set()
         self.oldest_ms = 0

@@ -62,7 +62,7 @@ class TickListener:
         self.requested: set[int] = set()
         self.unneeded_since: dict[int, float] = {}
         self.dirty = True  # set when demand changes; the loop then syncs its channels
-        self.buckets = {keys.tick_channel(b).encode(): b for b in range(keys.TICK_BUCKETS)}
+        self.buckets = {channel.encode(): bucket for bucket, channel in enumerate(keys.TICK_CHANNELS)}
         self.notices = {keys.REGISTRY_RELOADED.encode()}
         self.batches = 0
 
@@ -141,9 +141,7 @@ class TickListener:
             response = connection.read_response(timeout=READ_SECS, disconnect_on_error=False, push_request=True)
             bucket = self.buckets.get(response[1]) if response[0] == b"message" else None
             if bucket is not None:
-                self.batches += 1
-                self.deliver(unpack(response[2]))
-                count += 1
+                count += self._deliver(response[2])
             elif pubsub.is_health_check_response(response):
                 pubsub.health_check_response_counter -= 1
             else:
@@ -151,13 +149,16 @@ class TickListener:
                 if message is not None:
                     count += self._handle(message)
 
+    def _deliver(self, batch: bytes) -> int:
+        self.batches += 1
+        self.deliver(unpack(batch))
+        return 1
+
     def _handle(self, message: dict) -> int:
         kind, channel = message["type"], message["channel"]
         bucket = self.buckets.get(channel)
         if kind == "message" and bucket is not None:
-            self.batches += 1
-            self.deliver(unpack(message["data"]))
-            return 1
+            return self._deliver(message["data"])
         if kind == "subscribe" and bucket is not None:
             self.live.add(bucket)
         elif kind == "message" and channel in self.notices:
