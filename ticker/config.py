@@ -50,6 +50,10 @@ class Config:
     # Pub/sub channels are global to a Redis server, not per database: this keeps deployments
     # (and test runs) that share a server on different database numbers apart.
     CHANNEL_NAMESPACE = _env("TICKER_CHANNEL_NAMESPACE") or "db" + (REDIS_URL.rsplit("/", 1)[-1] or "0")
+    # A process's Redis connections for serving others (a replica's requests): at most this many
+    # at once; a caller finding them all busy waits up to the wait, then gets `server_busy`.
+    REDIS_MAX_CONNECTIONS = _int("REDIS_MAX_CONNECTIONS", 64)
+    REDIS_POOL_WAIT_SECS = _float("REDIS_POOL_WAIT_SECS", 10.0)
     DATABASE_URL = _env("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ticker")
 
     # Kite endpoints: the real ones in production, the bundled simulator by default.

@@ -70,6 +70,21 @@ CLIENTS_CONNECTED = Gauge(
 SUBSCRIPTIONS = Gauge(
     "ticker_subscriptions", "Token subscriptions held by this replica's clients", multiprocess_mode="livesum"
 )
+LOOP_FAILURES = Counter("ticker_replica_loop_failures_total", "Turns of a replica's background loop that failed",
+                        ["loop"])
+LOOP_LAST_SUCCESS = Gauge("ticker_replica_loop_last_success_timestamp_seconds",
+                          "When each background loop of this replica last completed a turn", ["loop"],
+                          multiprocess_mode="max")
+BUS_LISTENER_UP = Gauge("ticker_bus_listener_up",
+                        "1 while this replica's tick listener is subscribed and hearing from Redis",
+                        multiprocess_mode="min")
+BUS_LISTENER_RECONNECTS = Counter(
+    "ticker_bus_listener_reconnects_total",
+    "Times the tick listener gave up its Redis connection: silent (no answer to pings), error, bug",
+    ["reason"])
+REQUESTS_SHED = Counter("ticker_requests_shed_total",
+                        "Client requests answered `server_busy` because the replica's resources stayed busy",
+                        ["kind"])
 
 
 # --- Cluster-wide figures, read from Redis at scrape time -------------------------------------

@@ -17,7 +17,9 @@ UNKNOWN_EVENT = "unknown_event"
 INTERNAL = "internal_error"
 RATE_LIMITED = "rate_limited"  # too many messages (or connection attempts from one address) a second
 TOO_MANY_CONNECTIONS = "too_many_connections"  # the user already holds its maximum of connections
-SERVER_BUSY = "server_busy"  # this replica holds its maximum of connections: try another
+SERVER_BUSY = "server_busy"  # this replica is full or overloaded: retry with backoff (or another replica)
+BUS_UNAVAILABLE = "bus_unavailable"  # this replica cannot reach Redis now: retry with backoff
+UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # ticks for some tokens stopped; subscriptions are kept
 SLOW_CONSUMER = "slow_consumer"  # the client read too slowly for too long and was disconnected
 ADMIN_REQUIRED = "admin_required"  # an admin JWT is needed (GET /ws/stats)
 

@@ -7,10 +7,13 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+import redis
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError
 
+from ticker import metrics
 from ticker.bus import assignment
+from ticker.bus.connection import PoolExhausted
 from ticker.clock import now_iso
 from ticker.extensions import socketio
 from ticker.registry.tokens import OPERATORS_ROOM
@@ -81,6 +84,13 @@ def client_event(name: str) -> Callable:
                 return handler(client, args[0] if args else None)
             except ClientError as exc:
                 return _error(exc)
+            except PoolExhausted:
+                metrics.REQUESTS_SHED.labels(kind=name).inc()
+                return _error(ClientError(errors.SERVER_BUSY, "the server is busy: retry in a moment"))
+            except redis.RedisError as exc:
+                log.warning("%s from %s: Redis unavailable: %s", name, request.sid, exc)
+                return _error(ClientError(errors.BUS_UNAVAILABLE, "the server cannot reach its data bus: retry in a "
+                                                                  "moment; your subscriptions are kept"))
 
         socketio.on(name)(handle)
         return handle

@@ -20,8 +20,8 @@ from flask import Flask
 
 from ticker import metrics
 from ticker.bus import assignment, keys
-from ticker.bus.connection import redis_client
-from ticker.bus.demand import ReplicaDemand, demand_version, read_demand
+from ticker.bus.connection import PoolExhausted, redis_client
+from ticker.bus.demand import ReplicaDemand, read_demand
 from ticker.bus.ticks import decode, project
 from ticker.db import session_for
 from ticker.extensions import socketio
@@ -31,6 +31,7 @@ from ticker.web.errors import ClientError
 from ticker.web.fanout import Fanout
 from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users_connected
 from ticker.web.listener import TickListener
+from ticker.web.loops import Loop
 from ticker.web.rooms import room_for
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class Replica:
         self.app = app
         self.config = config
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.redis = redis_client(config["REDIS_URL"])
+        self.redis = redis_client(config["REDIS_URL"])  # on behalf of clients: bounded, waited for
+        self.background = redis_client(config["REDIS_URL"], "background")  # the replica's own loops
         self.demand = ReplicaDemand(self.redis, self.id)
         self.registry = Registry(self.redis, lambda: session_for(config["DATABASE_URL"]))
         self.clients: dict[str, Client] = {}
@@ -81,7 +83,9 @@ class Replica:
         self.listener = TickListener(
             self.redis, keys.listener_wake(self.id), self.needed_buckets,
             self.fanout.dispatch, self.fanout.flush, self.on_notice, sleep=socketio.sleep,
+            create_event=socketio.server.eio.create_event,
         )
+        self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), OverflowCheck(self)]
 
     # Connections -------------------------------------------------------------------------
 
@@ -109,6 +113,9 @@ class Replica:
         limit = self.config["MAX_CONNECTIONS_PER_USER"]
         try:
             return self.user_connections.add(user, limit)
+        except PoolExhausted as exc:
+            metrics.REQUESTS_SHED.labels(kind="connect").inc()
+            raise self.refusal(errors.SERVER_BUSY, "the server is busy; retry in a moment") from exc
         except redis.RedisError as exc:
             log.warning("cluster-wide connection count unavailable, counting this replica's: %s", exc)
             self.user_connections_drifted = True
@@ -168,7 +175,14 @@ class Replica:
     # Subscriptions -----------------------------------------------------------------------
 
     def subscribe(self, client: Client, tokens: list[int], mode: str, names: dict[int, str]) -> None:
-        """Join the rooms; a token already held in another mode moves to the new mode."""
+        """Join the rooms; a token already held in another mode moves to the new mode. The
+        demand is recorded in Redis first: if Redis cannot take it (redis.RedisError, or
+        PoolExhausted under a crowd), nothing changes and the error propagates."""
+        if not tokens:
+            return
+        # An assignment computed from this demand version or a later one has seen these
+        # tokens (see check_overflow).
+        version = self.demand.add(tokens, mode)
         moving = [t for t in tokens if t in client.subscriptions]
         if moving:
             self.unsubscribe(client, moving)
@@ -178,12 +192,7 @@ class Replica:
             client.subscriptions[token] = mode
             if token in names:
                 client.by_symbol[token] = names[token]
-        self.demand.add(tokens, mode)
-        if tokens:
-            # Read after the demand is published: an assignment computed from this version or a
-            # later one has seen these tokens (see check_overflow).
-            version = demand_version(self.redis)
-            self.joined_at.update(dict.fromkeys(tokens, version))
+        self.joined_at.update(dict.fromkeys(tokens, version))
         self.listener.dirty = True
         metrics.SUBSCRIPTIONS.inc(len(tokens))
 
@@ -211,8 +220,13 @@ class Replica:
         buckets = {keys.bucket_of(t) for t in tokens}
         if not self.listener.wait_live(buckets, LIVE_WAIT_SECS):
             log.warning("channels not live after %.1fs; sending the snapshot anyway", LIVE_WAIT_SECS)
+        try:
+            raws = self.redis.hmget(keys.LAST_TICKS, tokens)
+        except redis.RedisError as exc:  # the live stream still follows; only the head start is lost
+            log.warning("no snapshot for %d tokens of %s: %s", len(tokens), client.sid, exc)
+            return
         ticks = []
-        for raw in self.redis.hmget(keys.LAST_TICKS, tokens):
+        for raw in raws:
             tick = project(decode(raw), mode) if raw else None
             if tick is not None:
                 ticks.append(tick)
@@ -231,7 +245,7 @@ class Replica:
         subscribe to it, so room that opened after an older assignment is never mistaken."""
         if not self.joined_at:
             return
-        seen, overflow = assignment.overflow(self.redis)
+        seen, overflow = assignment.overflow(self.background)
         stranded = [t for t in overflow if self.joined_at.get(t, seen + 1) <= seen]
         if not stranded:
             return
@@ -324,7 +338,7 @@ class Replica:
         }
 
     def publish_stats(self) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.background.pipeline(transaction=False)
         pipe.set(keys.replica_stats(self.id), json.dumps(self.stats()), ex=STATS_TTL_SECS)
         pipe.sadd(keys.STATS_REPLICAS, self.id)
         pipe.execute()
@@ -335,44 +349,62 @@ class Replica:
         """Start the background work of a serving process (not of CLI or Celery processes)."""
         if self.config["WEB_TICK_DELIVERY"]:
             socketio.start_background_task(self.listener.run_forever)
-        socketio.start_background_task(self._heartbeat_forever)
-        socketio.start_background_task(self._sweep_forever)
-        socketio.start_background_task(self._overflow_forever)
+        for loop in self.loops:
+            socketio.start_background_task(loop.run_forever)
         log.info("replica %s started", self.id)
 
-    def _heartbeat_forever(self) -> None:
-        while True:
-            try:
-                self.demand.heartbeat()
-                self._keep_connections_counted()
-                self.publish_stats()
-            except Exception as exc:  # noqa: BLE001  (Redis down: keep trying, never die)
-                log.warning("replica heartbeat failed: %s", exc)
-            socketio.sleep(HEARTBEAT_SECS)
-
-    def _keep_connections_counted(self) -> None:
+    def keep_connections_counted(self) -> None:
         drifted, self.user_connections_drifted = self.user_connections_drifted, False
         try:
-            self.user_connections.heartbeat(self.per_user, rewrite=drifted)
+            self.user_connections.heartbeat(self.per_user, rewrite=drifted, client=self.background)
         except redis.RedisError:
             self.user_connections_drifted = True
             raise
 
-    def _sweep_forever(self) -> None:
-        while True:
-            try:
-                self.sweep_expired(time.time())
-            except Exception:  # noqa: BLE001  (one bad client must not stop the sweeps)
-                log.exception("expiry sweep failed")
-            socketio.sleep(SWEEP_SECS)
 
-    def _overflow_forever(self) -> None:
-        while True:
-            try:
-                self.check_overflow()
-            except Exception as exc:  # noqa: BLE001  (Redis down: keep trying, never die)
-                log.warning("overflow check failed: %s", exc)
-            socketio.sleep(OVERFLOW_CHECK_SECS)
+class Heartbeat(Loop):
+    """Keeps the replica's demand and connection counts alive in Redis (rewriting them whole
+    after Redis lost them) and publishes its figures for /ws/stats."""
+
+    name = "heartbeat"
+    every_secs = HEARTBEAT_SECS
+
+    def __init__(self, replica: Replica):
+        super().__init__(socketio.sleep)
+        self.replica = replica
+
+    def turn(self) -> None:
+        self.replica.demand.heartbeat(self.replica.background)
+        self.replica.keep_connections_counted()
+        self.replica.publish_stats()
+
+
+class ExpirySweep(Loop):
+    """Tells connections whose JWT expired, and cuts them after the grace period."""
+
+    name = "expiry_sweep"
+    every_secs = SWEEP_SECS
+
+    def __init__(self, replica: Replica):
+        super().__init__(socketio.sleep)
+        self.replica = replica
+
+    def turn(self) -> None:
+        self.replica.sweep_expired(time.time())
+
+
+class OverflowCheck(Loop):
+    """Tells clients whose subscriptions found no room upstream (see Replica.check_overflow)."""
+
+    name = "overflow_check"
+    every_secs = OVERFLOW_CHECK_SECS
+
+    def __init__(self, replica: Replica):
+        super().__init__(socketio.sleep)
+        self.replica = replica
+
+    def turn(self) -> None:
+        self.replica.check_overflow()
 
 
 def cluster_stats(client: Any) -> dict[str, Any]:
