@@ -33,11 +33,12 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
 
     auth.init_keys(app)
     jwt.init_app(app)
+    from ticker.web.message_queue import LiveRedisManager
+
     socketio.init_app(
         app,
         async_mode=async_mode,
-        message_queue=app.config["REDIS_URL"],
-        channel=keys.SOCKETIO_CHANNEL,
+        client_manager=LiveRedisManager(app.config["REDIS_URL"], channel=keys.SOCKETIO_CHANNEL),
         cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"] or [],
         ping_interval=app.config["PING_INTERVAL_SECS"],
         ping_timeout=app.config["PING_TIMEOUT_SECS"],

@@ -82,6 +82,9 @@ BUS_LISTENER_RECONNECTS = Counter(
     "ticker_bus_listener_reconnects_total",
     "Times the tick listener gave up its Redis connection: silent (no answer to pings), error, bug",
     ["reason"])
+MESSAGE_QUEUE_RECONNECTS = Counter(
+    "ticker_message_queue_reconnects_total",
+    "Times the Socket.IO message queue listener gave up its Redis connection: silent or error", ["reason"])
 REQUESTS_SHED = Counter("ticker_requests_shed_total",
                         "Client requests answered `server_busy` because the replica's resources stayed busy",
                         ["kind"])

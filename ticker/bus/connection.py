@@ -23,6 +23,8 @@ import socket
 from functools import lru_cache
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ticker.config import Config
 
@@ -30,6 +32,7 @@ SOCKET_CONNECT_TIMEOUT_SECS = 2.0
 SOCKET_TIMEOUT_SECS = 5.0  # no command of ours takes this long; a dead peer costs this much at most
 HEALTH_CHECK_SECS = 15  # an idle pooled connection gets a PING before it is used again
 BACKGROUND_MAX_CONNECTIONS = 8  # a replica's own loops: a handful at a time, never the crowd's
+PROBE_TIMEOUT_SECS = 1.0  # a health probe answers quickly or reports Redis unreachable
 
 # Linux TCP options: probes after 5 s of silence, every 2 s, 3 unanswered means dead; and data
 # sent but unacknowledged for 10 s ends the connection (TCP_USER_TIMEOUT, in milliseconds).
@@ -74,17 +77,30 @@ def connection_options() -> dict:
     }
 
 
+PURPOSES = ("requests", "background", "probe")
+
+
 @lru_cache(maxsize=16)
 def redis_client(url: str, purpose: str = "requests") -> redis.Redis:
     """A client per URL, purpose and process, decoding replies to `str`.
 
     `purpose` "requests" (the default) shares `Config.REDIS_MAX_CONNECTIONS` connections among
     everything a process does on behalf of others; "background" gets a small pool of its own for
-    the process's own periodic work. Commands retry on a fresh connection after a dropped or
-    silent one, so a restarted Redis costs the caller one error at most, never a restart of the
-    process. Raises nothing itself; commands raise `PoolExhausted` after waiting
+    the process's own periodic work; "probe" (health checks) a small pool whose commands give
+    up after `PROBE_TIMEOUT_SECS`, once, so a health check answers within seconds whatever
+    Redis does. Other commands retry on a fresh connection after a dropped or silent one, so a
+    restarted Redis costs the caller one error at most, never a restart of the process. Raises
+    ValueError for an unknown purpose; commands raise `PoolExhausted` after waiting
     `Config.REDIS_POOL_WAIT_SECS` for a free connection, and `redis.RedisError` otherwise."""
-    size = BACKGROUND_MAX_CONNECTIONS if purpose == "background" else Config.REDIS_MAX_CONNECTIONS
-    pool = WaitingConnectionPool.from_url(url, max_connections=size, timeout=Config.REDIS_POOL_WAIT_SECS,
-                                          decode_responses=True, **connection_options())
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown purpose {purpose!r}: one of {PURPOSES}")
+    options = connection_options()
+    size, wait = Config.REDIS_MAX_CONNECTIONS, Config.REDIS_POOL_WAIT_SECS
+    if purpose == "background":
+        size = BACKGROUND_MAX_CONNECTIONS
+    elif purpose == "probe":
+        size, wait = BACKGROUND_MAX_CONNECTIONS, PROBE_TIMEOUT_SECS
+        options.update(socket_connect_timeout=PROBE_TIMEOUT_SECS, socket_timeout=PROBE_TIMEOUT_SECS,
+                       retry_on_timeout=False, retry=Retry(NoBackoff(), 0))
+    pool = WaitingConnectionPool.from_url(url, max_connections=size, timeout=wait, decode_responses=True, **options)
     return redis.Redis(connection_pool=pool)

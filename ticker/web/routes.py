@@ -21,8 +21,13 @@ bp = Blueprint("web", __name__)
 
 
 
+def _probe() -> Any:
+    """Health checks read Redis through a client that gives up within a second."""
+    return redis_client(current_app.config["REDIS_URL"], "probe")
+
+
 def _check_redis() -> dict[str, Any]:
-    redis_client(current_app.config["REDIS_URL"]).ping()
+    _probe().ping()
     return {"ok": True}
 
 
@@ -33,7 +38,7 @@ def _check_database() -> dict[str, Any]:
 
 
 def _check_shards() -> dict[str, Any]:
-    client = redis_client(current_app.config["REDIS_URL"])
+    client = _probe()
     now = time.time()
     shards = {
         slot: {
@@ -56,13 +61,27 @@ def _check_registry() -> dict[str, Any]:
     return {"ok": size > 0, "instruments": size, **({} if size else {"reason": "instrument registry is empty"})}
 
 
+def _check_delivery() -> dict[str, Any]:
+    """This replica's own tick path: its listener hears from Redis, and its loops keep time."""
+    state = replica()
+    listener = state.listener.report() if state.config["WEB_TICK_DELIVERY"] else {"ok": True}
+    loops = {loop.name: loop.report() for loop in state.loops}
+    late = [name for name, loop in loops.items() if not loop["ok"]]
+    reasons = [listener["reason"]] if not listener["ok"] else []
+    reasons += [f"background loop {name} is {loops[name]['lag_secs']}s behind" for name in late]
+    return {"ok": not reasons, "listener": listener, "loops": loops,
+            **({"reason": "; ".join(reasons)} if reasons else {})}
+
+
 CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "delivery": _check_delivery,
     "redis": _check_redis,
     "database": _check_database,
     "shards": _check_shards,
     "registry": _check_registry,
     "jobs": check_jobs,  # never fails /health: lists failed jobs and invalid Kite tokens as reasons
 }
+NEED_REDIS = ("shards", "registry", "jobs")  # not tried when Redis does not answer: /health answers fast
 
 
 @bp.get("/health")
@@ -70,6 +89,9 @@ def health():
     """200 when this replica can serve ticks; 503 with the reasons when it cannot."""
     results = {}
     for name, check in CHECKS.items():
+        if name in NEED_REDIS and not results.get("redis", {}).get("ok", True):
+            results[name] = {"ok": name == "jobs", "reason": "not checked: Redis does not answer"}
+            continue
         try:
             results[name] = check()
         except Exception as exc:  # noqa: BLE001  (a failing dependency is a result, not a crash)
