@@ -20,6 +20,11 @@ TOO_MANY_CONNECTIONS = "too_many_connections"  # the user already holds its maxi
 SERVER_BUSY = "server_busy"  # this replica holds its maximum of connections: try another
 SLOW_CONSUMER = "slow_consumer"  # the client read too slowly for too long and was disconnected
 ADMIN_REQUIRED = "admin_required"  # an admin JWT is needed (GET /ws/stats)
+# HTTP only (ticker.web.http_errors; docs/API.md, "HTTP errors").
+NOT_FOUND = "not_found"  # no such path
+METHOD_NOT_ALLOWED = "method_not_allowed"  # the path exists, not with this method
+DATABASE_UNAVAILABLE = "database_unavailable"  # PostgreSQL unreachable or too slow: retry later
+BUS_UNAVAILABLE = "bus_unavailable"  # Redis unreachable: retry later
 
 
 class ClientError(Exception):
