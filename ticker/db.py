@@ -104,7 +104,7 @@ def session_for(url: str) -> Session:
     return sessionmaker(engine_for(url), expire_on_commit=False)()
 
 
-def reply_timeout_secs(connection) -> float | None:
+def _wait_bound_secs(connection) -> float | None:
     """How long a green wait for `connection` may last: a connect is bounded like libpq's own,
     anything else by the statement timeout and a margin; None when statements are unbounded."""
     if connection.status == extensions.STATUS_SETUP:
@@ -117,7 +117,7 @@ def reply_timeout_secs(connection) -> float | None:
 def wait_cooperatively(async_mode: str) -> None:
     """Make psycopg2 wait for the database as a greenlet (a web replica calls this right after
     monkey-patching): gevent needs psycogreen's wait callback; eventlet's `monkey_patch`
-    installs its own. Either way each wait is bounded (`reply_timeout_secs`): past it the
+    installs its own. Either way each wait is bounded (`_wait_bound_secs`): past it the
     connection is closed and the caller gets an `OperationalError`. Under a wait callback
     psycopg2 refuses COPY, so code that runs in a replica reads with plain queries."""
     if async_mode == "gevent":
@@ -138,10 +138,10 @@ def wait_cooperatively(async_mode: str) -> None:
 
 
 def _bounded(wait: Callable, timeout: Callable) -> Callable:
-    """`wait` (a green wait callback), given up after `reply_timeout_secs`."""
+    """`wait` (a green wait callback), given up after `_wait_bound_secs`."""
 
     def bounded_wait(connection) -> None:
-        secs = reply_timeout_secs(connection)
+        secs = _wait_bound_secs(connection)
         if secs is None:
             return wait(connection)
         gone = psycopg2.OperationalError(f"no reply from the database within {secs:g}s")

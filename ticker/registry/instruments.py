@@ -41,7 +41,8 @@ COPY_LINES_PER_READ = 1000  # ~85 KB of CSV per message to PostgreSQL
 # this long; then it loads with the indexes in place.
 INDEX_LOCK_TIMEOUT = "2s"
 
-__all__ = ["DumpError", "MirrorUpdate", "Registry", "ReloadReport", "mirror_from_db", "replace_from_dump"]
+__all__ = ["DumpError", "MirrorUpdate", "Registry", "ReloadReport", "mirror_from_db", "replace_from_dump",
+           "tokens_by_symbol", "tokens_in"]
 
 
 @dataclass
@@ -241,21 +242,15 @@ class Registry:
         if self._mirrored():
             return [symbol is not None for symbol in self.redis.hmget(keys.REGISTRY_TOKENS, tokens)]
         with self.session_factory() as session:
-            found = set(session.scalars(select(Instrument.instrument_token)
-                                        .where(Instrument.instrument_token.in_(tokens))))
+            found = tokens_in(session, tokens)
         return [token in found for token in tokens]
 
     def resolve(self, symbols: list[str]) -> list[int | None]:
         """The token of each "EXCHANGE:TRADINGSYMBOL" of `symbols`, None for an unknown one."""
         if self._mirrored():
             return [int(t) if t else None for t in self.redis.hmget(keys.REGISTRY_SYMBOLS, symbols)]
-        wanted = [tuple(symbol.split(":", 1)) for symbol in symbols if ":" in symbol]
         with self.session_factory() as session:
-            rows = session.execute(
-                select(Instrument.exchange, Instrument.tradingsymbol, Instrument.instrument_token)
-                .where(tuple_(Instrument.exchange, Instrument.tradingsymbol).in_(wanted))
-            ) if wanted else []
-            token_of = {f"{exchange}:{tradingsymbol}": token for exchange, tradingsymbol, token in rows}
+            token_of = tokens_by_symbol(session, symbols)
         return [token_of.get(symbol) for symbol in symbols]
 
     def size(self) -> int:
@@ -286,6 +281,21 @@ class Registry:
             count = mirror_from_db(session, self.redis)
         log.info("registry mirrored to Redis from the database: %d instruments", count)
         return count
+
+
+def tokens_in(session: Session, tokens: list[int]) -> set[int]:
+    """Those of `tokens` that the registry in PostgreSQL holds."""
+    return set(session.scalars(select(Instrument.instrument_token).where(Instrument.instrument_token.in_(tokens))))
+
+
+def tokens_by_symbol(session: Session, symbols: list[str]) -> dict[str, int]:
+    """"EXCHANGE:TRADINGSYMBOL" -> token, from PostgreSQL, for those of `symbols` it holds."""
+    wanted = [tuple(symbol.split(":", 1)) for symbol in symbols if ":" in symbol]
+    if not wanted:
+        return {}
+    rows = session.execute(select(Instrument.exchange, Instrument.tradingsymbol, Instrument.instrument_token)
+                           .where(tuple_(Instrument.exchange, Instrument.tradingsymbol).in_(wanted)))
+    return {f"{exchange}:{tradingsymbol}": token for exchange, tradingsymbol, token in rows}
 
 
 SEARCH_LIMIT_MAX = 100
