@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ticker import db
 from ticker.bus import keys
 from ticker.config import Config
 from ticker.extensions import jwt, socketio
@@ -28,6 +29,12 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
         app.config["LOG_LEVEL"],
         secrets=[app.config[key] for key in ("SECRET_KEY", "KITE_API_SECRET", "KITE_ACCESS_TOKEN", "JWT_PRIVATE_KEY")],
     )
+
+    # Only processes that serve sockets bound their statements: the others run the registry
+    # reload's long COPYs.
+    serving = async_mode != "threading"
+    db.configure(app.config["DATABASE_POOL_TIMEOUT_SECS"], app.config["DATABASE_CONNECT_TIMEOUT_SECS"],
+                 app.config["DATABASE_STATEMENT_TIMEOUT_SECS"] if serving else None)
 
     from ticker.web import auth
 
@@ -53,6 +60,9 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
     events.name_literal_star_events(socketio.server)
 
     app.register_blueprint(routes.bp)
+    from ticker.web import http_errors
+
+    http_errors.register(app)
 
     from ticker.web import stats
 

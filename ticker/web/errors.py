@@ -22,6 +22,11 @@ BUS_UNAVAILABLE = "bus_unavailable"  # this replica cannot reach Redis now: retr
 UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # ticks for some tokens stopped; subscriptions are kept
 SLOW_CONSUMER = "slow_consumer"  # the client read too slowly for too long and was disconnected
 ADMIN_REQUIRED = "admin_required"  # an admin JWT is needed (GET /ws/stats)
+# HTTP only (ticker.web.http_errors; docs/API.md, "HTTP errors").
+NOT_FOUND = "not_found"  # no such path
+METHOD_NOT_ALLOWED = "method_not_allowed"  # the path exists, not with this method
+DATABASE_UNAVAILABLE = "database_unavailable"  # PostgreSQL unreachable or too slow: retry later
+BUS_UNAVAILABLE = "bus_unavailable"  # Redis unreachable: retry later
 
 
 class ClientError(Exception):
