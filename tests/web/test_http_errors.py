@@ -27,6 +27,7 @@ from tests.support.proxy import TcpProxy
 from tests.web.test_metrics import samples
 from tests.web.webproc import start_web, tokens_of
 from ticker.bus import keys
+from ticker.bus.connection import WaitingConnectionPool
 from ticker.db import engine_for, session_for
 from ticker.jobs import run_job
 from ticker.registry.mirror import copy_pairs, fingerprint
@@ -247,9 +248,9 @@ def test_a_bug_is_a_500_internal_error_that_tells_the_client_nothing(bare_app, c
 
 
 @pytest.mark.parametrize("pool_class, options", [
-    (redis_lib.BlockingConnectionPool, {"timeout": 0.1}),  # waits for a connection, then gives up
+    (WaitingConnectionPool, {"timeout": 0.1}),  # the service's pool: waits for a connection, then gives up
     (redis_lib.ConnectionPool, {}),  # refuses at once
-], ids=["blocking", "plain"])
+], ids=["waiting", "plain"])
 def test_a_redis_pool_with_no_connection_free_is_503_server_busy(bare_app, redis, pool_class, options):
     pool = pool_class.from_url(REDIS_URL, max_connections=1, **options)
     client = redis_lib.Redis(connection_pool=pool)

@@ -27,6 +27,7 @@ import sqlalchemy.exc
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ticker.bus.connection import PoolExhausted
 from ticker.logs import event
 from ticker.metrics import HTTP_ERRORS
 from ticker.web import errors
@@ -43,8 +44,6 @@ HTTP_CODES = {
 }
 BUSY_RETRY_AFTER_SECS = 1  # a full pool frees up as soon as requests in flight finish
 DOWN_RETRY_AFTER_SECS = 5  # a restarted PostgreSQL or Redis takes seconds to come back
-# redis-py's BlockingConnectionPool says this when no connection came free within its timeout.
-REDIS_POOL_TIMEOUT_MESSAGE = "No connection available."
 
 DATABASE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, psycopg2.OperationalError,
                  psycopg2.InterfaceError)
@@ -92,7 +91,7 @@ def database_unavailable(exc: Exception) -> Response:
 
 
 def bus_unavailable(exc: Exception) -> Response:
-    if isinstance(exc, redis.exceptions.MaxConnectionsError) or str(exc) == REDIS_POOL_TIMEOUT_MESSAGE:
+    if isinstance(exc, PoolExhausted | redis.exceptions.MaxConnectionsError):
         _dependency_failed(errors.SERVER_BUSY, exc)
         return error_response(503, errors.SERVER_BUSY, "the server is busy; retry shortly", BUSY_RETRY_AFTER_SECS)
     _dependency_failed(errors.BUS_UNAVAILABLE, exc)
