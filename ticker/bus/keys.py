@@ -33,6 +33,7 @@ def channel_for(token: int) -> str:
 
 
 LAST_TICKS = f"{PREFIX}:last"  # hash: token -> JSON of its last tick (snapshot for new subscribers)
+EPOCH = f"{PREFIX}:epoch"  # hash {id, replid}: the run of Redis state seqs count in (ticker.bus.epoch)
 
 DEMAND_VERSION = f"{PREFIX}:demand:version"  # bumped on every change, so shards poll one integer
 DEMAND_REPLICAS = f"{PREFIX}:demand:replicas"  # set of replica ids that published demand
