@@ -88,6 +88,8 @@ BUS_LISTENER_RECONNECTS = Counter(
 MESSAGE_QUEUE_RECONNECTS = Counter(
     "ticker_message_queue_reconnects_total",
     "Times the Socket.IO message queue listener gave up its Redis connection: silent or error", ["reason"])
+UPSTREAM_NOTICES = Counter("ticker_upstream_unavailable_notices_total",
+                           "upstream_unavailable notices sent to clients, by reason", ["reason"])
 REQUESTS_SHED = Counter("ticker_requests_shed_total",
                         "Client requests answered `server_busy` because the replica's resources stayed busy",
                         ["kind"])

@@ -32,7 +32,7 @@ def cluster(registry, processes, service_env, workdir):
     (they share the isolated database with later tests)."""
     client = redis_client(ISOLATED_REDIS_URL)
     client.flushdb()
-    assignment.set_usable_slots(client, {"k1:0": CAPACITY})
+    assignment.set_pool(client, {"k1:0": CAPACITY}, {"k1:0": CAPACITY}, {})
     webs = [start_web(processes, service_env, workdir, f"web-overflow-{n}", REDIS_URL=ISOLATED_REDIS_URL)
             for n in "ab"]
     yield client, webs
@@ -99,7 +99,8 @@ def test_room_that_opened_after_an_assignment_is_not_taken_for_overflow(cluster,
     assignment.rebalance(redis, {}, GRACE_SECS, force=True)
     redis.sadd(keys.ASSIGNMENT_OVERFLOW, *late)  # as if another replica's client had wanted it then
 
-    assignment.set_usable_slots(redis, {"k1:0": CAPACITY, "k2:0": CAPACITY})  # an account was added
+    grown = {"k1:0": CAPACITY, "k2:0": CAPACITY}  # an account was added
+    assignment.set_pool(redis, grown, grown, {})
     dave = connect(a.url, "ovf-dave")
     subscribe(dave, late)  # admitted against the new room, before any assignment counted it
     time.sleep(2.5)  # a few overflow checks, each seeing the older assignment's overflow

@@ -114,6 +114,7 @@ def on_subscribe(client: Client, data: Any) -> dict:
     reply = {"tokens": accepted, "mode": wanted.mode, "total": len(client.subscriptions),
              "rejected": rejected + refused}
     _send("subscribed", reply)
+    state.tell_if_unavailable(client, accepted)
     state.send_snapshot(client, accepted, wanted.mode)
     return reply
 

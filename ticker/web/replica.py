@@ -23,6 +23,7 @@ from ticker.bus import assignment, keys
 from ticker.bus.connection import PoolExhausted, redis_client
 from ticker.bus.demand import ReplicaDemand, read_demand
 from ticker.bus.ticks import decode, project
+from ticker.bus.upstream import BUS_UNAVAILABLE, token_states
 from ticker.db import session_for
 from ticker.extensions import socketio
 from ticker.registry.instruments import Registry
@@ -33,6 +34,7 @@ from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users
 from ticker.web.listener import TickListener
 from ticker.web.loops import Loop
 from ticker.web.rooms import room_for
+from ticker.web.upstream import UpstreamNotices
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ HEARTBEAT_SECS = 5.0
 SWEEP_SECS = 0.5  # how often expired JWTs are looked for
 STATS_TTL_SECS = int(3 * HEARTBEAT_SECS)  # a dead replica drops out of /ws/stats after this
 LIVE_WAIT_SECS = 1.0  # longest a subscribe waits for its channels before reading snapshots
-OVERFLOW_CHECK_SECS = 1.0  # how soon a client hears that its subscription found no room upstream
+UPSTREAM_CHECK_SECS = 1.0  # how often the upstream's state is read (its notices wait DOWN_NOTICE_SECS)
 
 
 @dataclass(eq=False)
@@ -85,7 +87,8 @@ class Replica:
             self.fanout.dispatch, self.fanout.flush, self.on_notice, sleep=socketio.sleep,
             create_event=socketio.server.eio.create_event,
         )
-        self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), OverflowCheck(self)]
+        self.upstream = UpstreamNotices()
+        self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), UpstreamWatch(self)]
 
     # Connections -------------------------------------------------------------------------
 
@@ -263,6 +266,50 @@ class Replica:
         self.send(client.sid, "unsubscribed", {"tokens": tokens, "total": len(client.subscriptions),
                                                "reason": errors.CAPACITY_EXHAUSTED})
 
+    # Upstream outages ---------------------------------------------------------------------
+
+    def track_upstream(self, now: float) -> None:
+        """Learn whether each held token's ticks can flow, and tell the clients holding those
+        whose state changed (`error` `upstream_unavailable` with a reason, `upstream_restored`).
+        Subscriptions are kept whatever the upstream does."""
+        tokens = list(self.demand.counts)
+        if not self.listener.connected and self.config["WEB_TICK_DELIVERY"]:
+            states: dict[int, str | None] = dict.fromkeys(tokens, BUS_UNAVAILABLE)
+        else:
+            try:
+                states = token_states(self.background, tokens, now)
+            except redis.RedisError:
+                states = dict.fromkeys(tokens, BUS_UNAVAILABLE)
+        changes = self.upstream.update(states, now)
+        for reason, down in changes.down.items():
+            log.warning("upstream unavailable for %d tokens: %s", len(down), reason)
+            self._tell_holders(down, lambda client, held, r=reason: self.tell_unavailable(client, held, r))
+        if changes.restored:
+            log.info("upstream restored for %d tokens", len(changes.restored))
+            self._tell_holders(changes.restored, lambda client, held: self.send(
+                client.sid, "upstream_restored", {"tokens": held}))
+
+    def tell_unavailable(self, client: Client, tokens: list[int], reason: str) -> None:
+        metrics.UPSTREAM_NOTICES.labels(reason=reason).inc()
+        self.send(client.sid, "error", {"code": errors.UPSTREAM_UNAVAILABLE, "reason": reason, "tokens": tokens,
+                                        "message": errors.UPSTREAM_REASONS.get(reason, reason)})
+
+    def tell_if_unavailable(self, client: Client, tokens: list[int]) -> None:
+        """A client that just subscribed to tokens already announced down hears it at once."""
+        for reason, down in self.upstream.down_among(tokens).items():
+            self.tell_unavailable(client, down, reason)
+
+    def _tell_holders(self, tokens: list[int], tell: Any) -> None:
+        held: dict[str, list[int]] = {}
+        for token in tokens:
+            for sids in self.fanout.members.get(token, {}).values():
+                for sid in sids:
+                    held.setdefault(sid, []).append(token)
+        for sid, client_tokens in held.items():
+            client = self.clients.get(sid)
+            if client is not None:
+                tell(client, sorted(client_tokens))
+
     # Registry reloads --------------------------------------------------------------------
 
     def on_notice(self, channel: str, notice: Any) -> None:
@@ -393,11 +440,12 @@ class ExpirySweep(Loop):
         self.replica.sweep_expired(time.time())
 
 
-class OverflowCheck(Loop):
-    """Tells clients whose subscriptions found no room upstream (see Replica.check_overflow)."""
+class UpstreamWatch(Loop):
+    """Tells clients when their tokens' ticks stop (and why) or resume, and when their
+    subscriptions found no room upstream (see Replica.track_upstream, Replica.check_overflow)."""
 
-    name = "overflow_check"
-    every_secs = OVERFLOW_CHECK_SECS
+    name = "upstream_watch"
+    every_secs = UPSTREAM_CHECK_SECS
 
     def __init__(self, replica: Replica):
         super().__init__(socketio.sleep)
@@ -405,6 +453,7 @@ class OverflowCheck(Loop):
 
     def turn(self) -> None:
         self.replica.check_overflow()
+        self.replica.track_upstream(time.time())
 
 
 def cluster_stats(client: Any) -> dict[str, Any]:
