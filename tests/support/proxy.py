@@ -10,6 +10,7 @@ of the test process, so a test drives it with plain calls.
     ... point the service at proxy.port ...
     proxy.blackhole()            # every open connection goes silent, forever
     proxy.blackhole(new=True)    # and connections opened from now on too
+    proxy.silence_new()          # only connections opened from now on (a connect that hangs)
     proxy.heal()                 # new connections work again (black-holed ones stay dead)
     proxy.delay(0.5)             # each chunk is held this long before it is forwarded
     proxy.reset()                # close every connection with an RST
@@ -75,6 +76,10 @@ class TcpProxy:
         self.swallow_new = False
         self.latency = 0.0
 
+    def silence_new(self) -> None:
+        """Swallow connections opened from now on (until `heal`); open ones keep working."""
+        self.swallow_new = True
+
     def delay(self, seconds: float) -> None:
         self.latency = seconds
 
@@ -128,7 +133,7 @@ class TcpProxy:
             if link.dead:  # swallowed: the client's bytes go nowhere, nothing ever comes back
                 await _discard(reader)
                 return
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            up_reader, up_writer = await self._open_upstream()
             link.upstream = up_writer
             link.tasks = [asyncio.current_task()]
             back = asyncio.create_task(self._pipe(up_reader, writer, link))
@@ -143,6 +148,10 @@ class TcpProxy:
                 for w in (writer, link.upstream):
                     if w is not None:
                         w.close()
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The connection to forward a new client connection to (a subclass may choose)."""
+        return await asyncio.open_connection(*self.target)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link) -> None:
         while True:
