@@ -4,7 +4,8 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install services db run test lint browser bench-fanout bench-registry bench-ingest bench-recovery
+.PHONY: help install services db run test lint browser bench-fanout bench-registry bench-ingest bench-recovery \
+	bench-ops chaos
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,3 +58,6 @@ bench-recovery: install services ## Upstream recovery: first tick, reconnect, ta
 
 bench-ops: install services ## Operations overhead: a log line's and a /metrics scrape's cost
 	$(BIN)/python -m bench.ops $(BENCH_ARGS)
+
+chaos: install services ## A compressed trading day of faults against the whole service (report into RELIABILITY.md)
+	$(BIN)/python -m bench.chaos --write $(CHAOS_ARGS)
