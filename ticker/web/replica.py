@@ -217,7 +217,9 @@ class Replica:
 
     def send_snapshot(self, client: Client, tokens: list[int], mode: str) -> None:
         """The last known tick of each token, read once the live channel is subscribed, so no
-        tick falls between the snapshot and the stream (duplicates are dropped by `seq`)."""
+        tick falls between the snapshot and the stream (duplicates are dropped by `seq`). Each
+        is marked `snapshot: true` with its `age_ms` (now minus its ingest time): the last tick
+        may be hours old, or a previous session's, and a client must be able to tell."""
         if not tokens:
             return
         buckets = {keys.bucket_of(t) for t in tokens}
@@ -229,9 +231,12 @@ class Replica:
             log.warning("no snapshot for %d tokens of %s: %s", len(tokens), client.sid, exc)
             return
         ticks = []
+        now_ms = int(time.time() * 1000)
         for raw in raws:
             tick = project(decode(raw), mode) if raw else None
             if tick is not None:
+                tick["snapshot"] = True
+                tick["age_ms"] = max(0, now_ms - int(tick.get("ingest_ts") or 0))
                 ticks.append(tick)
         self.fanout.offer(client.sid, ticks)
 
