@@ -3,6 +3,7 @@ own simulator, Redis database, accounts database, shard workers and beat) plus a
 
 - a login through the service's callback switches running shards to the new access token
   without losing their subscriptions;
+- a worker killed mid-stream: /health and the clients hear of the dark slot until it is taken over;
 - the morning expiry of every account's token (a single-account install's every morning):
   clients keep their subscriptions, hear `upstream_unavailable` with the reason `token_expired`
   (never `capacity_exhausted`, never `unsubscribed`), may even subscribe to more meanwhile, and
@@ -10,6 +11,8 @@ own simulator, Redis database, accounts database, shard workers and beat) plus a
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import pytest
@@ -144,3 +147,35 @@ def test_the_morning_token_expiry_keeps_every_subscription_and_ticks_resume_afte
         assert client.call("unsubscribe", {"tokens": []})["total"] == 12
     finally:
         client.close()
+
+
+def test_a_worker_killed_mid_stream_is_reported_until_its_slot_is_taken_over(pool, make_token):
+    """kill -9 of the worker streaming a client's tokens: within seconds /health stops saying
+    `ok` and names the dark slot, the client hears `upstream_unavailable` (`no_connection`), and
+    once the other worker took the slot over, `upstream_restored` and `ok` again."""
+    tokens = nse_tokens(pool.sim)[20:26]
+    client = RecordingClient()
+    client.sio.on("upstream_restored", lambda data: client.events["upstream_restored"].append(data))
+    client.connect(pool.web, make_token("takeover"))
+    try:
+        client.call("subscribe", {"tokens": tokens, "mode": "ltp"})
+        client.wait_for_ticks(tokens, count=2, timeout=20)
+        slot = pool.redis.hget(keys.ASSIGNED_SLOT, tokens[0])
+        child = int(pool.redis.hget(keys.shard_state(slot), "pid"))
+        victim = next(w for w in pool.workers if w.pid == int(open(f"/proc/{child}/stat").read().split()[3]))
+
+        os.killpg(victim.pid, signal.SIGKILL)  # the worker and its children, without a word
+        pool.workers.remove(victim)
+        dark = wait_for(lambda: (r := requests.get(f"{pool.web}/health", timeout=10).json())["status"] != "ok"
+                        and r, 10, "/health to stop saying ok")
+        assert slot in dark["checks"]["shards"]["reason"], dark["checks"]["shards"]
+        wait_for(lambda: set(tokens) <= {t for e in client.events["error"] if e.get("code") == "upstream_unavailable"
+                                        for t in e["tokens"]}, 15, "the client to hear its tokens went dark")
+        wait_for(lambda: set(tokens) <= {t for e in client.events["upstream_restored"] for t in e["tokens"]}, 30,
+                 "the slot to be taken over and the client told")
+        wait_for(lambda: requests.get(f"{pool.web}/health", timeout=10).json()["status"] == "ok", 15, "/health ok")
+        seen = len(client.ticks())
+        wait_for(lambda: set(tokens) <= ticks_since(client, seen), 15, "ticks again")
+    finally:
+        client.close()
+        pool.start_worker("w-after-takeover")

@@ -72,7 +72,7 @@ def lease_owner(client: redis.Redis, slot: str) -> str | None:
     return client.get(keys.shard_lease(slot))
 
 
-SHARD_STALE_SECS = 10  # a shard reports every second; ten seconds of silence means it is gone
+SHARD_STALE_SECS = 3  # a shard reports every second: three missed reports and it counts as gone
 
 
 def shard_states(client: redis.Redis) -> dict[str, dict[str, str]]:
