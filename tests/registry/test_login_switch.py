@@ -21,7 +21,7 @@ import requests
 from tests.conftest import DATABASE_URL, ISOLATED_REDIS_URL
 from tests.support.clients import RecordingClient
 from tests.support.pool import ACCOUNTS, nse_tokens, running_pool
-from tests.support.processes import Process, free_port, port_open, wait_for
+from tests.support.processes import Process, free_port, port_open, stop_all, wait_for
 from ticker.bus import keys
 from ticker.db import session_for
 from ticker.registry import accounts
@@ -33,17 +33,21 @@ LOGIN_POOL_DATABASE_URL = DATABASE_URL + "_login_pool"
 
 @pytest.fixture(scope="module")
 def pool(service_env, tmp_path_factory):
+    """The pool, and a web replica in each async mode (`pool.webs`); `pool.web` is gevent's."""
     workdir = tmp_path_factory.mktemp("login-pool")
     with running_pool(service_env, workdir, LOGIN_POOL_DATABASE_URL, ISOLATED_REDIS_URL) as pool:
-        port = free_port()
-        web = Process("login-pool-web", [sys.executable, "wsgi.py"], {**pool.env, "PORT": str(port)}, workdir)
+        ports = {mode: free_port() for mode in ("gevent", "eventlet")}
+        webs = {mode: Process(f"login-pool-web-{mode}", [sys.executable, "wsgi.py"],
+                              {**pool.env, "PORT": str(port), "ASYNC_MODE": mode}, workdir)
+                for mode, port in ports.items()}
         try:
-            wait_for(lambda: port_open(port), 30, "the web replica")
-            pool.web = f"http://127.0.0.1:{port}"
-            pool.web_process = web
+            for port in ports.values():
+                wait_for(lambda: port_open(port), 30, "the web replicas")  # noqa: B023
+            pool.webs = {mode: f"http://127.0.0.1:{port}" for mode, port in ports.items()}
+            pool.web, pool.web_process = pool.webs["gevent"], webs["gevent"]
             yield pool
         finally:
-            web.stop()
+            stop_all(webs.values())
 
 
 def shards(pool) -> dict[str, tuple[int, int]]:
@@ -111,42 +115,57 @@ def ticks_since(client: RecordingClient, count: int) -> set[int]:
     return {tick["instrument_token"] for tick in client.ticks()[count:]}
 
 
+def listening_client(url: str, jwt: str) -> RecordingClient:
+    client = RecordingClient()
+    client.sio.on("upstream_restored", lambda data: client.events["upstream_restored"].append(data))
+    return client.connect(url, jwt)
+
+
+def restored(client: RecordingClient) -> set[int]:
+    return {token for event in client.events["upstream_restored"] for token in event["tokens"]}
+
+
 def test_the_morning_token_expiry_keeps_every_subscription_and_ticks_resume_after_a_login(pool, make_token):
     universe = nse_tokens(pool.sim)
     held, later = universe[:10], universe[10:12]
-    client = RecordingClient()
-    client.sio.on("upstream_restored", lambda data: client.events["upstream_restored"].append(data))
-    client.connect(pool.web, make_token("morning"))
-    wait_for(lambda: requests.get(f"{pool.web}/health", timeout=5).status_code == 200, 60,
-             "the registry loaded and a shard streaming")
+    for url in pool.webs.values():
+        wait_for(lambda: requests.get(f"{url}/health", timeout=5).status_code == 200, 60,  # noqa: B023
+                 "the registry loaded and a shard streaming")
+    clients = [listening_client(url, make_token(f"morning-{mode}")) for mode, url in pool.webs.items()]
     try:
-        assert client.call("subscribe", {"tokens": held, "mode": "ltp"})["rejected"] == []
-        client.wait_for_ticks(held, count=2, timeout=20)
+        for client in clients:
+            assert client.call("subscribe", {"tokens": held, "mode": "ltp"})["rejected"] == []
+            client.wait_for_ticks(held, count=2, timeout=20)
 
         for api_key in ACCOUNTS:  # 06:00 IST: Kite expires every access token
             requests.post(f"{pool.sim}/_sim/expire", params={"api_key": api_key}, timeout=5)
-        wait_for(lambda: unavailable(client, "token_expired") >= set(held), 30,
-                 "the clients to hear that the upstream refused the token")
+        for client in clients:
+            wait_for(lambda: unavailable(client, "token_expired") >= set(held), 30,  # noqa: B023
+                     "the clients to hear that the upstream refused the token")
         health = requests.get(f"{pool.web}/health", timeout=10)
         assert health.status_code == 503 and "token" in health.json()["checks"]["shards"]["reason"], health.json()
 
-        reply = client.call("subscribe", {"tokens": later, "mode": "ltp"})  # more, during the outage
-        assert reply["tokens"] == later and reply["rejected"] == [] and reply["total"] == 12, reply
-        wait_for(lambda: unavailable(client, "token_expired") >= set(later), 5, "the late subscriber told at once")
+        for client in clients:  # more, during the outage
+            reply = client.call("subscribe", {"tokens": later, "mode": "ltp"})
+            assert reply["tokens"] == later and reply["rejected"] == [] and reply["total"] == 12, reply
+            wait_for(lambda: unavailable(client, "token_expired") >= set(later), 5,  # noqa: B023
+                     "the late subscriber told at once")
 
-        seen = len(client.ticks())
+        seen = [len(client.ticks()) for client in clients]
         for api_key in ACCOUNTS:  # an operator logs in again
             login(pool, api_key)
-        wait_for(lambda: ticks_since(client, seen) >= set(held + later), 40, "ticks for every token again")
-        wait_for(lambda: {t for e in client.events["upstream_restored"] for t in e["tokens"]} >= set(held + later),
-                 10, "the clients to hear the upstream is back")
-
-        codes = [error.get("code") for error in client.events["error"]]
-        assert set(codes) == {"upstream_unavailable"}, codes  # never capacity_exhausted
-        assert client.events["unsubscribed"] == []  # nothing was taken away
-        assert client.call("unsubscribe", {"tokens": []})["total"] == 12
+        for client, count in zip(clients, seen, strict=True):
+            wait_for(lambda: ticks_since(client, count) >= set(held + later), 40,  # noqa: B023
+                     "ticks for every token again")
+            wait_for(lambda: restored(client) >= set(held + later), 10,  # noqa: B023
+                     "the clients to hear the upstream is back")
+            codes = [error.get("code") for error in client.events["error"]]
+            assert set(codes) == {"upstream_unavailable"}, codes  # never capacity_exhausted
+            assert client.events["unsubscribed"] == []  # nothing was taken away
+            assert client.call("unsubscribe", {"tokens": []})["total"] == 12
     finally:
-        client.close()
+        for client in clients:
+            client.close()
 
 
 def test_a_worker_killed_mid_stream_is_reported_until_its_slot_is_taken_over(pool, make_token):
@@ -154,9 +173,7 @@ def test_a_worker_killed_mid_stream_is_reported_until_its_slot_is_taken_over(poo
     `ok` and names the dark slot, the client hears `upstream_unavailable` (`no_connection`), and
     once the other worker took the slot over, `upstream_restored` and `ok` again."""
     tokens = nse_tokens(pool.sim)[20:26]
-    client = RecordingClient()
-    client.sio.on("upstream_restored", lambda data: client.events["upstream_restored"].append(data))
-    client.connect(pool.web, make_token("takeover"))
+    client = listening_client(pool.webs["eventlet"], make_token("takeover"))
     try:
         client.call("subscribe", {"tokens": tokens, "mode": "ltp"})
         client.wait_for_ticks(tokens, count=2, timeout=20)
@@ -171,8 +188,7 @@ def test_a_worker_killed_mid_stream_is_reported_until_its_slot_is_taken_over(poo
         assert slot in dark["checks"]["shards"]["reason"], dark["checks"]["shards"]
         wait_for(lambda: set(tokens) <= {t for e in client.events["error"] if e.get("code") == "upstream_unavailable"
                                         for t in e["tokens"]}, 15, "the client to hear its tokens went dark")
-        wait_for(lambda: set(tokens) <= {t for e in client.events["upstream_restored"] for t in e["tokens"]}, 30,
-                 "the slot to be taken over and the client told")
+        wait_for(lambda: set(tokens) <= restored(client), 30, "the slot to be taken over and the client told")
         wait_for(lambda: requests.get(f"{pool.web}/health", timeout=10).json()["status"] == "ok", 15, "/health ok")
         seen = len(client.ticks())
         wait_for(lambda: set(tokens) <= ticks_since(client, seen), 15, "ticks again")
