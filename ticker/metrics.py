@@ -195,6 +195,12 @@ class ClusterCollector(Collector):
             family = GaugeMetricFamily("ticker_registry_version", "Reload generation of the registry")
             family.add_metric([], version)
             yield family
+        epoch = _number(self.redis.hget(keys.EPOCH, "id"))
+        if epoch is not None:  # changes() of it counts the times Redis lost the state seqs continue from
+            family = GaugeMetricFamily("ticker_bus_epoch_start_timestamp_seconds",
+                                       "When the bus epoch that ticks' seq counts in began (ticker.bus.epoch)")
+            family.add_metric([], epoch / 1000)
+            yield family
 
     def _jobs(self) -> Iterator[Metric]:
         """From the status each beat job records in PostgreSQL (ticker.jobs.record); none when
