@@ -31,6 +31,7 @@ def shard_settings(config, slot: str) -> ShardSettings:
         capacity=config["KITE_TOKENS_PER_CONNECTION"],
         grace_secs=config["UNSUBSCRIBE_GRACE_SECS"],
         watchlist=dict.fromkeys(config["WATCHLIST_TOKENS"], DEFAULT_MODE),
+        api_root=config["KITE_API_ROOT"],
     )
 
 

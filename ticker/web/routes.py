@@ -39,7 +39,9 @@ def _check_shards() -> dict[str, Any]:
         slot: {
             "state": state.get("state"),
             "tokens": int(state.get("tokens", 0)),
+            "error": state.get("error") or None,  # stands now; cleared once the feed streams again
             "last_error": state.get("last_error") or None,
+            "last_error_at": float(state["last_error_at"]) if state.get("last_error_at") else None,
             "live": shard_live(state, now),
         }
         for slot, state in shard_states(client).items()
