@@ -117,19 +117,20 @@ def token_valid(api_key: str) -> bool:
         return accounts.account_credentials(session, api_key).token_valid
 
 
-def log_in_again(pool: Pool, api_key: str) -> None:
-    """Kite's login flow for `api_key`, the new token stored as the login callback stores it;
-    returns once the account's slots are back in the pool."""
+def log_in_again(pool: Pool, *api_keys: str) -> None:
+    """Kite's login flow for each account, the new token stored as the login callback stores
+    it; returns once their slots are back in the pool."""
     from kiteconnect import KiteConnect
 
-    login = requests.get(f"{pool.sim}/connect/login", params={"api_key": api_key, "v": 3},
-                         allow_redirects=False, timeout=5)
-    request_token = login.headers["Location"].split("request_token=")[1].split("&")[0]
-    session_data = KiteConnect(api_key, root=pool.sim).generate_session(request_token, ACCOUNTS[api_key][0])
-    with session_for(POOL_DATABASE_URL) as session:
-        accounts.store_access_token(session, api_key, session_data["access_token"], notify=pool.redis)
-    wait_for(lambda: any(s.startswith(api_key) for s in assignment.usable_slots(pool.redis)), 10,
-             f"{api_key}'s slots to return")
+    for api_key in api_keys:
+        login = requests.get(f"{pool.sim}/connect/login", params={"api_key": api_key, "v": 3},
+                             allow_redirects=False, timeout=5)
+        request_token = login.headers["Location"].split("request_token=")[1].split("&")[0]
+        session_data = KiteConnect(api_key, root=pool.sim).generate_session(request_token, ACCOUNTS[api_key][0])
+        with session_for(POOL_DATABASE_URL) as session:
+            accounts.store_access_token(session, api_key, session_data["access_token"], notify=pool.redis)
+    wait_for(lambda: {s.rsplit(":", 1)[0] for s in assignment.usable_slots(pool.redis)} >= set(api_keys), 10,
+             f"the slots of {', '.join(api_keys)} to return")
 
 
 def test_demand_beyond_one_slot_spreads_within_kite_limits(pool, universe):
@@ -229,32 +230,6 @@ def test_a_rejected_token_moves_its_tokens_and_a_new_token_brings_the_account_ba
     assert_kite_limits_kept(pool)
 
 
-def test_a_token_refused_after_the_upgrade_in_either_form_marks_the_account_invalid(pool, universe):
-    """Kite accepts new connections with the dead token, then refuses them: k1 with an error
-    frame naming TokenException and a 1008 close carrying it, k2 with a bare 1008 close (which
-    the shard must check with Kite's REST API). Each account is marked invalid within a bounded
-    time, its shards stop, and nothing connects with the dead tokens again."""
-    tokens = universe[:120]  # both accounts stream
-    pool.want(tokens)
-    pool.wait_ticking(tokens, timeout=20)
-    assert {slot.rsplit(":", 1)[0] for slot in busy_slots(pool)} == set(ACCOUNTS)
-    for api_key, signal_ in (("k1", "token"), ("k2", "bare")):
-        requests.post(f"{pool.sim}/_sim/expire", params={"api_key": api_key, "after_upgrade": 1, "signal": signal_},
-                      timeout=5)
-
-    for api_key in ACCOUNTS:
-        wait_for(lambda key=api_key: not token_valid(key), 15, f"{api_key}'s token to be marked invalid")
-    wait_for(lambda: not any(pool.redis.exists(keys.shard_lease(f"{key}:{n}")) for key in ACCOUNTS
-                             for n in range(PER_KEY)), 10, "every shard of the dead accounts to stop")
-    tried = {key: seen["total"] for key, seen in pool.sim_stats()["connections_per_key"].items()}
-    time.sleep(SUPERVISE_EVERY_SECS + 0.5)  # an observation window: beat supervised the slots meanwhile
-    assert assignment.usable_slots(pool.redis) == {}
-    assert {key: seen["total"] for key, seen in pool.sim_stats()["connections_per_key"].items()} == tried
-    for api_key in ACCOUNTS:
-        log_in_again(pool, api_key)
-    assert_kite_limits_kept(pool)
-
-
 def test_unwanted_tokens_are_unsubscribed_upstream_after_the_grace_period_not_before(pool, universe):
     tokens = universe[:60]
     pool.want(tokens)
@@ -326,7 +301,7 @@ def test_malformed_frames_from_kite_neither_stop_a_shard_nor_cost_a_reconnect(po
     pool.wait_ticking(tokens, timeout=20)
     api_key = busy_slots(pool)[0].rsplit(":", 1)[0]
     slots = [s for s in busy_slots(pool) if s.startswith(f"{api_key}:")]
-    before = {slot: shard_state(pool, slot) for slot in slots}
+    before = {slot: streaming_state(pool, slot) for slot in slots}
     orders = pool.redis.pubsub(ignore_subscribe_messages=True)
     orders.subscribe(in_pool(pool, keys.orders_of(api_key)))
 
@@ -348,6 +323,31 @@ def test_malformed_frames_from_kite_neither_stop_a_shard_nor_cost_a_reconnect(po
         assert {k: after[slot][k] for k in ("pid", "reconnects", "gap_secs")} == \
             {k: before[slot][k] for k in ("pid", "reconnects", "gap_secs")}
         assert after[slot]["state"] == "streaming"
+    assert_kite_limits_kept(pool)
+
+
+def test_a_token_refused_after_the_upgrade_in_either_form_marks_the_account_invalid(pool, universe):
+    """Kite accepts new connections with the dead token, then refuses them: k1 with an error
+    frame naming TokenException and a 1008 close carrying it, k2 with a bare 1008 close (which
+    the shard must check with Kite's REST API). Each account is marked invalid within a bounded
+    time, its shards stop, and nothing connects with the dead tokens again."""
+    tokens = universe[:120]  # both accounts stream
+    pool.want(tokens)
+    pool.wait_ticking(tokens, timeout=20)
+    assert {slot.rsplit(":", 1)[0] for slot in busy_slots(pool)} == set(ACCOUNTS)
+    for api_key, signal_ in (("k1", "token"), ("k2", "bare")):
+        requests.post(f"{pool.sim}/_sim/expire", params={"api_key": api_key, "after_upgrade": 1, "signal": signal_},
+                      timeout=5)
+
+    for api_key in ACCOUNTS:
+        wait_for(lambda key=api_key: not token_valid(key), 15, f"{api_key}'s token to be marked invalid")
+    wait_for(lambda: not any(pool.redis.exists(keys.shard_lease(f"{key}:{n}")) for key in ACCOUNTS
+                             for n in range(PER_KEY)), 10, "every shard of the dead accounts to stop")
+    tried = {key: seen["total"] for key, seen in pool.sim_stats()["connections_per_key"].items()}
+    time.sleep(SUPERVISE_EVERY_SECS + 0.5)  # an observation window: beat supervised the slots meanwhile
+    assert assignment.usable_slots(pool.redis) == {}
+    assert {key: seen["total"] for key, seen in pool.sim_stats()["connections_per_key"].items()} == tried
+    log_in_again(pool, *ACCOUNTS)
     assert_kite_limits_kept(pool)
 
 

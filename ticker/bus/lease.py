@@ -14,8 +14,9 @@ Two things make "only grows" and "at most one" hold when Redis itself fails:
   upstream connection without asking anyone (ticker.feed.watchdog does it).
 - When a slot's generation counter is missing (Redis restarted empty, was flushed or failed
   over to a replica that lacked it, or the slot was never leased), it is seeded from Redis
-  `TIME` in milliseconds, which exceeds every generation drawn before (at most one per slot
-  per lease TTL, far fewer than one per millisecond), so fencing tokens never go backwards.
+  `TIME` in milliseconds, which exceeds every generation drawn before as long as a slot is not
+  leased more than once a millisecond (a lease lives for seconds), so fencing tokens never go
+  backwards.
 - A previous holder may then still hold a connection it believes leased, until its own
   `valid_until`: at most one TTL after Redis lost the key. Redis keeps, beside the counters,
   the time since which it holds the lease history (`keys.SHARD_HISTORY_SINCE`, set by the
