@@ -21,6 +21,10 @@ elif ASYNC_MODE == "gevent":
     gevent.config.track_greenlet_tree = False
     monkey.patch_all()
 
+from ticker.db import wait_cooperatively  # noqa: E402
+
+wait_cooperatively(ASYNC_MODE)  # psycopg2 waits for PostgreSQL as a greenlet, freezing no other one
+
 from ticker import create_app  # noqa: E402
 from ticker.extensions import socketio  # noqa: E402
 from ticker.web.replica import replica  # noqa: E402

@@ -4,9 +4,9 @@
 
 Log lines go through the service's own formatter (logfmt, then redaction of the finished line),
 plain and with secrets to redact. Scrapes render this process's metrics and the cluster
-collector reading shard states, beat jobs and the registry size from the real Redis (a
-benchmark database of its own), for a small and a large deployment. CPU time is the process's
-own (`time.process_time`); Redis runs on the other core.
+collector reading shard states and the registry size from the real Redis (a benchmark
+database of its own) and beat jobs as the database gives them, for a small and a large
+deployment. CPU time is the process's own (`time.process_time`); Redis runs on the other core.
 """
 
 from __future__ import annotations
@@ -55,8 +55,6 @@ def seed_cluster(client, accounts: int, slots_per_account: int) -> None:
                 "tokens": 2900, "heartbeat": now, "last_error": "", "ticks": 123456789, "frames": 4567890,
                 "reconnects": 2, "gap_secs": 1.5,
             })
-    for name in ("registry_reload", "ensure_registry", "token_check", "supervise_shards"):
-        jobs.record(client, name, jobs.OK, "done", now - 1)
     client.hset(keys.REGISTRY_TOKENS, mapping={str(t): f"NSE:SYM{t}" for t in range(1000)})
 
 
@@ -65,7 +63,11 @@ def scrape_cost(scrapes: int, accounts: int, slots: int) -> tuple[float, float, 
     seed_cluster(client, accounts, slots)
     summaries = [{"api_key": f"key{a}", "enabled": True, "token_valid": True,
                   "token_expires_at": datetime.now(UTC) + timedelta(hours=20)} for a in range(accounts)]
-    cluster = metrics.ClusterCollector(client, 9000, accounts=lambda: summaries)
+    now = time.time()
+    statuses = {name: {"outcome": jobs.OK, "detail": "done", "last_run": now - 1, "last_ok": now - 1,
+                       "duration_secs": 0.5}
+                for name in ("registry_reload", "ensure_registry", "token_check", "supervise_shards")}
+    cluster = metrics.ClusterCollector(client, 9000, accounts=lambda: summaries, jobs=lambda: statuses)
     walls, cpu_started = [], time.process_time()
     for _ in range(scrapes):
         started = time.perf_counter()

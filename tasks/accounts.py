@@ -34,7 +34,7 @@ def check_tokens() -> str:
         with session_for(config["DATABASE_URL"]) as session:
             return check_all(session, config)
 
-    result = run_job(client, "token_check", body, LOCK_SECS, describe=_describe)
+    result = run_job(client, config["DATABASE_URL"], "token_check", body, LOCK_SECS, describe=_describe)
     return result if isinstance(result, str) else _describe(result)
 
 

@@ -61,9 +61,9 @@ class trading_days(BaseSchedule):  # noqa: N801  (named like Celery's own `cront
              retry_backoff_max=600, max_retries=8)
 def reload_registry() -> str:
     """Reload the registry from the dump; an unusable dump leaves yesterday's in place."""
-    client = redis_client(current_app.config["REDIS_URL"])
-    result = run_job(client, "registry_reload", lambda: reload_instruments(current_app), LOCK_SECS,
-                     describe=lambda report: report.summary())
+    config = current_app.config
+    result = run_job(redis_client(config["REDIS_URL"]), config["DATABASE_URL"], "registry_reload",
+                     lambda: reload_instruments(current_app), LOCK_SECS, describe=lambda report: report.summary())
     return result if isinstance(result, str) else result.summary()
 
 
@@ -78,9 +78,9 @@ def ensure_registry() -> int:
     """Load the registry if it is empty (a fresh install); returns instruments loaded."""
     if registry_size(current_app) > 0:
         return 0
-    client = redis_client(current_app.config["REDIS_URL"])
-    result = run_job(client, "registry_reload", lambda: reload_instruments(current_app), LOCK_SECS,
-                     describe=lambda report: report.summary())
+    config = current_app.config
+    result = run_job(redis_client(config["REDIS_URL"]), config["DATABASE_URL"], "registry_reload",
+                     lambda: reload_instruments(current_app), LOCK_SECS, describe=lambda report: report.summary())
     return 0 if isinstance(result, str) else result.rows
 
 

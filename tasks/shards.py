@@ -20,6 +20,7 @@ from ticker.registry import accounts
 
 log = logging.getLogger(__name__)
 
+TOKEN_EXPIRED = "token_expired"  # why an account's slots cannot stream, as clients hear it (docs/API.md)
 SUPERVISE_EVERY_SECS = 2.0  # with the lease TTL, bounds how long a dead shard's slot stays dark
 DISPATCH_GUARD_SECS = 10  # one dispatch per slot in flight: a queued task has this long to start
 
@@ -44,9 +45,10 @@ def _credentials(api_key: str) -> Credentials:
 
 
 def _token_rejected(api_key: str, reason: str) -> None:
-    """Stop using the account at once: its slots leave the pool and its tokens move elsewhere."""
+    """Stop using the account at once: its slots cannot stream, its tokens move to other
+    accounts' free room or wait for a login, and their clients hear why (`token_expired`)."""
     client = redis_client(current_app.config["REDIS_URL"])
-    assignment.drop_slots_of(client, api_key)
+    assignment.drop_slots_of(client, api_key, TOKEN_EXPIRED)
     with session_for(current_app.config["DATABASE_URL"]) as session:
         accounts.mark_token_invalid(session, api_key, reason, notify=client)
 
@@ -85,17 +87,23 @@ def run_shard(self, slot: str) -> None:
 
 
 def refresh_slots(config) -> dict[str, int]:
-    """Publish the usable slots (accounts with a valid token) and their tokens' fingerprints."""
+    """Publish the pool (every enabled account's slots, those usable now: a valid token, and
+    why the others are not) and the usable accounts' token fingerprints; returns the usable
+    slots with their capacity."""
     client = redis_client(config["REDIS_URL"])
     with session_for(config["DATABASE_URL"]) as session:
         # A local run (the simulator's credentials in config) needs no `flask accounts add`.
         accounts.ensure_config_account(session, config)
-        usable = [a for a in accounts.active_accounts(session) if a.token_valid and a.access_token]
-    capacity = dict.fromkeys(
-        slots_for([a.api_key for a in usable], config["KITE_CONNECTIONS_PER_KEY"]),
-        config["KITE_TOKENS_PER_CONNECTION"],
-    )
-    assignment.set_usable_slots(client, capacity)
+        enabled = accounts.active_accounts(session)
+    usable = [a for a in enabled if a.token_valid and a.access_token]
+
+    def slots_of(chosen: list) -> dict[str, int]:
+        return dict.fromkeys(slots_for([a.api_key for a in chosen], config["KITE_CONNECTIONS_PER_KEY"]),
+                             config["KITE_TOKENS_PER_CONNECTION"])
+
+    capacity = slots_of(usable)
+    down = {a.api_key: TOKEN_EXPIRED for a in enabled if a.api_key not in {u.api_key for u in usable}}
+    assignment.set_pool(client, capacity, slots_of(enabled), down)
     if usable:
         client.hset(keys.ACCOUNT_TOKEN_FINGERPRINTS,
                     mapping={a.api_key: token_fingerprint(a.access_token) for a in usable})

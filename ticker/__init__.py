@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ticker import db
 from ticker.bus import keys
 from ticker.config import Config
 from ticker.extensions import jwt, socketio
@@ -29,15 +30,22 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
         secrets=[app.config[key] for key in ("SECRET_KEY", "KITE_API_SECRET", "KITE_ACCESS_TOKEN", "JWT_PRIVATE_KEY")],
     )
 
+    # Only processes that serve sockets bound their statements: the others run the registry
+    # reload's long COPYs.
+    serving = async_mode != "threading"
+    db.configure(app.config["DATABASE_POOL_TIMEOUT_SECS"], app.config["DATABASE_CONNECT_TIMEOUT_SECS"],
+                 app.config["DATABASE_STATEMENT_TIMEOUT_SECS"] if serving else None)
+
     from ticker.web import auth
 
     auth.init_keys(app)
     jwt.init_app(app)
+    from ticker.web.message_queue import LiveRedisManager
+
     socketio.init_app(
         app,
         async_mode=async_mode,
-        message_queue=app.config["REDIS_URL"],
-        channel=keys.SOCKETIO_CHANNEL,
+        client_manager=LiveRedisManager(app.config["REDIS_URL"], channel=keys.SOCKETIO_CHANNEL),
         cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"] or [],
         ping_interval=app.config["PING_INTERVAL_SECS"],
         ping_timeout=app.config["PING_TIMEOUT_SECS"],
@@ -52,6 +60,9 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
     events.name_literal_star_events(socketio.server)
 
     app.register_blueprint(routes.bp)
+    from ticker.web import http_errors
+
+    http_errors.register(app)
 
     from ticker.web import stats
 

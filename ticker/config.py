@@ -50,7 +50,20 @@ class Config:
     # Pub/sub channels are global to a Redis server, not per database: this keeps deployments
     # (and test runs) that share a server on different database numbers apart.
     CHANNEL_NAMESPACE = _env("TICKER_CHANNEL_NAMESPACE") or "db" + (REDIS_URL.rsplit("/", 1)[-1] or "0")
+    # A process's Redis connections for serving others (a replica's requests): at most this many
+    # at once; a caller finding them all busy waits up to the wait, then gets `server_busy`.
+    REDIS_MAX_CONNECTIONS = _int("REDIS_MAX_CONNECTIONS", 64)
+    REDIS_POOL_WAIT_SECS = _float("REDIS_POOL_WAIT_SECS", 10.0)
     DATABASE_URL = _env("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ticker")
+    # A request waits this long for one of the process's pooled database connections, then gets
+    # 503 `server_busy` (ticker.db).
+    DATABASE_POOL_TIMEOUT_SECS = _float("DATABASE_POOL_TIMEOUT_SECS", 5.0)
+    # A PostgreSQL that has not completed a connect within this long is taken for down.
+    DATABASE_CONNECT_TIMEOUT_SECS = _float("DATABASE_CONNECT_TIMEOUT_SECS", 5.0)
+    # Web replicas only (their queries take milliseconds; workers run the registry reload's long
+    # COPYs): PostgreSQL ends a statement after this long, and a reply not back within it and
+    # 2 s more is taken for a database that is gone (503 `database_unavailable`). 0: no limit.
+    DATABASE_STATEMENT_TIMEOUT_SECS = _float("DATABASE_STATEMENT_TIMEOUT_SECS", 5.0)
 
     # Kite endpoints: the real ones in production, the bundled simulator by default.
     KITE_API_ROOT = _env("KITE_API_ROOT", SIM_URL)

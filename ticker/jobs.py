@@ -1,8 +1,9 @@
-"""Beat jobs: one copy at a time (a Redis lock), and each run's outcome kept in Redis for /health.
+"""Beat jobs: one copy at a time (a Redis lock), and each run's outcome kept in PostgreSQL
+(the `job_status` table) for /health and /metrics, where it outlives a Redis restart.
 
-Any periodic task wraps its body in `run_job(client, name, body)`: a second copy started while
-the first runs (beat firing twice, an operator triggering it by hand) returns at once with
-outcome "busy" instead of doing the work twice.
+Any periodic task wraps its body in `run_job(client, database_url, name, body)`: a second copy
+started while the first runs (beat firing twice, an operator triggering it by hand) returns at
+once with outcome "busy" instead of doing the work twice.
 
 A job's failure is reported by /health's "jobs" check as a reason but does not make a replica
 unhealthy: a replica still serves ticks when, say, the morning reload failed (yesterday's
@@ -14,36 +15,55 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from ticker.bus import keys
+from ticker.db import session_for
+from ticker.registry.models import JobStatus
 
 log = logging.getLogger(__name__)
 
 BUSY = "busy"
 OK = "ok"
 FAILED = "failed"
+DETAIL_CHARS = 500  # a summary or an error message, not a traceback
 
 
-def record(client: redis.Redis, name: str, outcome: str, detail: str, started: float) -> None:
-    """Store a run's outcome (and, when it succeeded, the time of the last success)."""
-    status = {"last_run": started, "outcome": outcome, "detail": detail[:500],
-              "duration_secs": round(time.time() - started, 3)}
-    if outcome == OK:
-        status["last_ok"] = started
-    pipe = client.pipeline()
-    pipe.hset(keys.job_status(name), mapping=status)
-    pipe.sadd(keys.JOBS, name)
-    pipe.execute()
+def record(database_url: str, name: str, outcome: str, detail: str, started: float) -> None:
+    """Store a run's outcome (and, when it succeeded, its start as the last success);
+    `started` is epoch seconds."""
+    started_at = datetime.fromtimestamp(started, UTC)
+    row = {"name": name, "last_run": started_at, "outcome": outcome, "detail": detail[:DETAIL_CHARS],
+           "duration_secs": round(time.time() - started, 3), "last_ok": started_at if outcome == OK else None}
+    statement = insert(JobStatus).values(row)
+    statement = statement.on_conflict_do_update(index_elements=[JobStatus.name], set_={
+        **{column: statement.excluded[column] for column in row if column not in ("name", "last_ok")},
+        "last_ok": func.coalesce(statement.excluded.last_ok, JobStatus.last_ok),
+    })
+    with session_for(database_url) as session:
+        session.execute(statement)
+        session.commit()
 
 
-def run_job(client: redis.Redis, name: str, body: Callable[[], Any], lock_secs: float,
+def _record_safely(database_url: str, name: str, outcome: str, detail: str, started: float) -> None:
+    try:
+        record(database_url, name, outcome, detail, started)
+    except Exception:  # noqa: BLE001  (the job's own outcome stands; the log says why it is not shown)
+        log.exception("job %s: could not record its %s outcome in the database", name, outcome)
+
+
+def run_job(client: redis.Redis, database_url: str, name: str, body: Callable[[], Any], lock_secs: float,
             describe: Callable[[Any], str] = str) -> Any:
-    """Run `body` unless another copy holds the job's lock; record the outcome. Exceptions are
-    recorded and re-raised (so Celery's retry options still apply). Returns body's result,
-    or BUSY if another copy is running."""
+    """Run `body` unless another copy holds the job's lock (in Redis, on `client`); record the
+    outcome in the database at `database_url`. Exceptions are recorded and re-raised (so
+    Celery's retry options still apply). Returns body's result, or BUSY if another copy is
+    running."""
     lock = client.lock(keys.job_lock(name), timeout=lock_secs, blocking=False)
     if not lock.acquire():
         log.info("job %s is already running elsewhere: skipped", name)
@@ -52,10 +72,10 @@ def run_job(client: redis.Redis, name: str, body: Callable[[], Any], lock_secs: 
     try:
         result = body()
     except Exception as exc:
-        record(client, name, FAILED, f"{type(exc).__name__}: {exc}", started)
+        _record_safely(database_url, name, FAILED, f"{type(exc).__name__}: {exc}", started)
         raise
     else:
-        record(client, name, OK, describe(result), started)
+        _record_safely(database_url, name, OK, describe(result), started)
         return result
     finally:
         try:
@@ -64,19 +84,15 @@ def run_job(client: redis.Redis, name: str, body: Callable[[], Any], lock_secs: 
             log.warning("job %s outlived its %ss lock", name, lock_secs)
 
 
-def job_statuses(client: redis.Redis) -> dict[str, dict[str, Any]]:
-    """Every job's last run: {name: {last_run, outcome, detail, duration_secs, last_ok}}."""
-    names = sorted(client.smembers(keys.JOBS))
-    pipe = client.pipeline()
-    for name in names:
-        pipe.hgetall(keys.job_status(name))
-    statuses = {}
-    for name, status in zip(names, pipe.execute(), strict=True):
-        statuses[name] = {
-            "outcome": status.get("outcome"),
-            "detail": status.get("detail") or None,
-            "last_run": float(status["last_run"]) if status.get("last_run") else None,
-            "last_ok": float(status["last_ok"]) if status.get("last_ok") else None,
-            "duration_secs": float(status.get("duration_secs", 0)),
-        }
-    return statuses
+def _epoch(value: datetime | None) -> float | None:
+    return value.timestamp() if value else None
+
+
+def job_statuses(session: Session) -> dict[str, dict[str, Any]]:
+    """Every job's last run: {name: {last_run, outcome, detail, duration_secs, last_ok}},
+    times in epoch seconds (last_ok None if it never succeeded)."""
+    return {
+        row.name: {"outcome": row.outcome, "detail": row.detail or None, "last_run": _epoch(row.last_run),
+                   "last_ok": _epoch(row.last_ok), "duration_secs": row.duration_secs}
+        for row in session.scalars(select(JobStatus).order_by(JobStatus.name))
+    }

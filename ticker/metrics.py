@@ -63,6 +63,9 @@ TICKS_DROPPED = Counter("ticker_ticks_dropped_total", "Ticks not delivered (clie
 CONNECTIONS_REJECTED = Counter(
     "ticker_connections_rejected_total", "Socket.IO connections refused, by reason code", ["reason"]
 )
+HTTP_ERRORS = Counter(
+    "ticker_http_errors_total", "HTTP requests answered with an error (ticker.web.http_errors), by code", ["reason"]
+)
 # livesum: under a forking server (PROMETHEUS_MULTIPROC_DIR), the live worker processes' sum.
 CLIENTS_CONNECTED = Gauge(
     "ticker_clients_connected", "Socket.IO clients connected to this replica", multiprocess_mode="livesum"
@@ -70,6 +73,26 @@ CLIENTS_CONNECTED = Gauge(
 SUBSCRIPTIONS = Gauge(
     "ticker_subscriptions", "Token subscriptions held by this replica's clients", multiprocess_mode="livesum"
 )
+LOOP_FAILURES = Counter("ticker_replica_loop_failures_total", "Turns of a replica's background loop that failed",
+                        ["loop"])
+LOOP_LAST_SUCCESS = Gauge("ticker_replica_loop_last_success_timestamp_seconds",
+                          "When each background loop of this replica last completed a turn", ["loop"],
+                          multiprocess_mode="max")
+BUS_LISTENER_UP = Gauge("ticker_bus_listener_up",
+                        "1 while this replica's tick listener is subscribed and hearing from Redis",
+                        multiprocess_mode="min")
+BUS_LISTENER_RECONNECTS = Counter(
+    "ticker_bus_listener_reconnects_total",
+    "Times the tick listener gave up its Redis connection: silent (no answer to pings), error, bug",
+    ["reason"])
+MESSAGE_QUEUE_RECONNECTS = Counter(
+    "ticker_message_queue_reconnects_total",
+    "Times the Socket.IO message queue listener gave up its Redis connection: silent or error", ["reason"])
+UPSTREAM_NOTICES = Counter("ticker_upstream_unavailable_notices_total",
+                           "upstream_unavailable notices sent to clients, by reason", ["reason"])
+REQUESTS_SHED = Counter("ticker_requests_shed_total",
+                        "Client requests answered `server_busy` because the replica's resources stayed busy",
+                        ["kind"])
 
 
 # --- Cluster-wide figures, read from Redis at scrape time -------------------------------------
@@ -115,10 +138,13 @@ class ClusterCollector(Collector):
     """
 
     def __init__(self, client: redis.Redis, tokens_per_account: int,
-                 accounts: Callable[[], list[dict[str, Any]]] | None = None):
-        """`accounts` lists the Kite accounts (ticker.registry.accounts.account_summaries)."""
+                 accounts: Callable[[], list[dict[str, Any]]] | None = None,
+                 jobs: Callable[[], dict[str, dict[str, Any]]] | None = None):
+        """`accounts` lists the Kite accounts (ticker.registry.accounts.account_summaries),
+        `jobs` gives each beat job's last run (ticker.jobs.job_statuses)."""
         self.redis = client
         self.accounts = accounts
+        self.jobs = jobs
         self.tokens_per_account = tokens_per_account
 
     def collect(self) -> Iterator[Metric]:
@@ -181,7 +207,13 @@ class ClusterCollector(Collector):
             yield family
 
     def _jobs(self) -> Iterator[Metric]:
-        """From the status each beat job records (ticker.jobs.record)."""
+        """From the status each beat job records in PostgreSQL (ticker.jobs.record); none when
+        the database cannot be read (`ticker_cluster_database_up` says so)."""
+        try:
+            statuses = self.jobs() if self.jobs else {}
+        except Exception as exc:  # noqa: BLE001  (a database outage is a figure, not a failed scrape)
+            log.warning("metrics: cannot read the beat jobs' status: %s", exc)
+            return
         last_run = GaugeMetricFamily("ticker_job_last_run_timestamp_seconds", "When each beat job last ran",
                                      labels=["job"])
         last_ok = GaugeMetricFamily("ticker_job_last_success_timestamp_seconds",
@@ -192,8 +224,7 @@ class ClusterCollector(Collector):
                                     labels=["job", "outcome"])
         reload = GaugeMetricFamily("ticker_registry_last_reload_timestamp_seconds",
                                    "When the instrument registry was last reloaded successfully")
-        for name in sorted(self.redis.smembers(keys.JOBS)):
-            status = self.redis.hgetall(keys.job_status(name))
+        for name, status in sorted(statuses.items()):
             for family, field in ((last_run, "last_run"), (last_ok, "last_ok"), (duration, "duration_secs")):
                 if _number(status.get(field)) is not None:
                     family.add_metric([name], _number(status[field]))

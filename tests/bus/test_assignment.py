@@ -23,7 +23,7 @@ def clean():
 def test_rebalance_writes_each_slots_share_and_the_overflow(clean):
     replica = ReplicaDemand(clean, "assign-test")
     replica.heartbeat()
-    assignment.set_usable_slots(clean, {"a:0": 2, "a:1": 2})
+    assignment.set_pool(clean, {"a:0": 2, "a:1": 2}, {"a:0": 2, "a:1": 2}, {})
     replica.add([1, 2, 3, 4, 5], "quote")
 
     assert assignment.rebalance(clean, {}, grace_secs=60)
@@ -37,11 +37,33 @@ def test_rebalance_writes_each_slots_share_and_the_overflow(clean):
 def test_new_subscriptions_are_admitted_only_while_there_is_room(clean):
     replica = ReplicaDemand(clean, "admit-test")
     replica.heartbeat()
-    assignment.set_usable_slots(clean, {"a:0": 3})
+    assignment.set_pool(clean, {"a:0": 3}, {"a:0": 3}, {})
     replica.add([1, 2], "ltp")
     assignment.rebalance(clean, {}, grace_secs=60)
 
     assert assignment.admissible(clean, [1, 2, 7, 8]) == {1, 2, 7}  # streamed ones, and one free place
-    assignment.set_usable_slots(clean, {})
-    assert assignment.admissible(clean, [9]) == set()  # no account with a valid token: no room at all
+    assignment.set_pool(clean, {}, {}, {})
+    assert assignment.admissible(clean, [9]) == set()  # no account at all: no room at all
+    replica.forget()
+
+
+def test_while_an_accounts_token_is_expired_its_room_still_admits_and_its_tokens_wait(clean):
+    replica = ReplicaDemand(clean, "expired-test")
+    replica.heartbeat()
+    assignment.set_pool(clean, {"a:0": 3}, {"a:0": 3}, {})
+    replica.add([1, 2], "ltp")
+    assignment.rebalance(clean, {}, grace_secs=60)
+
+    assignment.drop_slots_of(clean, "a", "token_expired")  # Kite refused the morning's token
+    assignment.rebalance(clean, {}, grace_secs=60)
+    assert assignment.tokens_of(clean, "a:0") == {}  # nothing streams ...
+    assert clean.smembers(keys.ASSIGNMENT_WAITING) == {"1", "2"}  # ... but nothing is exhausted either
+    assert not clean.smembers(keys.ASSIGNMENT_OVERFLOW)
+    assert assignment.accounts_down(clean) == {"a": "token_expired"}
+    assert assignment.admissible(clean, [1, 7, 8]) == {1, 7}  # the room is still there to wait for
+
+    assignment.set_pool(clean, {"a:0": 3}, {"a:0": 3}, {})  # a login brought the account back
+    assignment.rebalance(clean, {}, grace_secs=60)
+    assert assignment.tokens_of(clean, "a:0") == {1: "ltp", 2: "ltp"}
+    assert not clean.smembers(keys.ASSIGNMENT_WAITING)
     replica.forget()

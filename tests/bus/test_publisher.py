@@ -7,8 +7,9 @@ import time
 import pytest
 
 from ticker.bus import keys
+from ticker.bus.epoch import BusEpoch
 from ticker.bus.publisher import LeaseLost, TickPublisher
-from ticker.bus.ticks import decode, decode_batch
+from ticker.bus.ticks import decode, decode_batch, encode
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +27,11 @@ def publisher(redis):
     redis.delete(keys.LAST_TICKS)
     yield TickPublisher(redis, LEASE, "mine")
     redis.delete(LEASE, keys.LAST_TICKS)
+
+
+def lose_redis_state(redis) -> None:
+    """What a Redis restarted empty looks like to a publisher that kept its lease value."""
+    redis.delete(keys.EPOCH, keys.LAST_TICKS)
 
 
 def received(pubsub, batches: int, timeout: float = 5) -> list[dict]:
@@ -85,3 +91,44 @@ def test_seq_continues_from_the_snapshots_after_a_restart(redis, publisher):
     batch = ticks(3)
     successor.publish(batch)
     assert [t["seq"] for t in batch] == [3, 3, 3]
+
+
+def test_a_seq_never_goes_backwards_within_an_epoch_and_a_lost_state_begins_a_new_one(redis, publisher):
+    first = ticks(3)
+    publisher.publish(first)
+    publisher.publish(ticks(3))
+    old_epoch = first[0]["epoch"]
+
+    lose_redis_state(redis)
+    redis.set(LEASE, "mine")  # (a lease is taken again; what matters here is the epoch)
+    after = ticks(3)
+    publisher.publish(after)
+
+    assert all(t["seq"] == 1 for t in after)  # the count starts again ...
+    assert all(t["epoch"] > old_epoch for t in after)  # ... in a later epoch, which says so
+    snapshot = decode(redis.hget(keys.LAST_TICKS, str(after[0]["instrument_token"])))
+    assert (snapshot["epoch"], snapshot["seq"]) == (after[0]["epoch"], 1)
+
+
+def test_a_successor_does_not_continue_a_sequence_of_another_epoch(redis, publisher):
+    publisher.publish(ticks(2))
+    tokens = [t["instrument_token"] for t in ticks(2)]
+    stale = decode(redis.hget(keys.LAST_TICKS, str(tokens[0])))
+    redis.delete(keys.EPOCH)  # the epoch is gone, the snapshots (say, restored from a dump) are not
+    redis.hset(keys.LAST_TICKS, str(tokens[0]), encode(stale))
+
+    successor = TickPublisher(redis, LEASE, "mine")
+    successor.resume_seqs(tokens)
+    batch = ticks(2)
+    successor.publish(batch)
+    assert [t["seq"] for t in batch] == [1, 1] and batch[0]["epoch"] > stale["epoch"]
+
+
+def test_a_server_with_another_replication_id_begins_a_new_epoch(redis):
+    """A replica promoted by a failover (or a server restarted without its data) has a new
+    replication ID: whatever state it holds may be older than what clients saw."""
+    epoch = BusEpoch(redis)
+    first = epoch.current()
+    assert epoch.current() == first
+    redis.hset(keys.EPOCH, "replid", "the-master-that-died")
+    assert epoch.current() > first

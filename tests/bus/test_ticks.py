@@ -6,9 +6,10 @@ from ticker.bus.keys import TICK_BUCKETS, bucket_of
 from ticker.bus.ticks import decode_batch, encode, encode_all, highest, pack, project, unpack
 
 FULL = {
-    "tradable": True, "mode": "full", "instrument_token": 408065, "last_price": 1500.5, "seq": 3, "ingest_ts": 1,
-    "last_traded_quantity": 5, "average_traded_price": 1499.1, "volume_traded": 100, "total_buy_quantity": 10,
-    "total_sell_quantity": 12, "ohlc": {"open": 1, "high": 2, "low": 1, "close": 1}, "change": 0.5,
+    "tradable": True, "mode": "full", "instrument_token": 408065, "last_price": 1500.5, "seq": 3, "epoch": 9,
+    "ingest_ts": 1, "last_traded_quantity": 5, "average_traded_price": 1499.1, "volume_traded": 100,
+    "total_buy_quantity": 10, "total_sell_quantity": 12, "ohlc": {"open": 1, "high": 2, "low": 1, "close": 1},
+    "change": 0.5,
     "last_trade_time": "2026-11-27T09:15:00+05:30", "oi": 0, "oi_day_high": 0, "oi_day_low": 0,
     "exchange_timestamp": "2026-11-27T09:15:00+05:30", "depth": {"buy": [], "sell": []},
 }
@@ -16,7 +17,8 @@ FULL = {
 
 def test_full_tick_cut_to_ltp_keeps_only_ltp_fields():
     assert project(FULL, "ltp") == {
-        "tradable": True, "mode": "ltp", "instrument_token": 408065, "last_price": 1500.5, "seq": 3, "ingest_ts": 1}
+        "tradable": True, "mode": "ltp", "instrument_token": 408065, "last_price": 1500.5, "seq": 3, "epoch": 9,
+        "ingest_ts": 1}
 
 
 def test_full_tick_cut_to_quote_has_no_depth_or_timestamps():
@@ -46,7 +48,7 @@ def test_a_batch_carries_each_tick_as_encoded_with_its_routing_row():
     encoded = [encode(t) for t in ticks]
     batch = pack(ticks, encoded)
 
-    assert unpack(batch) == [([408065, 7, 1, "full"], encoded[0]), ([256265, 2, 1, "ltp"], encoded[1])]
+    assert unpack(batch) == [([408065, 7, 1, "full", 9], encoded[0]), ([256265, 2, 1, "ltp", 9], encoded[1])]
     assert unpack(batch.decode()) == unpack(batch)  # as a decoding Redis client hands it over
     assert decode_batch(batch) == ticks
 

@@ -54,3 +54,23 @@ def test_tokens_of_an_unusable_slot_move_to_free_capacity():
     assert set(first.slots.values()) == {"a:0"}
     moved = assign(first, {1: "quote", 2: "quote"}, {"b:0": 2}, now=1, grace_secs=60)
     assert moved.slots == {1: "b:0", 2: "b:0"}
+
+
+def test_room_that_vanished_keeps_its_tokens_waiting_instead_of_overflowing():
+    # One account's token expired: its slot cannot stream, but its room still belongs to the pool.
+    first = assign(Assignment(), {1: "quote", 2: "quote", 3: "quote"}, {"a:0": 2, "b:0": 2}, 0, 60)
+    outage = assign(first, {1: "quote", 2: "quote", 3: "quote", 4: "quote"}, {"b:0": 2}, now=1, grace_secs=60,
+                    unusable=2)
+    assert len(outage.slots) == 2 and not outage.overflow
+    assert sorted(outage.waiting) == sorted({1, 2, 3, 4} - set(outage.slots))
+    beyond = assign(outage, {t: "quote" for t in range(1, 7)}, {"b:0": 2}, now=2, grace_secs=60, unusable=2)
+    assert beyond.overflow == [5, 6]  # beyond the whole pool: exhausted for real
+    assert set(beyond.waiting) == set(outage.waiting)  # those admitted first keep their place
+
+
+def test_with_every_slot_unusable_everything_within_the_pool_waits():
+    first = assign(Assignment(), {1: "quote", 2: "ltp"}, {"a:0": 3}, 0, 60)
+    expired = assign(first, {1: "quote", 2: "ltp", 3: "full"}, {}, now=1, grace_secs=60, unusable=3)
+    assert expired.slots == {} and expired.waiting == [1, 2, 3] and expired.overflow == []
+    back = assign(expired, {1: "quote", 2: "ltp", 3: "full"}, {"a:0": 3}, now=2, grace_secs=60)
+    assert back.slots == {1: "a:0", 2: "a:0", 3: "a:0"} and back.waiting == []

@@ -1,4 +1,5 @@
-"""Beat jobs: one copy at a time, outcomes in /health, run by the real Celery worker."""
+"""Beat jobs: one copy at a time, outcomes kept in PostgreSQL and shown in /health, run by the
+real Celery worker."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ from celery import Celery
 
 from tests.conftest import REDIS_URL
 from tests.support.processes import wait_for
+from ticker.db import session_for
 from ticker.jobs import BUSY, FAILED, OK, job_statuses, run_job
 
 
-def test_a_second_copy_of_a_running_job_does_nothing(redis):
+def statuses(database: str) -> dict[str, dict]:
+    with session_for(database) as session:
+        return job_statuses(session)
+
+
+def test_a_second_copy_of_a_running_job_does_nothing(redis, database):
     started, release = threading.Event(), threading.Event()
     runs = []
 
@@ -24,26 +31,32 @@ def test_a_second_copy_of_a_running_job_does_nothing(redis):
         release.wait(5)
         return "done"
 
-    first = threading.Thread(target=lambda: runs.append(run_job(redis, "test_lock", body, 30)))
+    first = threading.Thread(target=lambda: runs.append(run_job(redis, database, "test_lock", body, 30)))
     first.start()
     started.wait(5)
-    assert run_job(redis, "test_lock", body, 30) == BUSY
+    assert run_job(redis, database, "test_lock", body, 30) == BUSY
     release.set()
     first.join()
     assert runs == [1, "done"]
-    assert job_statuses(redis)["test_lock"]["outcome"] == OK
+    assert statuses(database)["test_lock"]["outcome"] == OK
 
 
-def test_a_failed_job_is_recorded_with_its_reason_and_raised(redis):
+def test_a_failed_job_is_recorded_with_its_reason_and_raised(redis, database):
     def body():
         raise RuntimeError("Kite answered 503")
 
     with pytest.raises(RuntimeError):
-        run_job(redis, "test_failure", body, 30)
-    status = job_statuses(redis)["test_failure"]
+        run_job(redis, database, "test_failure", body, 30)
+    status = statuses(database)["test_failure"]
     assert status["outcome"] == FAILED and "Kite answered 503" in status["detail"]
     assert status["last_ok"] is None
-    assert run_job(redis, "test_failure", lambda: "fine", 30) == "fine"  # the lock was released
+    assert run_job(redis, database, "test_failure", lambda: "fine", 30) == "fine"  # the lock was released
+    succeeded = statuses(database)["test_failure"]
+    assert succeeded["outcome"] == OK and succeeded["last_ok"] == succeeded["last_run"] > status["last_run"]
+
+    with pytest.raises(RuntimeError):
+        run_job(redis, database, "test_failure", body, 30)
+    assert statuses(database)["test_failure"]["last_ok"] == succeeded["last_ok"]  # a failure keeps it
 
 
 @pytest.mark.integration

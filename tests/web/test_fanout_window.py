@@ -11,8 +11,8 @@ from ticker.bus.ticks import encode, pack, project, unpack
 from ticker.web import fanout as fanout_module
 from ticker.web.fanout import Fanout
 
-FULL = {"tradable": True, "mode": "full", "instrument_token": 0, "last_price": 10.0, "seq": 0, "ingest_ts": 1,
-        "volume_traded": 5, "depth": {"buy": [], "sell": []}}
+FULL = {"tradable": True, "mode": "full", "instrument_token": 0, "last_price": 10.0, "seq": 0, "epoch": 9,
+        "ingest_ts": 1, "volume_traded": 5, "depth": {"buy": [], "sell": []}}
 
 
 class Wire:

@@ -12,7 +12,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import RecordingClient
 from ticker import jobs
-from ticker.bus import keys
 from ticker.metrics import ClusterCollector, render
 
 pytestmark = pytest.mark.integration
@@ -81,32 +80,25 @@ def test_scopes_split_replica_and_cluster_figures(stack):
 
 
 def test_no_label_is_per_instrument_or_per_user(stack):
-    allowed = {"slot", "state", "owner", "account", "job", "outcome", "reason", "le", "quantile", "mode",
-               "version", "implementation", "major", "minor", "patchlevel", "generation", "replica", "event"}
+    allowed = {"slot", "state", "owner", "account", "job", "outcome", "reason", "le", "quantile", "mode", "loop",
+               "kind", "version", "implementation", "major", "minor", "patchlevel", "generation", "replica", "event"}
     for name, series in scrape(stack["url"]).items():
         for labels in series:
             assert {key for key, _ in labels} <= allowed, (name, labels)
 
 
 def test_cluster_collector_reads_beat_jobs_and_account_tokens(redis):
-    """What beat jobs write to Redis and the accounts table say come out as bounded series."""
+    """What beat jobs record (ticker.jobs.job_statuses) and the accounts table say come out as
+    bounded series."""
     job, now = "metrics-test-job", time.time()
-    jobs.record(redis, job, jobs.FAILED, "Kite answered 503", started=now - 1.5)
-    reload_status = redis.hgetall(keys.job_status("registry_reload"))
-    jobs.record(redis, "registry_reload", jobs.OK, "98,186 instruments", started=now - 60)
+    statuses = {job: {"outcome": jobs.FAILED, "detail": "Kite answered 503", "last_run": now - 1.5,
+                      "last_ok": None, "duration_secs": 1.5},
+                "registry_reload": {"outcome": jobs.OK, "detail": "98,186 instruments", "last_run": now - 60,
+                                    "last_ok": now - 60, "duration_secs": 2.0}}
     accounts = [{"api_key": "k1", "enabled": True, "token_valid": True,
                  "token_expires_at": datetime.fromtimestamp(now + 3600, UTC)},
                 {"api_key": "k2", "enabled": True, "token_valid": False, "token_expires_at": None}]
-    try:
-        found = samples(render(ClusterCollector(redis, 9000, accounts=lambda: accounts)).decode())
-    finally:
-        redis.srem(keys.JOBS, job)
-        redis.delete(keys.job_status(job))
-        if reload_status:  # what the running service recorded, put back
-            redis.hset(keys.job_status("registry_reload"), mapping=reload_status)
-        else:
-            redis.srem(keys.JOBS, "registry_reload")
-            redis.delete(keys.job_status("registry_reload"))
+    found = samples(render(ClusterCollector(redis, 9000, accounts=lambda: accounts, jobs=lambda: statuses)).decode())
 
     assert only(found["ticker_job_last_outcome"], job=job, outcome="failed") == 1
     assert only(found["ticker_job_last_run_timestamp_seconds"], job=job) == pytest.approx(now - 1.5)

@@ -32,7 +32,7 @@ def cluster(registry, processes, service_env, workdir):
     (they share the isolated database with later tests)."""
     client = redis_client(ISOLATED_REDIS_URL)
     client.flushdb()
-    assignment.set_usable_slots(client, {"k1:0": CAPACITY})
+    assignment.set_pool(client, {"k1:0": CAPACITY}, {"k1:0": CAPACITY}, {})
     webs = [start_web(processes, service_env, workdir, f"web-overflow-{n}", REDIS_URL=ISOLATED_REDIS_URL)
             for n in "ab"]
     yield client, webs
@@ -77,7 +77,7 @@ def test_clients_whose_tokens_overflowed_are_told_and_unsubscribed(cluster, conn
 
     assignment.rebalance(redis, {}, GRACE_SECS)  # what a shard or beat does next: room for five
     placed = tokens[:CAPACITY]
-    assert pool_health(a.url) == {"capacity": CAPACITY, "assigned": CAPACITY, "overflow": 3}
+    assert pool_health(a.url) == {"capacity": CAPACITY, "assigned": CAPACITY, "waiting": 0, "overflow": 3}
 
     for client, lost, total in [(alice, [tokens[6]], 3), (carol, [tokens[6]], 1), (bob, [tokens[5], tokens[7]], 2)]:
         error = wait_for(lambda c=client: overflow_errors(c), 5, "the capacity_exhausted error")[0]
@@ -88,7 +88,7 @@ def test_clients_whose_tokens_overflowed_are_told_and_unsubscribed(cluster, conn
 
     assert sorted(merge(read_demand(redis))) == placed  # the replicas no longer want them
     assignment.rebalance(redis, {}, GRACE_SECS)
-    assert pool_health(b.url) == {"capacity": CAPACITY, "assigned": CAPACITY, "overflow": 0}
+    assert pool_health(b.url) == {"capacity": CAPACITY, "assigned": CAPACITY, "waiting": 0, "overflow": 0}
     assert all(len(overflow_errors(c)) == 1 for c in (alice, carol, bob))
     assert alice.call("subscribe", {"tokens": [tokens[6]]})["rejected"][0]["code"] == "capacity_exhausted"
 
@@ -99,7 +99,8 @@ def test_room_that_opened_after_an_assignment_is_not_taken_for_overflow(cluster,
     assignment.rebalance(redis, {}, GRACE_SECS, force=True)
     redis.sadd(keys.ASSIGNMENT_OVERFLOW, *late)  # as if another replica's client had wanted it then
 
-    assignment.set_usable_slots(redis, {"k1:0": CAPACITY, "k2:0": CAPACITY})  # an account was added
+    grown = {"k1:0": CAPACITY, "k2:0": CAPACITY}  # an account was added
+    assignment.set_pool(redis, grown, grown, {})
     dave = connect(a.url, "ovf-dave")
     subscribe(dave, late)  # admitted against the new room, before any assignment counted it
     time.sleep(2.5)  # a few overflow checks, each seeing the older assignment's overflow

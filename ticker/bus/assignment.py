@@ -23,38 +23,60 @@ def load(client: redis.Redis) -> Assignment:
     pipe.hgetall(keys.ASSIGNED_SLOT)
     pipe.hgetall(keys.ASSIGNED_MODE)
     pipe.hgetall(keys.ASSIGNED_IDLE)
-    slots, modes, idle = pipe.execute()
+    pipe.smembers(keys.ASSIGNMENT_WAITING)
+    slots, modes, idle, waiting = pipe.execute()
     return Assignment(
         slots={int(t): s for t, s in slots.items()},
         modes={int(t): m for t, m in modes.items()},
         idle_since={int(t): float(since) for t, since in idle.items()},
+        waiting=sorted(int(t) for t in waiting),
     )
+
+
+def _slots(client: redis.Redis, key: str) -> dict[str, int]:
+    return {slot: int(cap) for slot, cap in sorted(client.hgetall(key).items())}
 
 
 def usable_slots(client: redis.Redis) -> dict[str, int]:
     """Slot -> capacity for accounts whose token is valid, in slot order."""
-    return {slot: int(cap) for slot, cap in sorted(client.hgetall(keys.USABLE_SLOTS).items())}
+    return _slots(client, keys.USABLE_SLOTS)
 
 
-def set_usable_slots(client: redis.Redis, capacity: dict[str, int]) -> bool:
-    """Publish the usable slots; returns True (and bumps the version) when they changed."""
-    if usable_slots(client) == capacity:
+def pool_slots(client: redis.Redis) -> dict[str, int]:
+    """Slot -> capacity for every enabled account, usable now or not, in slot order."""
+    return _slots(client, keys.POOL_SLOTS)
+
+
+def accounts_down(client: redis.Redis) -> dict[str, str]:
+    """API key -> the reason its slots cannot stream now (a client-facing reason code)."""
+    return client.hgetall(keys.ACCOUNTS_DOWN)
+
+
+def set_pool(client: redis.Redis, usable: dict[str, int], pool: dict[str, int], down: dict[str, str]) -> bool:
+    """Publish the pool: its usable slots, all its slots, and why accounts are down; returns
+    True (and bumps the version) when any of them changed."""
+    if (usable_slots(client), pool_slots(client), accounts_down(client)) == (usable, pool, down):
         return False
     pipe = client.pipeline()
-    pipe.delete(keys.USABLE_SLOTS)
-    if capacity:
-        pipe.hset(keys.USABLE_SLOTS, mapping=capacity)
+    for key, mapping in ((keys.USABLE_SLOTS, usable), (keys.POOL_SLOTS, pool), (keys.ACCOUNTS_DOWN, down)):
+        pipe.delete(key)
+        if mapping:
+            pipe.hset(key, mapping=mapping)
     pipe.incr(keys.USABLE_SLOTS_VERSION)
     pipe.execute()
     return True
 
 
-def drop_slots_of(client: redis.Redis, api_key: str) -> None:
-    """Take an account's slots out of use at once (its token was rejected)."""
+def drop_slots_of(client: redis.Redis, api_key: str, reason: str) -> None:
+    """Take an account's slots out of use at once (its token was rejected); they stay in the
+    pool, and its tokens wait for them (or move to other accounts' free room)."""
     gone = [slot for slot in usable_slots(client) if slot.rsplit(":", 1)[0] == api_key]
+    pipe = client.pipeline()
     if gone:
-        client.hdel(keys.USABLE_SLOTS, *gone)
-        client.incr(keys.USABLE_SLOTS_VERSION)
+        pipe.hdel(keys.USABLE_SLOTS, *gone)
+    pipe.hset(keys.ACCOUNTS_DOWN, api_key, reason)
+    pipe.incr(keys.USABLE_SLOTS_VERSION)
+    pipe.execute()
 
 
 def rebalance(client: redis.Redis, watchlist: dict[int, str], grace_secs: float, force: bool = False) -> bool:
@@ -70,7 +92,9 @@ def rebalance(client: redis.Redis, watchlist: dict[int, str], grace_secs: float,
     try:
         previous = load(client)
         desired = merge(read_demand(client), watchlist)
-        current = assign(previous, desired, usable_slots(client), now, grace_secs)
+        usable = usable_slots(client)
+        unusable = max(0, sum(pool_slots(client).values()) - sum(usable.values()))
+        current = assign(previous, desired, usable, now, grace_secs, unusable)
         _write(client, previous, current, inputs, grace_secs)
         return True
     finally:
@@ -99,9 +123,13 @@ def _write(client: redis.Redis, previous: Assignment, current: Assignment, input
     if current.idle_since:
         pipe.hset(keys.ASSIGNED_IDLE, mapping=current.idle_since)
         pipe.set(keys.ASSIGNMENT_NEXT_RELEASE, min(current.idle_since.values()) + grace_secs)
-    pipe.delete(keys.ASSIGNMENT_OVERFLOW)
+    pipe.delete(keys.ASSIGNMENT_OVERFLOW, keys.ASSIGNMENT_WAITING)
     if current.overflow:
         pipe.sadd(keys.ASSIGNMENT_OVERFLOW, *current.overflow)
+    if current.waiting:
+        pipe.sadd(keys.ASSIGNMENT_WAITING, *current.waiting)
+    if set(previous.waiting) != set(current.waiting):
+        changed = True
     pipe.set(keys.ASSIGNMENT_INPUTS, inputs)
     if changed:
         pipe.incr(keys.ASSIGNMENT_VERSION)
@@ -129,19 +157,29 @@ def tokens_of(client: redis.Redis, slot: str) -> dict[int, str]:
 
 
 def capacity(client: redis.Redis) -> tuple[int, int]:
-    """(tokens the usable slots can hold, tokens assigned now) across the cluster."""
-    return sum(usable_slots(client).values()), client.hlen(keys.ASSIGNED_SLOT)
+    """(tokens the pool's slots can hold, usable now or not; tokens assigned or waiting now)
+    across the cluster."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hvals(keys.POOL_SLOTS)
+    pipe.hlen(keys.ASSIGNED_SLOT)
+    pipe.scard(keys.ASSIGNMENT_WAITING)
+    pool, assigned, waiting = pipe.execute()
+    return sum(int(cap) for cap in pool), assigned + waiting
 
 
 def admissible(client: redis.Redis, tokens: list[int]) -> set[int]:
     """The tokens a new subscription may take without exceeding the pool's capacity: those
-    already streamed (or wanted) and as many others as there is free room for. Everything is
-    admissible before the supervisor has first published the pool (capacity unknown yet)."""
+    already streamed (or waiting for a slot) and as many others as there is free room for. Room
+    that cannot stream now (an expired token) counts: such tokens wait and are told why.
+    Everything is admissible before the supervisor has first published the pool."""
     if not tokens or not client.exists(keys.USABLE_SLOTS_VERSION):
         return set(tokens)
     total, used = capacity(client)
-    assigned = client.hmget(keys.ASSIGNED_SLOT, tokens)
-    fits = {token for token, slot in zip(tokens, assigned, strict=True) if slot}
+    pipe = client.pipeline(transaction=False)
+    pipe.hmget(keys.ASSIGNED_SLOT, tokens)
+    pipe.smismember(keys.ASSIGNMENT_WAITING, tokens)
+    assigned, waiting = pipe.execute()
+    fits = {token for token, slot, waits in zip(tokens, assigned, waiting, strict=True) if slot or waits}
     room = total - used
     for token in tokens:
         if token not in fits and room > 0:

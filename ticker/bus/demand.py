@@ -28,36 +28,49 @@ def merge(demands: list[dict[int, str]], watchlist: dict[int, str] | None = None
 
 
 class ReplicaDemand:
-    """A web replica's demand: reference-counted locally, mirrored to Redis on change."""
+    """A replica's demand: reference-counted locally, mirrored to Redis on change.
+
+    The local counts are the truth. Adding fails whole (nothing counted) when Redis cannot take
+    it, so a subscribe either counts or is refused; removing always counts locally (a client that
+    left is gone whatever Redis says), and a removal Redis missed is repaired by the next
+    heartbeat, which rewrites the whole hash."""
 
     def __init__(self, client: redis.Redis, replica: str):
         self.redis = client
         self.replica = replica
         self.counts: dict[int, Counter[str]] = defaultdict(Counter)
+        self.drifted = False  # Redis missed a change: the next heartbeat rewrites the mirror
 
-    def add(self, tokens: list[int], mode: str) -> None:
+    def add(self, tokens: list[int], mode: str) -> int:
+        """Count `tokens` in `mode`; returns the demand version that includes them. Raises
+        redis.RedisError (and counts nothing) if Redis could not record them."""
         for token in tokens:
             self.counts[token][mode] += 1
-        self._mirror(tokens)
+        try:
+            return self._mirror(tokens)
+        except redis.RedisError:
+            self._uncount(tokens, mode)
+            raise
 
     def remove(self, tokens: list[int], mode: str) -> None:
-        for token in tokens:
-            self.counts[token][mode] -= 1
-            if self.counts[token][mode] <= 0:
-                del self.counts[token][mode]
-            if not self.counts[token]:
-                del self.counts[token]
-        self._mirror(tokens)
+        self._uncount(tokens, mode)
+        try:
+            self._mirror(tokens)
+        except redis.RedisError:
+            self.drifted = True
 
     def wanted(self) -> dict[int, str]:
         return {token: highest(list(modes)) for token, modes in self.counts.items()}
 
-    def heartbeat(self) -> None:
-        """Keep this replica's demand alive; rewrite it whole if Redis lost it (a restart)."""
+    def heartbeat(self, client: redis.Redis | None = None) -> None:
+        """Keep this replica's demand alive; rewrite it whole if Redis lost it (a restart) or
+        missed a change. `client`: the connection to use (a replica's background pool)."""
+        client = client or self.redis
         alive = keys.replica_alive(self.replica)
-        if self.redis.set(alive, "1", ex=REPLICA_TTL_SECS, xx=True):
+        if not self.drifted and client.set(alive, "1", ex=REPLICA_TTL_SECS, xx=True):
             return
-        pipe = self.redis.pipeline()
+        self.drifted = False
+        pipe = client.pipeline()
         pipe.delete(keys.demand_of(self.replica))
         wanted = self.wanted()
         if wanted:
@@ -65,7 +78,11 @@ class ReplicaDemand:
         pipe.sadd(keys.DEMAND_REPLICAS, self.replica)
         pipe.set(alive, "1", ex=REPLICA_TTL_SECS)
         pipe.incr(keys.DEMAND_VERSION)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            self.drifted = True
+            raise
 
     def forget(self) -> None:
         """Withdraw this replica's demand (clean shutdown)."""
@@ -75,7 +92,15 @@ class ReplicaDemand:
         pipe.incr(keys.DEMAND_VERSION)
         pipe.execute()
 
-    def _mirror(self, tokens: list[int]) -> None:
+    def _uncount(self, tokens: list[int], mode: str) -> None:
+        for token in tokens:
+            self.counts[token][mode] -= 1
+            if self.counts[token][mode] <= 0:
+                del self.counts[token][mode]
+            if not self.counts[token]:
+                del self.counts[token]
+
+    def _mirror(self, tokens: list[int]) -> int:
         pipe = self.redis.pipeline()
         for token in set(tokens):
             modes = self.counts.get(token)
@@ -85,7 +110,7 @@ class ReplicaDemand:
                 pipe.hdel(keys.demand_of(self.replica), token)
         pipe.sadd(keys.DEMAND_REPLICAS, self.replica)
         pipe.incr(keys.DEMAND_VERSION)
-        pipe.execute()
+        return pipe.execute()[-1]
 
 
 def demand_version(client: redis.Redis) -> int:

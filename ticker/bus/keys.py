@@ -33,6 +33,7 @@ def channel_for(token: int) -> str:
 
 
 LAST_TICKS = f"{PREFIX}:last"  # hash: token -> JSON of its last tick (snapshot for new subscribers)
+EPOCH = f"{PREFIX}:epoch"  # hash {id, replid}: the run of Redis state seqs count in (ticker.bus.epoch)
 
 DEMAND_VERSION = f"{PREFIX}:demand:version"  # bumped on every change, so shards poll one integer
 DEMAND_REPLICAS = f"{PREFIX}:demand:replicas"  # set of replica ids that published demand
@@ -124,13 +125,16 @@ JOBS = f"{PREFIX}:jobs"  # set of job names that have reported a status
 ASSIGNED_SLOT = f"{PREFIX}:assignment:slot"  # hash token -> slot
 ASSIGNED_MODE = f"{PREFIX}:assignment:mode"  # hash token -> mode streamed upstream
 ASSIGNED_IDLE = f"{PREFIX}:assignment:idle"  # hash token -> epoch secs since nobody wants it
-ASSIGNMENT_OVERFLOW = f"{PREFIX}:assignment:overflow"  # set of wanted tokens with no room
+ASSIGNMENT_OVERFLOW = f"{PREFIX}:assignment:overflow"  # set of wanted tokens beyond the pool's capacity
+ASSIGNMENT_WAITING = f"{PREFIX}:assignment:waiting"  # set of wanted tokens waiting for a usable slot
 ASSIGNMENT_VERSION = f"{PREFIX}:assignment:version"  # bumped on every change
 ASSIGNMENT_INPUTS = f"{PREFIX}:assignment:inputs"  # the demand and slots versions last assigned from
 ASSIGNMENT_LOCK = f"{PREFIX}:assignment:lock"
 ASSIGNMENT_NEXT_RELEASE = f"{PREFIX}:assignment:next_release"  # epoch secs the first idle token goes
 USABLE_SLOTS = f"{PREFIX}:slots:usable"  # hash slot -> capacity, for accounts with a valid token
-USABLE_SLOTS_VERSION = f"{PREFIX}:slots:version"
+POOL_SLOTS = f"{PREFIX}:slots:pool"  # hash slot -> capacity, for every enabled account (usable or not)
+ACCOUNTS_DOWN = f"{PREFIX}:accounts:down"  # hash api key -> why its slots cannot stream (a client reason)
+USABLE_SLOTS_VERSION = f"{PREFIX}:slots:version"  # bumped when any of the three above changes
 ACCOUNT_TOKEN_FINGERPRINTS = f"{PREFIX}:accounts:fingerprints"  # hash api key -> hash of its token
 
 

@@ -3,7 +3,7 @@
 A shard publishes each tick in the richest mode it streams; each client receives it cut down to
 the mode it asked for, never richer and never poorer.
 
-A batch on a tick channel is one line of JSON rows `[token, seq, ingest_ts, mode]`, then the
+A batch on a tick channel is one line of JSON rows `[token, seq, ingest_ts, mode, epoch]`, then the
 encoded ticks one per line, in the same order (orjson never writes a raw newline). A replica
 reads the rows and forwards the ticks' bytes as they are, so a tick is encoded once, by the
 shard, however many clients receive it.
@@ -19,7 +19,7 @@ MODES = ("ltp", "quote", "full")
 MODE_RANK = {mode: rank for rank, mode in enumerate(MODES)}
 DEFAULT_MODE = "quote"  # Kite's default for a new subscription
 
-_STAMPS = ("seq", "ingest_ts")
+_STAMPS = ("seq", "epoch", "ingest_ts")
 _LTP = ("tradable", "mode", "instrument_token", "last_price", *_STAMPS)
 _QUOTE = (
     *_LTP,
@@ -70,12 +70,12 @@ def encode_all(values: list[dict[str, Any]]) -> list[bytes]:
 
 def pack(ticks: list[dict[str, Any]], encoded: list[bytes]) -> bytes:
     """The batch carrying `ticks`, already encoded as `encoded`."""
-    rows = [(t["instrument_token"], t["seq"], t["ingest_ts"], t["mode"]) for t in ticks]
+    rows = [(t["instrument_token"], t["seq"], t["ingest_ts"], t["mode"], t["epoch"]) for t in ticks]
     return orjson.dumps(rows) + b"\n" + b"\n".join(encoded)
 
 
 def unpack(batch: bytes | str) -> list[tuple[list, bytes]]:
-    """`[([token, seq, ingest_ts, mode], encoded tick), ...]` of a batch, without decoding the ticks."""
+    """`[([token, seq, ingest_ts, mode, epoch], encoded tick), ...]` of a batch, without decoding the ticks."""
     if isinstance(batch, str):
         batch = batch.encode()
     rows, _, body = batch.partition(b"\n")

@@ -5,6 +5,12 @@ Assignment is sticky: a token stays on its slot while the slot is usable, so a n
 never makes Kite connections churn. New tokens fill slots first-fit in slot order, so the
 fewest connections are open. A token nobody wants stays assigned (idle) for a grace period
 before it is released; idle tokens are the first evicted when room is short.
+
+Room that vanished is not room that is full. A slot whose account cannot connect now (its
+access token expired, the morning before a login) still belongs to the pool: wanted tokens
+that would have fitted in it wait (`waiting`) and are placed as soon as a slot can take them;
+only tokens beyond the pool's whole capacity overflow (`overflow`), which clients hear as
+`capacity_exhausted`.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ def slots_for(api_keys: list[str], connections_per_key: int) -> list[str]:
 @dataclass
 class Assignment:
     """token -> slot and token -> mode for everything streamed; `idle_since` for tokens nobody
-    wants any more; `overflow` for wanted tokens no slot has room for."""
+    wants any more; `waiting` for wanted tokens the pool has room for but no usable slot can
+    take now; `overflow` for wanted tokens beyond the pool's capacity."""
 
     slots: dict[int, str] = field(default_factory=dict)
     modes: dict[int, str] = field(default_factory=dict)
     idle_since: dict[int, float] = field(default_factory=dict)
+    waiting: list[int] = field(default_factory=list)
     overflow: list[int] = field(default_factory=list)
 
     def tokens_of(self, slot: str) -> dict[int, str]:
@@ -51,9 +59,13 @@ def assign(
     capacity: dict[str, int],
     now: float,
     grace_secs: float,
+    unusable: int = 0,
 ) -> Assignment:
     """The next assignment. `capacity` lists the usable slots (valid token, in order) with how
-    many tokens each holds; tokens on a slot that is no longer usable are placed again."""
+    many tokens each holds; tokens on a slot that is no longer usable are placed again.
+    `unusable` is the capacity of the pool's slots that cannot stream now: as many wanted tokens
+    as it holds wait for them instead of overflowing, those that waited (or streamed) before
+    first."""
     result = Assignment()
     for token, slot in previous.slots.items():
         if slot not in capacity:
@@ -65,16 +77,20 @@ def assign(
             if now - since < grace_secs:
                 result.slots[token], result.modes[token] = slot, previous.modes[token]
                 result.idle_since[token] = since
-    _place_new(result, desired, capacity)
+    # Tokens admitted before (they streamed, or waited for a slot) are placed before new ones.
+    admitted = set(previous.slots) | set(previous.waiting)
+    unplaced = sorted(set(desired) - set(result.slots), key=lambda token: (token not in admitted, token))
+    _place_new(result, desired, capacity, unplaced)
+    result.waiting, result.overflow = result.overflow[:unusable], result.overflow[unusable:]
     return result
 
 
-def _place_new(result: Assignment, desired: dict[int, str], capacity: dict[str, int]) -> None:
+def _place_new(result: Assignment, desired: dict[int, str], capacity: dict[str, int], unplaced: list[int]) -> None:
     load = result.load()
     free = {slot: cap - load.get(slot, 0) for slot, cap in capacity.items()}
     # Oldest idle tokens go first when a wanted token needs their room.
     evictable = sorted(result.idle_since, key=result.idle_since.__getitem__)
-    for token in sorted(set(desired) - set(result.slots)):
+    for token in unplaced:
         slot = next((s for s, room in free.items() if room > 0), None)
         if slot is None and evictable:
             evicted = evictable.pop(0)

@@ -14,12 +14,20 @@ from typing import Any
 import psycopg2
 import psycopg2.errors
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from ticker.bus import keys
 from ticker.registry.dump import COLUMNS, COPY_OPTIONS, BadRow, DumpError, DumpReport, copy_lines
-from ticker.registry.mirror import REBUILD_LOCK_SECS, MirrorUpdate, copy_pairs, fingerprint, parse_pairs, write_mirror
+from ticker.registry.mirror import (
+    REBUILD_LOCK_SECS,
+    MirrorUpdate,
+    copy_pairs,
+    fingerprint,
+    parse_pairs,
+    query_pairs,
+    write_mirror,
+)
 from ticker.registry.models import Instrument
 
 log = logging.getLogger(__name__)
@@ -33,7 +41,8 @@ COPY_LINES_PER_READ = 1000  # ~85 KB of CSV per message to PostgreSQL
 # this long; then it loads with the indexes in place.
 INDEX_LOCK_TIMEOUT = "2s"
 
-__all__ = ["DumpError", "MirrorUpdate", "Registry", "ReloadReport", "mirror_from_db", "replace_from_dump"]
+__all__ = ["DumpError", "MirrorUpdate", "Registry", "ReloadReport", "mirror_from_db", "replace_from_dump",
+           "tokens_by_symbol", "tokens_in"]
 
 
 @dataclass
@@ -205,12 +214,10 @@ def replace_from_dump(session: Session, lines: Iterable[str], mirror: MirrorUpda
 
 
 def mirror_from_db(session: Session, client: redis.Redis) -> int:
-    """Write the whole mirror from the registry in PostgreSQL; returns its size."""
-    cursor = session.connection().connection.driver_connection.cursor()
-    try:
-        pairs_text = copy_pairs(cursor)
-    finally:
-        cursor.close()
+    """Write the whole mirror from the registry in PostgreSQL; returns its size. Reads with a
+    plain query (a web replica's psycopg2 refuses COPY) and names the registry with the same
+    fingerprint the loader's COPY gives it."""
+    pairs_text = query_pairs(session)
     pairs = parse_pairs(pairs_text)
     if pairs:
         write_mirror(client, pairs, fingerprint(pairs_text))
@@ -218,36 +225,77 @@ def mirror_from_db(session: Session, client: redis.Redis) -> int:
 
 
 class Registry:
-    """Read side used by web replicas. Rebuilds the Redis mirror from PostgreSQL by itself
-    when it is missing (Redis keeps nothing across a restart)."""
+    """Read side used by web replicas: lookups from the Redis mirror.
+
+    Redis keeps nothing across a restart. A replica that finds the mirror missing rebuilds it
+    from PostgreSQL, unless another replica (or a reload) holds keys.REGISTRY_LOCK to do it;
+    until the mirror is back, lookups are answered from PostgreSQL for exactly the tokens and
+    names asked, so a lost mirror never makes a valid instrument unknown. The mirror is written
+    under staging names and renamed in at once, so once it exists it is whole."""
 
     def __init__(self, client: redis.Redis, session_factory):
         self.redis = client
         self.session_factory = session_factory
 
     def known(self, tokens: list[int]) -> list[bool]:
-        self._ensure_mirrored()
-        return [symbol is not None for symbol in self.redis.hmget(keys.REGISTRY_TOKENS, tokens)]
+        """Whether each of `tokens` is an instrument of the registry."""
+        if self._mirrored():
+            return [symbol is not None for symbol in self.redis.hmget(keys.REGISTRY_TOKENS, tokens)]
+        with self.session_factory() as session:
+            found = tokens_in(session, tokens)
+        return [token in found for token in tokens]
 
     def resolve(self, symbols: list[str]) -> list[int | None]:
-        self._ensure_mirrored()
-        return [int(t) if t else None for t in self.redis.hmget(keys.REGISTRY_SYMBOLS, symbols)]
+        """The token of each "EXCHANGE:TRADINGSYMBOL" of `symbols`, None for an unknown one."""
+        if self._mirrored():
+            return [int(t) if t else None for t in self.redis.hmget(keys.REGISTRY_SYMBOLS, symbols)]
+        with self.session_factory() as session:
+            token_of = tokens_by_symbol(session, symbols)
+        return [token_of.get(symbol) for symbol in symbols]
 
     def size(self) -> int:
-        self._ensure_mirrored()
-        return self.redis.hlen(keys.REGISTRY_TOKENS)
+        """Instruments in the registry."""
+        if self._mirrored():
+            return self.redis.hlen(keys.REGISTRY_TOKENS)
+        with self.session_factory() as session:
+            return session.scalar(select(func.count()).select_from(Instrument)) or 0
 
-    def _ensure_mirrored(self) -> None:
+    def _mirrored(self) -> bool:
+        """Whether the mirror is there to read; when it is not, rebuild it unless someone else
+        is (then the caller reads PostgreSQL)."""
         if self.redis.exists(keys.REGISTRY_TOKENS):
-            return
-        if not self.redis.set(keys.REGISTRY_LOCK, "1", nx=True, ex=REBUILD_LOCK_SECS):
-            return  # another replica is rebuilding it; this lookup sees an empty registry
+            return True
+        lock = self.redis.lock(keys.REGISTRY_LOCK, timeout=REBUILD_LOCK_SECS, blocking=False)
+        if not lock.acquire():
+            return False  # another replica, or a reload, is writing it
         try:
-            with self.session_factory() as session:
-                count = mirror_from_db(session, self.redis)
-            log.info("registry mirrored to Redis from the database: %d instruments", count)
+            return self._rebuild() > 0
         finally:
-            self.redis.delete(keys.REGISTRY_LOCK)
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                log.warning("the registry mirror took longer than its %ss lock to rebuild", REBUILD_LOCK_SECS)
+
+    def _rebuild(self) -> int:
+        with self.session_factory() as session:
+            count = mirror_from_db(session, self.redis)
+        log.info("registry mirrored to Redis from the database: %d instruments", count)
+        return count
+
+
+def tokens_in(session: Session, tokens: list[int]) -> set[int]:
+    """Those of `tokens` that the registry in PostgreSQL holds."""
+    return set(session.scalars(select(Instrument.instrument_token).where(Instrument.instrument_token.in_(tokens))))
+
+
+def tokens_by_symbol(session: Session, symbols: list[str]) -> dict[str, int]:
+    """"EXCHANGE:TRADINGSYMBOL" -> token, from PostgreSQL, for those of `symbols` it holds."""
+    wanted = [tuple(symbol.split(":", 1)) for symbol in symbols if ":" in symbol]
+    if not wanted:
+        return {}
+    rows = session.execute(select(Instrument.exchange, Instrument.tradingsymbol, Instrument.instrument_token)
+                           .where(tuple_(Instrument.exchange, Instrument.tradingsymbol).in_(wanted)))
+    return {f"{exchange}:{tradingsymbol}": token for exchange, tradingsymbol, token in rows}
 
 
 SEARCH_LIMIT_MAX = 100

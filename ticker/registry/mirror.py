@@ -2,7 +2,9 @@
 every replica reads on the subscribe path, and the fingerprint of the registry they hold.
 
 The fingerprint is the SHA-1 of the registry's (token, symbol) pairs as PostgreSQL lists them
-(`PAIRS_COPY`), so it names the table's contents, whoever wrote them. A reload changes a few
+(`PAIRS_COPY`), so it names the table's contents, whoever wrote them. The loader reads them with
+COPY; a web replica, where psycopg2 refuses COPY (its green wait callback), reads them with a
+plain query and writes the same text (`query_pairs`), so both name a registry alike. A reload changes a few
 thousand of ~100,000 instruments: when the hashes hold exactly the registry the reload started
 from, it applies the day's changes to them in one MULTI/EXEC; otherwise (a first load, a Redis
 that lost them, a reload that died between its commit and the mirror) a background thread
@@ -23,21 +25,28 @@ import uuid
 from dataclasses import dataclass
 
 import redis
+from sqlalchemy.orm import Session
 
 from ticker.bus import keys
 
 log = logging.getLogger(__name__)
 
-PAIRS_COPY = ("COPY (SELECT instrument_token, exchange || ':' || tradingsymbol FROM instruments "
-              "ORDER BY instrument_token) TO STDOUT")
+PAIRS_QUERY = "SELECT instrument_token, exchange || ':' || tradingsymbol FROM instruments ORDER BY instrument_token"
+PAIRS_COPY = f"COPY ({PAIRS_QUERY}) TO STDOUT"
+PAIRS_PER_FETCH = 10_000  # rows per round trip when a replica reads the pairs (a few hundred KB)
 FIELDS_PER_COMMAND = 10_000  # one HSET of this many fields keeps Redis busy for a few ms at most
 # Beyond this share of the registry, changing the hashes in place would hold Redis in one long
 # MULTI/EXEC; writing them whole under staging names does not.
 MAX_CHANGED_SHARE = 0.25
 STAGING_TTL_SECS = 3600  # staging hashes of a writer that died go away by themselves
-REBUILD_LOCK_SECS = 30  # as long as a replica may hold keys.REGISTRY_LOCK (Registry._ensure_mirrored)
+REBUILD_LOCK_SECS = 30  # as long as a replica may hold keys.REGISTRY_LOCK (Registry._rebuild)
 _ESCAPED = re.compile(r"\\(.)")  # COPY's text format escapes a backslash and control characters
 _UNESCAPE = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+# What COPY's text format writes for a backslash and the control characters it escapes (it
+# writes any other character as it is).
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+                               "\t": "\\t", "\v": "\\v"})
+_COPY_NULL = "\\N"
 _LIVE = (keys.REGISTRY_TOKENS, keys.REGISTRY_SYMBOLS)
 
 
@@ -51,6 +60,27 @@ def copy_pairs(cursor) -> bytes:
     out = io.BytesIO()
     cursor.copy_expert(PAIRS_COPY, out)
     return out.getvalue()
+
+
+def query_pairs(session: Session) -> bytes:
+    """The registry's `PAIRS_COPY` text, byte for byte, read with a plain query (a server-side
+    cursor, PAIRS_PER_FETCH rows a round trip) in `session`'s transaction: for processes where
+    psycopg2 refuses COPY. The database's encoding is UTF-8, as COPY's output then is."""
+    # psycopg2's own cursor: SQLAlchemy's rows would double the time of ~100,000 of them.
+    cursor = session.connection().connection.driver_connection.cursor(name="registry_pairs")
+    try:
+        cursor.execute(PAIRS_QUERY)
+        chunks = []
+        while rows := cursor.fetchmany(PAIRS_PER_FETCH):
+            chunks.append("".join([copy_line(token, symbol) for token, symbol in rows]))
+    finally:
+        cursor.close()
+    return "".join(chunks).encode()
+
+
+def copy_line(token: int, symbol: str | None) -> str:
+    """A (token, symbol) pair as a line of COPY's text format (tab-separated, escaped, `\\N` for NULL)."""
+    return f"{token}\t{_COPY_NULL if symbol is None else symbol.translate(_COPY_ESCAPES)}\n"
 
 
 def parse_pairs(pairs_text: bytes) -> dict[int, str]:

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, Index, Integer, Numeric, String, Text, func, literal_column
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    func,
+    literal_column,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ticker.db import Base
@@ -64,3 +77,19 @@ class KiteAccount(Base):
     token_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class JobStatus(Base):
+    """The last run of each beat job (ticker.jobs), one row per job, written once per run.
+
+    Kept in PostgreSQL, not Redis, so /health and /metrics still show it after Redis restarted
+    empty; the lock that keeps a job to one copy at a time stays in Redis."""
+
+    __tablename__ = "job_status"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_run: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # when the last run started
+    outcome: Mapped[str] = mapped_column(String(16))  # ticker.jobs.OK or FAILED
+    detail: Mapped[str] = mapped_column(Text, default="")  # a summary, or the error of a failed run
+    duration_secs: Mapped[float] = mapped_column(Float)
+    last_ok: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # when the last successful run started

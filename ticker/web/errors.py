@@ -17,9 +17,25 @@ UNKNOWN_EVENT = "unknown_event"
 INTERNAL = "internal_error"
 RATE_LIMITED = "rate_limited"  # too many messages (or connection attempts from one address) a second
 TOO_MANY_CONNECTIONS = "too_many_connections"  # the user already holds its maximum of connections
-SERVER_BUSY = "server_busy"  # this replica holds its maximum of connections: try another
+SERVER_BUSY = "server_busy"  # this replica is full or overloaded: retry with backoff (or another replica)
+BUS_UNAVAILABLE = "bus_unavailable"  # this replica cannot reach Redis now: retry with backoff
+UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # ticks for some tokens stopped; subscriptions are kept
+# The `reason` of an `upstream_unavailable` (ticker.bus.upstream), and what the client is told.
+UPSTREAM_REASONS = {
+    "token_expired": "Kite refused the access token these instruments are streamed with (Kite expires tokens every "
+                     "morning around 06:00 IST): ticks resume by themselves after the next login",
+    "feed_down": "the Kite connection streaming these instruments dropped or went silent: reconnecting",
+    "no_connection": "no Kite connection streams these instruments right now (one is being taken over): ticks "
+                     "resume by themselves",
+    "bus_unavailable": "this server lost its connection to the tick bus: reconnecting",
+}
 SLOW_CONSUMER = "slow_consumer"  # the client read too slowly for too long and was disconnected
 ADMIN_REQUIRED = "admin_required"  # an admin JWT is needed (GET /ws/stats)
+# HTTP only (ticker.web.http_errors; docs/API.md, "HTTP errors").
+NOT_FOUND = "not_found"  # no such path
+METHOD_NOT_ALLOWED = "method_not_allowed"  # the path exists, not with this method
+DATABASE_UNAVAILABLE = "database_unavailable"  # PostgreSQL unreachable or too slow: retry later
+BUS_UNAVAILABLE = "bus_unavailable"  # Redis unreachable: retry later
 
 
 class ClientError(Exception):

@@ -7,15 +7,20 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+import redis
+import sqlalchemy.exc
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError
 
+from ticker import metrics
 from ticker.bus import assignment
+from ticker.bus.connection import PoolExhausted
 from ticker.clock import now_iso
 from ticker.extensions import socketio
 from ticker.registry.tokens import OPERATORS_ROOM
 from ticker.web import auth, errors
 from ticker.web.errors import ClientError
+from ticker.web.http_errors import DATABASE_DOWN
 from ticker.web.limits import client_address
 from ticker.web.replica import Client, replica
 from ticker.web.requests import parse_reauth, parse_subscribe, parse_unsubscribe
@@ -81,6 +86,17 @@ def client_event(name: str) -> Callable:
                 return handler(client, args[0] if args else None)
             except ClientError as exc:
                 return _error(exc)
+            except (PoolExhausted, sqlalchemy.exc.TimeoutError):
+                metrics.REQUESTS_SHED.labels(kind=name).inc()
+                return _error(ClientError(errors.SERVER_BUSY, "the server is busy: retry in a moment"))
+            except DATABASE_DOWN as exc:
+                log.warning("%s from %s: database unavailable: %s", name, request.sid, exc)
+                return _error(ClientError(errors.DATABASE_UNAVAILABLE, "the server cannot reach its database: retry "
+                                                                       "in a moment; your subscriptions are kept"))
+            except redis.RedisError as exc:
+                log.warning("%s from %s: Redis unavailable: %s", name, request.sid, exc)
+                return _error(ClientError(errors.BUS_UNAVAILABLE, "the server cannot reach its data bus: retry in a "
+                                                                  "moment; your subscriptions are kept"))
 
         socketio.on(name)(handle)
         return handle
@@ -98,6 +114,7 @@ def on_subscribe(client: Client, data: Any) -> dict:
     reply = {"tokens": accepted, "mode": wanted.mode, "total": len(client.subscriptions),
              "rejected": rejected + refused}
     _send("subscribed", reply)
+    state.tell_if_unavailable(client, accepted)
     state.send_snapshot(client, accepted, wanted.mode)
     return reply
 

@@ -30,7 +30,7 @@ from engineio import packet
 
 from ticker import metrics
 from ticker.bus.ticks import MODE_RANK, MODES, decode, encode, project
-from ticker.web.outbox import Outbox, ticks_message
+from ticker.web.outbox import Outbox, Position, ticks_message
 
 MAX_QUEUED_FRAMES = 4  # unsent frames on a connection before its client counts as behind
 SNAPSHOT_WAIT_SECS = 30.0  # after a subscribe, longest watch for its snapshot to be offered
@@ -68,11 +68,11 @@ class Fanout:
         self.totals = {"delivered": 0, "frames": 0, "conflated": 0, "dropped": 0}
         self.latencies: list[float] = []  # of the frames sent in this flush, observed at its end
         # The window: per mode, token -> its encoded ticks since the last flush (two or more
-        # joined by commas, their (seq, tick) pairs in `repeats`) and its last seq; the clients
-        # concerned; the oldest ingest time.
+        # joined by commas, their (position, tick) pairs in `repeats`) and its last position
+        # ((epoch, seq)); the clients concerned; the oldest ingest time.
         self.window: dict[str, dict[int, bytes]] = {mode: {} for mode in MODES}
-        self.seqs: dict[str, dict[int, int]] = {mode: {} for mode in MODES}
-        self.repeats: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
+        self.seqs: dict[str, dict[int, Position]] = {mode: {} for mode in MODES}
+        self.repeats: dict[tuple[str, int], list[tuple[Position, bytes]]] = {}
         self.concerned: set[str] = set()
         self.oldest_ms = 0
 
@@ -123,7 +123,7 @@ class Fanout:
     def dispatch(self, batch: list[tuple[list, bytes]]) -> None:
         """Note a batch (`ticker.bus.ticks.unpack`) for the clients concerned, in their modes."""
         members, window, seqs, concerned = self.members, self.window, self.seqs, self.concerned
-        for (token, seq, ingest_ms, mode), encoded in batch:
+        for (token, seq, ingest_ms, mode, epoch), encoded in batch:
             modes = members.get(token)
             if not modes:
                 continue
@@ -140,11 +140,11 @@ class Fanout:
                     data = encode(project(decoded, wanted))
                 mode_seqs = seqs[wanted]
                 earlier = mode_seqs.get(token)
-                mode_seqs[token] = seq
+                mode_seqs[token] = position = (epoch, seq)
                 if earlier is None:
                     window[wanted][token] = data
                 else:
-                    self._repeat(wanted, token, earlier, seq, data)
+                    self._repeat(wanted, token, earlier, position, data)
                 concerned |= sids
 
     def offer(self, sid: str, ticks: list[dict]) -> None:
@@ -153,7 +153,8 @@ class Fanout:
         if member is None:
             return
         for tick in ticks:
-            member.outbox.add(tick["instrument_token"], tick["seq"], tick["ingest_ts"], encode(tick))
+            position = (tick.get("epoch") or 0, tick["seq"])
+            member.outbox.add(tick["instrument_token"], position, tick["ingest_ts"], encode(tick))
         member.outbox.settle(time.time() + WATCH_SECS)
         if member.outbox.size:
             self.waiting.add(sid)
@@ -185,11 +186,11 @@ class Fanout:
         self._sent(delivered)
         return bool(self.waiting)
 
-    def _repeat(self, mode: str, token: int, earlier: int, seq: int, data: bytes) -> None:
+    def _repeat(self, mode: str, token: int, earlier: Position, position: Position, data: bytes) -> None:
         """A second tick of `token` in one window: both go, in order, in the same frame."""
         ticks = self.window[mode]
         repeats = self.repeats.setdefault((mode, token), [(earlier, ticks[token])])
-        repeats.append((seq, data))
+        repeats.append((position, data))
         ticks[token] += b"," + data
 
     def _deliver(self, sid: str, member: Member, now: float) -> int:
@@ -230,8 +231,8 @@ class Fanout:
                 if repeats is None:
                     conflated += outbox.add(token, mode_seqs[token], oldest, ticks[token])
                 else:
-                    for seq, data in repeats:
-                        conflated += outbox.add(token, seq, oldest, data)
+                    for position, data in repeats:
+                        conflated += outbox.add(token, position, oldest, data)
         if conflated:
             self._count("conflated", conflated, metrics.TICKS_CONFLATED)
         if outbox.size:

@@ -1,4 +1,5 @@
-"""The /health "jobs" check: each beat job's last run, and each Kite account's token state.
+"""The /health "jobs" check: each beat job's last run, and each Kite account's token state,
+both read from PostgreSQL (a Redis restart loses neither).
 
 Always ok: a failed job or an invalid token is listed under `reasons`, but the replica stays
 healthy, because it still serves ticks (yesterday's registry stays in place; shards on a dead
@@ -12,7 +13,6 @@ from typing import Any
 
 from flask import current_app
 
-from ticker.bus.connection import redis_client
 from ticker.db import session_for
 from ticker.jobs import FAILED, job_statuses
 from ticker.registry.accounts import account_summaries
@@ -22,9 +22,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _accounts() -> list[dict[str, Any]]:
-    with session_for(current_app.config["DATABASE_URL"]) as session:
-        rows = account_summaries(session)
+def _accounts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     now = time.time()
     return [
         {
@@ -41,8 +39,9 @@ def _accounts() -> list[dict[str, Any]]:
 
 
 def check_jobs() -> dict[str, Any]:
-    jobs = job_statuses(redis_client(current_app.config["REDIS_URL"]))
-    accounts = _accounts()
+    """{ok: True, jobs: {name: last run}, accounts: [token state], reasons: [failures]}."""
+    with session_for(current_app.config["DATABASE_URL"]) as session:
+        jobs, accounts = job_statuses(session), _accounts(account_summaries(session))
     reasons = [f"job {name} failed: {job['detail']}" for name, job in jobs.items() if job["outcome"] == FAILED]
     reasons += [f"Kite account {a['api_key']}: token invalid ({a['reason']})" for a in accounts if not a["token_valid"]]
     return {"ok": True, "jobs": jobs, "accounts": accounts, "reasons": reasons}

@@ -131,12 +131,14 @@ class UserConnections:
     def remove(self, user: str) -> None:
         self._release(keys=[self.key], args=[user])
 
-    def heartbeat(self, held: Mapping[str, int], rewrite: bool = False) -> None:
+    def heartbeat(self, held: Mapping[str, int], rewrite: bool = False, client: redis.Redis | None = None) -> None:
         """Keep this replica's connections counted; rewrite them from `held` (what the replica
-        knows it holds) when Redis lost them (a restart) or when `rewrite` says they drifted."""
-        if self.redis.expire(self.key, self.ttl_secs) and not rewrite:
+        knows it holds) when Redis lost them (a restart) or when `rewrite` says they drifted.
+        `client`: the connection to use (a replica's background pool)."""
+        client = client or self.redis
+        if client.expire(self.key, self.ttl_secs) and not rewrite:
             return
-        pipe = self.redis.pipeline()
+        pipe = client.pipeline()
         pipe.delete(self.key)
         if held:
             pipe.hset(self.key, mapping=dict(held))

@@ -5,19 +5,28 @@ never goes back through the Socket.IO message queue to every other replica. The 
 subscribes only to the channels (token buckets) its own clients need, keeps a bucket a while
 after its last client left (a client that comes back finds it ready), and tells subscribers
 when a bucket is live, so a snapshot read after that misses no tick.
+
+Its connection is watched at the application level (`ticker.bus.liveness`): when nothing has
+arrived for a second it sends a PING, and when nothing at all (not even the pong) has arrived
+for `SILENT_SECS` it drops the connection and subscribes again on a new one. A connection that a
+NAT or firewall forgot is noticed within that bound, counted
+(`ticker_bus_listener_reconnects_total{reason="silent"}`) and shown in /health.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
+from ticker import metrics
 from ticker.bus import keys
+from ticker.bus.liveness import ConnectionSilent, Liveness
 from ticker.bus.ticks import unpack
 
 log = logging.getLogger(__name__)
@@ -45,13 +54,15 @@ class TickListener:
         flush: Callable[[], bool],
         on_notice: Callable[[str, Any], None],
         sleep: Callable[[float], None] = time.sleep,
+        create_event: Callable[[], Any] = threading.Event,
     ):
         self.redis = client
         # Batches are read as bytes and their ticks forwarded as they are: a connection of its
-        # own that does not decode replies.
+        # own that does not decode replies, and whose liveness this listener checks itself.
         pool = client.connection_pool
-        self.raw = redis.Redis(connection_pool=redis.ConnectionPool(
-            connection_class=pool.connection_class, **{**pool.connection_kwargs, "decode_responses": False}))
+        options = {**pool.connection_kwargs, "decode_responses": False, "health_check_interval": 0}
+        self.raw = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
+                                                                    max_connections=4, **options))
         self.wake_channel = wake_channel
         self.needed_buckets = needed_buckets
         self.deliver = deliver
@@ -65,35 +76,71 @@ class TickListener:
         self.buckets = {channel.encode(): bucket for bucket, channel in enumerate(keys.TICK_CHANNELS)}
         self.notices = {keys.REGISTRY_RELOADED.encode()}
         self.batches = 0
+        self.create_event = create_event
+        self.waiters: list[tuple[set[int], Any]] = []  # (buckets, event) of subscribes waiting for them
+        self.liveness = Liveness()
+        self.connected = False  # subscribed, and heard from within the liveness bound
+        self.down_since: float | None = time.monotonic()  # not connected yet
+        self.reconnects = 0
+        self.last_failure: str | None = None
 
     def run_forever(self) -> None:
         while True:
             try:
                 self._run()
+            except ConnectionSilent as exc:
+                self._restart("silent", f"connection silent: {exc}")
             except redis.RedisError as exc:
-                log.warning("tick listener lost Redis (%s); retrying", exc)
-                self._restart()
-            except Exception:  # noqa: BLE001  (a bug must not end delivery for good)
+                self._restart("error", f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001  (a bug must not end delivery for good)
                 log.exception("tick listener failed; restarting it")
-                self._restart()
+                self._restart("bug", f"{type(exc).__name__}: {exc}")
 
-    def _restart(self) -> None:
+    def _restart(self, reason: str, detail: str) -> None:
+        log.warning("tick listener lost Redis (%s); subscribing again on a new connection", detail)
+        if self.connected:
+            self.down_since = time.monotonic()
+        self.connected = False
+        self.last_failure = detail
+        self.reconnects += 1
+        metrics.BUS_LISTENER_RECONNECTS.labels(reason=reason).inc()
+        metrics.BUS_LISTENER_UP.set(0)
         self.live.clear()
         self.requested.clear()
         self.dirty = True
         self.sleep(RETRY_SECS)
 
+    def report(self) -> dict[str, Any]:
+        """For /health: whether ticks can reach this replica now, and since when not."""
+        now = time.monotonic()
+        report: dict[str, Any] = {"ok": self.connected, "reconnects": self.reconnects,
+                                  "silence_secs": round(self.liveness.silence_secs(), 2)}
+        if not self.connected:
+            report["down_secs"] = round(now - (self.down_since or now), 2)
+            report["reason"] = f"the tick listener is not receiving from Redis ({self.last_failure or 'connecting'})"
+        return report
+
     def wait_live(self, buckets: set[int], timeout: float) -> bool:
-        """Block (cooperatively) until every bucket's channel is subscribed, or `timeout`."""
-        deadline = time.monotonic() + timeout
-        if not buckets <= self.live:
-            self.dirty = True
-            self.redis.publish(self.wake_channel, "sync")
-        while not buckets <= self.live:
-            if time.monotonic() > deadline:
-                return False
-            self.sleep(0.002)
-        return True
+        """Block (cooperatively) until every bucket's channel is subscribed, or `timeout`;
+        True if they are."""
+        if buckets <= self.live:
+            return True
+        self.dirty = True
+        waiter = (buckets, self.create_event())
+        self.waiters.append(waiter)
+        try:
+            try:
+                self.redis.publish(self.wake_channel, "sync")  # wake the listener's read now
+            except redis.RedisError:
+                pass  # it looks at `dirty` within POLL_SECS anyway
+            return bool(waiter[1].wait(timeout)) or buckets <= self.live
+        finally:
+            self.waiters.remove(waiter)
+
+    def _wake_waiters(self) -> None:
+        for buckets, event in self.waiters:
+            if buckets <= self.live:
+                event.set()
 
     def _run(self) -> None:
         pubsub = self.raw.pubsub()
@@ -103,6 +150,7 @@ class TickListener:
             pubsub.close()  # its connection goes back to the pool, not leaked per restart
 
     def _listen(self, pubsub) -> None:
+        self.liveness.reset()
         pubsub.subscribe(self.wake_channel, keys.REGISTRY_RELOADED)
         next_sync = 0.0
         while True:
@@ -116,18 +164,26 @@ class TickListener:
             if message is not None:
                 self._drain(pubsub, message)
             self.flush()
+            self._check_alive(pubsub)
             self.sleep(0)  # let the sockets' writers send what was just queued
 
-    @staticmethod
-    def _read(pubsub, wait: float) -> dict | None:
+    def _check_alive(self, pubsub) -> None:
+        """Ask for a sign of life when the connection has been quiet; give it up when silent."""
+        self.liveness.check()
+        if self.liveness.ping_due():
+            pubsub.ping()
+            self.liveness.pinged()
+
+    def _read(self, pubsub, wait: float) -> dict | None:
         """The next message, waiting at most `wait` for one to begin arriving. Once it has, it
         is read whole: redis-py reads it with the same timeout it waited with, and on a timeout
         in mid-message (a batch larger than one socket read, `wait` 0) it reconnects, and the
         rest of that message and every batch published meanwhile are lost."""
-        pubsub.check_health()  # a PING when one is due, so an idle connection is known alive
         if not pubsub.connection.can_read(timeout=wait):
             return None
-        return pubsub.get_message(timeout=READ_SECS)
+        message = pubsub.get_message(timeout=READ_SECS)
+        self.liveness.heard()
+        return message
 
     def _drain(self, pubsub, first: dict) -> None:
         """Handle `first` and every message already arriving behind it, up to
@@ -139,6 +195,7 @@ class TickListener:
         connection = pubsub.connection
         while count < MAX_BATCHES_PER_FLUSH and connection.can_read(timeout=0):
             response = connection.read_response(timeout=READ_SECS, disconnect_on_error=False, push_request=True)
+            self.liveness.heard()
             bucket = self.buckets.get(response[1]) if response[0] == b"message" else None
             if bucket is not None:
                 count += self._deliver(response[2])
@@ -161,11 +218,22 @@ class TickListener:
             return self._deliver(message["data"])
         if kind == "subscribe" and bucket is not None:
             self.live.add(bucket)
+            self._wake_waiters()
+        elif kind == "subscribe" and channel == self.wake_channel.encode():
+            self._connected()
         elif kind == "message" and channel in self.notices:
             self._notice(channel.decode(), message["data"])
         elif kind == "message" and channel == self.wake_channel.encode():
             self.dirty = True
         return 0
+
+    def _connected(self) -> None:
+        if not self.connected:
+            log.info("tick listener subscribed%s", f" again after {self.reconnects} reconnects" if self.reconnects
+                     else "")
+        self.connected = True
+        self.down_since = None
+        metrics.BUS_LISTENER_UP.set(1)
 
     def _notice(self, channel: str, data: bytes) -> None:
         try:

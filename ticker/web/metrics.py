@@ -1,7 +1,7 @@
 """GET /metrics: Prometheus exposition of this replica and of the cluster it belongs to.
 
 `?scope=replica` gives this process's figures only, `?scope=cluster` the cluster's (shards,
-accounts, registry, beat jobs, read from Redis) only; the default gives both. With several
+accounts, registry, beat jobs, read from Redis and PostgreSQL) only; the default gives both. With several
 replicas, scrape each one with `scope=replica` and one of them (or the proxy) with
 `scope=cluster`, so cluster series are not counted once per replica.
 
@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ticker import metrics
 from ticker.bus.connection import redis_client
 from ticker.db import session_for
+from ticker.jobs import job_statuses
 from ticker.registry.accounts import account_summaries
 from ticker.web import errors
 
@@ -31,10 +32,15 @@ def _cluster() -> metrics.ClusterCollector:
         with session_for(config["DATABASE_URL"]) as session:
             return account_summaries(session)
 
+    def jobs() -> dict[str, dict]:
+        with session_for(config["DATABASE_URL"]) as session:
+            return job_statuses(session)
+
     return metrics.ClusterCollector(
         redis_client(config["REDIS_URL"]),
         tokens_per_account=config["KITE_CONNECTIONS_PER_KEY"] * config["KITE_TOKENS_PER_CONNECTION"],
         accounts=accounts,
+        jobs=jobs,
     )
 
 

@@ -7,10 +7,14 @@ outbox keeps only the latest tick of each token until it catches up: a slow clie
 bounded amount of memory and gets the freshest prices, never an ever-growing queue.
 
 A newly subscribed token is watched for a while: its snapshot and the live stream can race,
-so the outbox remembers the last `seq` it queued for the token and drops anything not newer.
+so the outbox remembers the last position it queued for the token and drops anything not newer.
+A tick's position is `(epoch, seq)`: a tick of a later epoch is newer whatever its `seq`
+(`ticker.bus.epoch`).
 """
 
 from __future__ import annotations
+
+Position = tuple[int, int]  # (epoch, seq): orders a token's ticks across epochs
 
 
 class Outbox:
@@ -20,7 +24,7 @@ class Outbox:
 
     def __init__(self) -> None:
         self.pending: dict[int, list[bytes]] = {}
-        self.seen: dict[int, int] = {}  # watched token -> last seq queued (0: none yet)
+        self.seen: dict[int, Position] = {}  # watched token -> last position queued ((0, 0): none yet)
         self.watch_until = 0.0
         self.size = 0
         self.oldest_ingest_ms = 0
@@ -29,7 +33,7 @@ class Outbox:
     def watch(self, token: int, until: float) -> None:
         """`token` was just subscribed: until `until` (at the latest), a tick not newer than the
         last one queued for it (a snapshot racing the live stream) is dropped."""
-        self.seen.setdefault(token, 0)
+        self.seen.setdefault(token, (0, 0))
         self.watch_until = max(self.watch_until, until)
 
     def settle(self, until: float) -> None:
@@ -41,13 +45,14 @@ class Outbox:
             self.seen = {}
         return bool(self.seen)
 
-    def add(self, token: int, seq: int, ingest_ms: int, encoded: bytes) -> int:
-        """Queue one tick; returns how many queued ticks it replaced (conflated)."""
+    def add(self, token: int, position: Position, ingest_ms: int, encoded: bytes) -> int:
+        """Queue one tick at `position` ((epoch, seq)); returns how many queued ticks it
+        replaced (conflated)."""
         seen = self.seen.get(token)
         if seen is not None:
-            if seq <= seen:
+            if position <= seen:
                 return 0  # already queued or sent
-            self.seen[token] = seq
+            self.seen[token] = position
         if not self.size:
             self.oldest_ingest_ms = ingest_ms
         waiting = self.pending.get(token)

@@ -20,9 +20,10 @@ from flask import Flask
 
 from ticker import metrics
 from ticker.bus import assignment, keys
-from ticker.bus.connection import redis_client
-from ticker.bus.demand import ReplicaDemand, demand_version, read_demand
+from ticker.bus.connection import PoolExhausted, redis_client
+from ticker.bus.demand import ReplicaDemand, read_demand
 from ticker.bus.ticks import decode, project
+from ticker.bus.upstream import BUS_UNAVAILABLE, token_states
 from ticker.db import session_for
 from ticker.extensions import socketio
 from ticker.registry.instruments import Registry
@@ -31,7 +32,9 @@ from ticker.web.errors import ClientError
 from ticker.web.fanout import Fanout
 from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users_connected
 from ticker.web.listener import TickListener
+from ticker.web.loops import Loop
 from ticker.web.rooms import room_for
+from ticker.web.upstream import UpstreamNotices
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ HEARTBEAT_SECS = 5.0
 SWEEP_SECS = 0.5  # how often expired JWTs are looked for
 STATS_TTL_SECS = int(3 * HEARTBEAT_SECS)  # a dead replica drops out of /ws/stats after this
 LIVE_WAIT_SECS = 1.0  # longest a subscribe waits for its channels before reading snapshots
-OVERFLOW_CHECK_SECS = 1.0  # how soon a client hears that its subscription found no room upstream
+UPSTREAM_CHECK_SECS = 1.0  # how often the upstream's state is read (its notices wait DOWN_NOTICE_SECS)
 
 
 @dataclass(eq=False)
@@ -66,7 +69,8 @@ class Replica:
         self.app = app
         self.config = config
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.redis = redis_client(config["REDIS_URL"])
+        self.redis = redis_client(config["REDIS_URL"])  # on behalf of clients: bounded, waited for
+        self.background = redis_client(config["REDIS_URL"], "background")  # the replica's own loops
         self.demand = ReplicaDemand(self.redis, self.id)
         self.registry = Registry(self.redis, lambda: session_for(config["DATABASE_URL"]))
         self.clients: dict[str, Client] = {}
@@ -81,7 +85,10 @@ class Replica:
         self.listener = TickListener(
             self.redis, keys.listener_wake(self.id), self.needed_buckets,
             self.fanout.dispatch, self.fanout.flush, self.on_notice, sleep=socketio.sleep,
+            create_event=socketio.server.eio.create_event,
         )
+        self.upstream = UpstreamNotices()
+        self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), UpstreamWatch(self)]
 
     # Connections -------------------------------------------------------------------------
 
@@ -109,6 +116,9 @@ class Replica:
         limit = self.config["MAX_CONNECTIONS_PER_USER"]
         try:
             return self.user_connections.add(user, limit)
+        except PoolExhausted as exc:
+            metrics.REQUESTS_SHED.labels(kind="connect").inc()
+            raise self.refusal(errors.SERVER_BUSY, "the server is busy; retry in a moment") from exc
         except redis.RedisError as exc:
             log.warning("cluster-wide connection count unavailable, counting this replica's: %s", exc)
             self.user_connections_drifted = True
@@ -168,7 +178,14 @@ class Replica:
     # Subscriptions -----------------------------------------------------------------------
 
     def subscribe(self, client: Client, tokens: list[int], mode: str, names: dict[int, str]) -> None:
-        """Join the rooms; a token already held in another mode moves to the new mode."""
+        """Join the rooms; a token already held in another mode moves to the new mode. The
+        demand is recorded in Redis first: if Redis cannot take it (redis.RedisError, or
+        PoolExhausted under a crowd), nothing changes and the error propagates."""
+        if not tokens:
+            return
+        # An assignment computed from this demand version or a later one has seen these
+        # tokens (see check_overflow).
+        version = self.demand.add(tokens, mode)
         moving = [t for t in tokens if t in client.subscriptions]
         if moving:
             self.unsubscribe(client, moving)
@@ -178,12 +195,7 @@ class Replica:
             client.subscriptions[token] = mode
             if token in names:
                 client.by_symbol[token] = names[token]
-        self.demand.add(tokens, mode)
-        if tokens:
-            # Read after the demand is published: an assignment computed from this version or a
-            # later one has seen these tokens (see check_overflow).
-            version = demand_version(self.redis)
-            self.joined_at.update(dict.fromkeys(tokens, version))
+        self.joined_at.update(dict.fromkeys(tokens, version))
         self.listener.dirty = True
         metrics.SUBSCRIPTIONS.inc(len(tokens))
 
@@ -205,16 +217,26 @@ class Replica:
 
     def send_snapshot(self, client: Client, tokens: list[int], mode: str) -> None:
         """The last known tick of each token, read once the live channel is subscribed, so no
-        tick falls between the snapshot and the stream (duplicates are dropped by `seq`)."""
+        tick falls between the snapshot and the stream (duplicates are dropped by `seq`). Each
+        is marked `snapshot: true` with its `age_ms` (now minus its ingest time): the last tick
+        may be hours old, or a previous session's, and a client must be able to tell."""
         if not tokens:
             return
         buckets = {keys.bucket_of(t) for t in tokens}
         if not self.listener.wait_live(buckets, LIVE_WAIT_SECS):
             log.warning("channels not live after %.1fs; sending the snapshot anyway", LIVE_WAIT_SECS)
+        try:
+            raws = self.redis.hmget(keys.LAST_TICKS, tokens)
+        except redis.RedisError as exc:  # the live stream still follows; only the head start is lost
+            log.warning("no snapshot for %d tokens of %s: %s", len(tokens), client.sid, exc)
+            return
         ticks = []
-        for raw in self.redis.hmget(keys.LAST_TICKS, tokens):
+        now_ms = int(time.time() * 1000)
+        for raw in raws:
             tick = project(decode(raw), mode) if raw else None
             if tick is not None:
+                tick["snapshot"] = True
+                tick["age_ms"] = max(0, now_ms - int(tick.get("ingest_ts") or 0))
                 ticks.append(tick)
         self.fanout.offer(client.sid, ticks)
 
@@ -231,7 +253,7 @@ class Replica:
         subscribe to it, so room that opened after an older assignment is never mistaken."""
         if not self.joined_at:
             return
-        seen, overflow = assignment.overflow(self.redis)
+        seen, overflow = assignment.overflow(self.background)
         stranded = [t for t in overflow if self.joined_at.get(t, seen + 1) <= seen]
         if not stranded:
             return
@@ -248,6 +270,50 @@ class Replica:
             "message": "every Kite connection filled up before these instruments got a place: unsubscribed"})
         self.send(client.sid, "unsubscribed", {"tokens": tokens, "total": len(client.subscriptions),
                                                "reason": errors.CAPACITY_EXHAUSTED})
+
+    # Upstream outages ---------------------------------------------------------------------
+
+    def track_upstream(self, now: float) -> None:
+        """Learn whether each held token's ticks can flow, and tell the clients holding those
+        whose state changed (`error` `upstream_unavailable` with a reason, `upstream_restored`).
+        Subscriptions are kept whatever the upstream does."""
+        tokens = list(self.demand.counts)
+        if not self.listener.connected and self.config["WEB_TICK_DELIVERY"]:
+            states: dict[int, str | None] = dict.fromkeys(tokens, BUS_UNAVAILABLE)
+        else:
+            try:
+                states = token_states(self.background, tokens, now)
+            except redis.RedisError:
+                states = dict.fromkeys(tokens, BUS_UNAVAILABLE)
+        changes = self.upstream.update(states, now)
+        for reason, down in changes.down.items():
+            log.warning("upstream unavailable for %d tokens: %s", len(down), reason)
+            self._tell_holders(down, lambda client, held, r=reason: self.tell_unavailable(client, held, r))
+        if changes.restored:
+            log.info("upstream restored for %d tokens", len(changes.restored))
+            self._tell_holders(changes.restored, lambda client, held: self.send(
+                client.sid, "upstream_restored", {"tokens": held}))
+
+    def tell_unavailable(self, client: Client, tokens: list[int], reason: str) -> None:
+        metrics.UPSTREAM_NOTICES.labels(reason=reason).inc()
+        self.send(client.sid, "error", {"code": errors.UPSTREAM_UNAVAILABLE, "reason": reason, "tokens": tokens,
+                                        "message": errors.UPSTREAM_REASONS.get(reason, reason)})
+
+    def tell_if_unavailable(self, client: Client, tokens: list[int]) -> None:
+        """A client that just subscribed to tokens already announced down hears it at once."""
+        for reason, down in self.upstream.down_among(tokens).items():
+            self.tell_unavailable(client, down, reason)
+
+    def _tell_holders(self, tokens: list[int], tell: Any) -> None:
+        held: dict[str, list[int]] = {}
+        for token in tokens:
+            for sids in self.fanout.members.get(token, {}).values():
+                for sid in sids:
+                    held.setdefault(sid, []).append(token)
+        for sid, client_tokens in held.items():
+            client = self.clients.get(sid)
+            if client is not None:
+                tell(client, sorted(client_tokens))
 
     # Registry reloads --------------------------------------------------------------------
 
@@ -324,7 +390,7 @@ class Replica:
         }
 
     def publish_stats(self) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.background.pipeline(transaction=False)
         pipe.set(keys.replica_stats(self.id), json.dumps(self.stats()), ex=STATS_TTL_SECS)
         pipe.sadd(keys.STATS_REPLICAS, self.id)
         pipe.execute()
@@ -335,44 +401,64 @@ class Replica:
         """Start the background work of a serving process (not of CLI or Celery processes)."""
         if self.config["WEB_TICK_DELIVERY"]:
             socketio.start_background_task(self.listener.run_forever)
-        socketio.start_background_task(self._heartbeat_forever)
-        socketio.start_background_task(self._sweep_forever)
-        socketio.start_background_task(self._overflow_forever)
+        for loop in self.loops:
+            socketio.start_background_task(loop.run_forever)
         log.info("replica %s started", self.id)
 
-    def _heartbeat_forever(self) -> None:
-        while True:
-            try:
-                self.demand.heartbeat()
-                self._keep_connections_counted()
-                self.publish_stats()
-            except Exception as exc:  # noqa: BLE001  (Redis down: keep trying, never die)
-                log.warning("replica heartbeat failed: %s", exc)
-            socketio.sleep(HEARTBEAT_SECS)
-
-    def _keep_connections_counted(self) -> None:
+    def keep_connections_counted(self) -> None:
         drifted, self.user_connections_drifted = self.user_connections_drifted, False
         try:
-            self.user_connections.heartbeat(self.per_user, rewrite=drifted)
+            self.user_connections.heartbeat(self.per_user, rewrite=drifted, client=self.background)
         except redis.RedisError:
             self.user_connections_drifted = True
             raise
 
-    def _sweep_forever(self) -> None:
-        while True:
-            try:
-                self.sweep_expired(time.time())
-            except Exception:  # noqa: BLE001  (one bad client must not stop the sweeps)
-                log.exception("expiry sweep failed")
-            socketio.sleep(SWEEP_SECS)
 
-    def _overflow_forever(self) -> None:
-        while True:
-            try:
-                self.check_overflow()
-            except Exception as exc:  # noqa: BLE001  (Redis down: keep trying, never die)
-                log.warning("overflow check failed: %s", exc)
-            socketio.sleep(OVERFLOW_CHECK_SECS)
+class Heartbeat(Loop):
+    """Keeps the replica's demand and connection counts alive in Redis (rewriting them whole
+    after Redis lost them) and publishes its figures for /ws/stats."""
+
+    name = "heartbeat"
+    every_secs = HEARTBEAT_SECS
+
+    def __init__(self, replica: Replica):
+        super().__init__(socketio.sleep)
+        self.replica = replica
+
+    def turn(self) -> None:
+        self.replica.demand.heartbeat(self.replica.background)
+        self.replica.keep_connections_counted()
+        self.replica.publish_stats()
+
+
+class ExpirySweep(Loop):
+    """Tells connections whose JWT expired, and cuts them after the grace period."""
+
+    name = "expiry_sweep"
+    every_secs = SWEEP_SECS
+
+    def __init__(self, replica: Replica):
+        super().__init__(socketio.sleep)
+        self.replica = replica
+
+    def turn(self) -> None:
+        self.replica.sweep_expired(time.time())
+
+
+class UpstreamWatch(Loop):
+    """Tells clients when their tokens' ticks stop (and why) or resume, and when their
+    subscriptions found no room upstream (see Replica.track_upstream, Replica.check_overflow)."""
+
+    name = "upstream_watch"
+    every_secs = UPSTREAM_CHECK_SECS
+
+    def __init__(self, replica: Replica):
+        super().__init__(socketio.sleep)
+        self.replica = replica
+
+    def turn(self) -> None:
+        self.replica.check_overflow()
+        self.replica.track_upstream(time.time())
 
 
 def cluster_stats(client: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,6 @@ from ticker.bus import assignment, keys
 from ticker.bus.connection import redis_client
 from ticker.bus.lease import SHARD_STALE_SECS, shard_live, shard_states
 from ticker.db import engine_for
-from ticker.feed.shard import SILENCE_SECS
 from ticker.web.jobs_health import check_jobs
 from ticker.web.replica import replica
 
@@ -21,8 +21,13 @@ bp = Blueprint("web", __name__)
 
 
 
+def _probe() -> Any:
+    """Health checks read Redis through a client that gives up within a second."""
+    return redis_client(current_app.config["REDIS_URL"], "probe")
+
+
 def _check_redis() -> dict[str, Any]:
-    redis_client(current_app.config["REDIS_URL"]).ping()
+    _probe().ping()
     return {"ok": True}
 
 
@@ -33,24 +38,54 @@ def _check_database() -> dict[str, Any]:
 
 
 def _check_shards() -> dict[str, Any]:
-    client = redis_client(current_app.config["REDIS_URL"])
+    """The upstream pool as the cluster reports it: not ok when no shard streams at all (no
+    tick can flow), degraded when some slot with work is down, tokens wait for a usable slot,
+    or demand exceeds the pool; each with the reason."""
+    client = _probe()
     now = time.time()
-    shards = {
-        slot: {
-            "state": state.get("state"),
-            "tokens": int(state.get("tokens", 0)),
-            "error": state.get("error") or None,  # stands now; cleared once the feed streams again
-            "last_error": state.get("last_error") or None,
-            "last_error_at": float(state["last_error_at"]) if state.get("last_error_at") else None,
-            "live": shard_live(state, now),
-        }
-        for slot, state in shard_states(client).items()
+    states = shard_states(client)
+    work = Counter(client.hvals(keys.ASSIGNED_SLOT))
+    down_accounts = assignment.accounts_down(client)
+    total, _ = assignment.capacity(client)
+    waiting, overflow = client.scard(keys.ASSIGNMENT_WAITING), client.scard(keys.ASSIGNMENT_OVERFLOW)
+    slots = {slot: _slot_report(states.get(slot, {}), work[slot], now)
+             for slot in sorted(set(states) | set(work) | set(assignment.pool_slots(client)))}
+    live = any(report["live"] for report in slots.values())
+    reasons = _pool_reasons(slots, down_accounts, waiting, overflow)
+    if not live:
+        reasons.insert(0, f"no shard streaming (each reports every second; silent {SHARD_STALE_SECS}s is down)")
+    report: dict[str, Any] = {
+        "ok": live, "degraded": bool(reasons), "slots": slots, "accounts_down": down_accounts,
+        "pool": {"capacity": total, "assigned": sum(work.values()), "waiting": waiting, "overflow": overflow},
     }
-    live = any(s["live"] for s in shards.values())
-    reason = None if live else f"no shard streaming in the last {SHARD_STALE_SECS}s (silence limit {SILENCE_SECS:.0f}s)"
-    total, used = assignment.capacity(client)
-    pool = {"capacity": total, "assigned": used, "overflow": client.scard(keys.ASSIGNMENT_OVERFLOW)}
-    return {"ok": live, "shards": shards, "pool": pool, **({"reason": reason} if reason else {})}
+    if reasons:
+        report["reason"] = "; ".join(reasons)
+    return report
+
+
+def _slot_report(state: dict[str, str], tokens: int, now: float) -> dict[str, Any]:
+    live = shard_live(state, now)
+    report: dict[str, Any] = {"state": state.get("state") or "no shard", "tokens": tokens, "live": live}
+    if state.get("heartbeat"):
+        report["reported_secs_ago"] = round(now - float(state["heartbeat"]), 1)
+    if not live and state.get("last_error"):
+        report["last_error"] = state["last_error"]
+    return report
+
+
+def _pool_reasons(slots: dict[str, dict], down: dict[str, str], waiting: int, overflow: int) -> list[str]:
+    reasons = []
+    if down:
+        accounts = ", ".join(f"{key} ({reason})" for key, reason in sorted(down.items()))
+        reasons.append(f"Kite accounts that cannot stream: {accounts}; log in again (/kite/login/<api_key>)")
+    dark = [f"{slot} ({report['state']})" for slot, report in slots.items() if report["tokens"] and not report["live"]]
+    if dark:
+        reasons.append(f"slots with instruments that are not streaming: {', '.join(dark)}")
+    if waiting:
+        reasons.append(f"{waiting} instruments wait for a slot that can stream")
+    if overflow:
+        reasons.append(f"{overflow} instruments beyond the pool's capacity (add a Kite account)")
+    return reasons
 
 
 def _check_registry() -> dict[str, Any]:
@@ -58,26 +93,67 @@ def _check_registry() -> dict[str, Any]:
     return {"ok": size > 0, "instruments": size, **({} if size else {"reason": "instrument registry is empty"})}
 
 
+def _check_delivery() -> dict[str, Any]:
+    """This replica's own tick path: its listener hears from Redis, and its loops keep time."""
+    state = replica()
+    listener = state.listener.report() if state.config["WEB_TICK_DELIVERY"] else {"ok": True}
+    loops = {loop.name: loop.report() for loop in state.loops}
+    late = [name for name, loop in loops.items() if not loop["ok"]]
+    reasons = [listener["reason"]] if not listener["ok"] else []
+    reasons += [f"background loop {name} is {loops[name]['lag_secs']}s behind" for name in late]
+    return {"ok": not reasons, "listener": listener, "loops": loops,
+            **({"reason": "; ".join(reasons)} if reasons else {})}
+
+
 CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "delivery": _check_delivery,
     "redis": _check_redis,
     "database": _check_database,
     "shards": _check_shards,
     "registry": _check_registry,
     "jobs": check_jobs,  # never fails /health: lists failed jobs and invalid Kite tokens as reasons
 }
+NEED_REDIS = ("shards", "registry", "jobs")  # not tried when Redis does not answer: /health answers fast
+
+
+# What a load balancer needs to know: can this replica serve its clients (its own tick path,
+# Redis, the database, the registry)? An upstream outage is the cluster's, not this replica's:
+# taking every replica out of rotation for it would only keep clients from hearing about it.
+READY_CHECKS = ("delivery", "redis", "database", "registry")
+
+
+def _run(names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name in NEED_REDIS and not results.get("redis", {}).get("ok", True):
+            results[name] = {"ok": name == "jobs", "reason": "not checked: Redis does not answer"}
+            continue
+        try:
+            results[name] = CHECKS[name]()
+        except Exception as exc:  # noqa: BLE001  (a failing dependency is a result, not a crash)
+            results[name] = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+    return results
+
+
+def _answer(results: dict[str, dict[str, Any]]):
+    healthy = all(r["ok"] for r in results.values())
+    degraded = any(r.get("degraded") or r.get("reasons") for r in results.values())
+    status = "unavailable" if not healthy else "degraded" if degraded else "ok"
+    return jsonify({"status": status, "checks": results}), 200 if healthy else 503
 
 
 @bp.get("/health")
 def health():
-    """200 when this replica can serve ticks; 503 with the reasons when it cannot."""
-    results = {}
-    for name, check in CHECKS.items():
-        try:
-            results[name] = check()
-        except Exception as exc:  # noqa: BLE001  (a failing dependency is a result, not a crash)
-            results[name] = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
-    healthy = all(r["ok"] for r in results.values())
-    return jsonify({"status": "ok" if healthy else "unavailable", "checks": results}), 200 if healthy else 503
+    """The whole tick path, for operators and monitoring: 503 when no tick can reach this
+    replica's clients (its listener, Redis, the database, the registry, or every shard down),
+    200 `degraded` with the reasons when part of the upstream is down, 200 `ok` otherwise."""
+    return _answer(_run(tuple(CHECKS)))
+
+
+@bp.get("/health/ready")
+def ready():
+    """Readiness, for load balancers: 503 only when this replica itself cannot serve."""
+    return _answer(_run(READY_CHECKS))
 
 
 @bp.get("/health/live")

@@ -17,13 +17,13 @@ bp = Blueprint("stats", __name__)
 @bp.get("/ws/stats")
 def ws_stats():
     """Needs a JWT with `admin: true` (`flask jwt mint --admin`): 401 without a valid one,
-    403 for a valid one without the claim."""
+    403 for a valid one without the claim (`{code, message}`, as every HTTP error)."""
     try:
         claims = auth.verify(auth.bearer_token(None, request.args, request.headers))
     except ClientError as exc:
-        return jsonify({"error": exc.as_dict()}), 401
+        return jsonify(exc.as_dict()), 401
     if claims.get("admin") is not True:
-        return jsonify({"error": {"code": errors.ADMIN_REQUIRED, "message": "an admin token is required"}}), 403
+        return jsonify({"code": errors.ADMIN_REQUIRED, "message": "an admin token is required"}), 403
     state = replica()
     state.publish_stats()  # this replica's figures are current, the others' at most a heartbeat old
     return jsonify({"answered_by": state.id, **cluster_stats(state.redis)})

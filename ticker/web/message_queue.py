@@ -1,0 +1,89 @@
+"""The Socket.IO message queue (control plane) on Redis, with a listener that notices a silent
+connection.
+
+python-socketio's `RedisManager` listens with `PubSub.listen()`, which blocks on the socket
+with no timeout: when a NAT or firewall forgets the connection (no FIN, no RST), the listener
+waits forever, and every control message (the `kite_account` notices to operators, emits from
+other processes) is lost without a word. `LiveRedisManager` keeps everything of the library's
+manager but its listening loop, which reads with a timeout, pings when the connection has been
+quiet and reconnects when even the pings go unanswered (`ticker.bus.liveness`).
+
+Relies on python-socketio 5.x internals (checked with 5.18.1): `RedisManager._redis_connect`
+sets `self.redis` and `self.pubsub`, and `_listen` consumes `_redis_listen_with_retries()`,
+a generator of redis-py message dicts. tests/web/test_message_queue.py proves the behaviour
+with a black-holed connection, so an upgrade that changes them fails there first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import socketio
+
+from ticker import metrics
+from ticker.bus.connection import connection_options
+from ticker.bus.liveness import PING_EVERY_SECS, ConnectionSilent, Liveness
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST_SECS = 1.0
+RETRY_MAX_SECS = 30.0
+
+
+class LiveRedisManager(socketio.RedisManager):
+    """A `socketio.RedisManager` whose listener survives a connection that went silent."""
+
+    def __init__(self, url: str, channel: str, write_only: bool = False):
+        options = {**connection_options(), "health_check_interval": 0}  # liveness is checked here
+        super().__init__(url, channel=channel, write_only=write_only, redis_options=options)
+
+    def _redis_connect(self) -> None:
+        super()._redis_connect()
+        # Subscribe confirmations and pongs must reach the loop: they are signs of life.
+        self.pubsub = self.redis.pubsub()
+
+    def _redis_listen_with_retries(self) -> Iterator[dict[str, Any]]:
+        self.retry_secs = RETRY_FIRST_SECS
+        while True:
+            try:
+                self._redis_connect()
+                self.pubsub.subscribe(self.channel)
+                yield from self._messages()
+            except ConnectionSilent as exc:
+                self._lost("silent", exc)
+            except Exception as exc:  # noqa: BLE001  (any failure: a new connection, after a pause)
+                self._lost("error", exc)
+
+    def _lost(self, reason: str, exc: Exception) -> None:
+        metrics.MESSAGE_QUEUE_RECONNECTS.labels(reason=reason).inc()
+        log.warning("Socket.IO message queue lost (%s: %s); reconnecting in %gs", type(exc).__name__, exc,
+                    self.retry_secs)
+        self._close_quietly()
+        time.sleep(self.retry_secs)
+        self.retry_secs = min(RETRY_MAX_SECS, self.retry_secs * 2)
+
+    def _messages(self) -> Iterator[dict[str, Any]]:
+        liveness = Liveness()
+        while True:
+            message = self.pubsub.get_message(timeout=PING_EVERY_SECS)
+            if message is not None:
+                liveness.heard()
+                if message["type"] == "subscribe":
+                    self.retry_secs = RETRY_FIRST_SECS
+                elif message["type"] == "message":
+                    yield message
+                continue
+            liveness.check()
+            if liveness.ping_due():
+                self.pubsub.ping()
+                liveness.pinged()
+
+    def _close_quietly(self) -> None:
+        try:
+            if self.pubsub is not None:
+                self.pubsub.close()
+        except Exception:  # noqa: BLE001  (closing a dead connection may fail any way it likes)
+            pass
