@@ -105,35 +105,36 @@ def running_pool(base_env: dict[str, str], workdir: Path, database_url: str, red
         "--max-tokens-per-connection", str(PER_CONNECTION), "--max-connections-per-key", str(PER_KEY),
         *(f"--account={key}:{secret}:{token}" for key, (secret, token) in ACCOUNTS.items()),
     ], env, workdir)
-    # Redis and the database are made ready while the simulator starts.
-    client = redis_client(redis_url)
-    client.flushdb()
-    migrate.recreate_database(database_url)
-    with session_for(database_url) as session:
-        for api_key, (secret, token) in ACCOUNTS.items():
-            accounts.add_account(session, api_key, secret, token, notify=client)
-    wait_for(lambda: port_open(port), 30, "the pool simulator")
-    pool = Pool(f"http://127.0.0.1:{port}", env, workdir, client, proxy=proxy)
-    pool.demand = ReplicaDemand(client, "pool-replica")
     beating = threading.Event()
+    pool = beat = None
+    try:  # whatever fails from here on, nothing started outlives the pool
+        # Redis and the database are made ready while the simulator starts.
+        client = redis_client(redis_url)
+        client.flushdb()
+        migrate.recreate_database(database_url)
+        with session_for(database_url) as session:
+            for api_key, (secret, token) in ACCOUNTS.items():
+                accounts.add_account(session, api_key, secret, token, notify=client)
+        wait_for(lambda: port_open(port), 30, "the pool simulator")
+        pool = Pool(f"http://127.0.0.1:{port}", env, workdir, client, proxy=proxy)
+        pool.demand = ReplicaDemand(client, "pool-replica")
 
-    def heartbeat() -> None:  # what a live web replica does, through Redis restarts too
-        while not beating.wait(2):
-            try:
-                pool.demand.heartbeat()
-            except redis_lib.RedisError:
-                pass
+        def heartbeat() -> None:  # what a live web replica does, through Redis restarts too
+            while not beating.wait(2):
+                try:
+                    pool.demand.heartbeat()
+                except redis_lib.RedisError:
+                    pass
 
-    pool.demand.heartbeat()
-    threading.Thread(target=heartbeat, daemon=True).start()
-    beat = Process("pool-beat", [str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-s",
-                                 str(workdir / "beat-schedule"), "-l", "INFO"], env, workdir)
-    try:
+        pool.demand.heartbeat()
+        threading.Thread(target=heartbeat, daemon=True).start()
+        beat = Process("pool-beat", [str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-s",
+                                     str(workdir / "beat-schedule"), "-l", "INFO"], env, workdir)
         pool.start_workers("w1", "w2")
         yield pool
     finally:
         beating.set()
-        stop_all([beat, *pool.workers, sim])
+        stop_all([process for process in (beat, *(pool.workers if pool else ()), sim) if process is not None])
         if proxy is not None:
             proxy.stop()
 

@@ -200,12 +200,16 @@ class Replica:
         metrics.SUBSCRIPTIONS.inc(len(tokens))
 
     def unsubscribe(self, client: Client, tokens: list[int]) -> None:
+        # A client that disconnected has left its rooms already; asking the manager again would
+        # publish a leave_room for every token to every replica through the message queue.
+        in_rooms = socketio.server.manager.is_connected(client.sid, "/")
         by_mode: dict[str, list[int]] = {}
         for token in tokens:
             mode = client.subscriptions.pop(token)
             client.by_symbol.pop(token, None)
             by_mode.setdefault(mode, []).append(token)
-            socketio.server.leave_room(client.sid, room_for(token, mode), namespace="/")
+            if in_rooms:
+                socketio.server.leave_room(client.sid, room_for(token, mode), namespace="/")
             self.fanout.leave(client.sid, token, mode)
         for mode, mode_tokens in by_mode.items():
             self.demand.remove(mode_tokens, mode)
