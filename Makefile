@@ -4,8 +4,8 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install services db run test lint browser bench-fanout bench-registry bench-ingest bench-recovery \
-	bench-ops chaos
+.PHONY: help install services db run test lint browser bench-fanout bench-crowd bench-registry bench-ingest \
+	bench-recovery bench-ops chaos
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ bench-registry: install services ## Registry reload benchmark: COPY path vs ORM 
 
 lint: install ## Lint with ruff
 	$(BIN)/ruff check .
+
+bench-crowd: install services ## Crowd benchmark: 1,000 clients connecting and subscribing at once
+	$(BIN)/python -m bench.crowd --write $(BENCH_ARGS)
 
 bench-ingest: install services ## Ingest benchmark: one shard process parsing and publishing
 	$(BIN)/python -m bench.ingest $(BENCH_ARGS)

@@ -7,6 +7,7 @@ Everything else (supervision, token checks, registry reloads) runs on `default`.
 
 from kombu import Queue
 
+from ticker.bus.connection import connection_options
 from ticker.config import Config
 
 broker_url = Config.REDIS_URL
@@ -26,4 +27,17 @@ task_routes = {"tasks.shards.run_shard": {"queue": "shards"}}
 worker_prefetch_multiplier = 1  # a long-running shard task must not hold other tasks back
 worker_hijack_root_logger = False
 broker_connection_retry_on_startup = True
-broker_transport_options = {"visibility_timeout": 3600}
+# A broker connection that a NAT or firewall forgot (no FIN, no RST) must not stall a worker or
+# beat for good: a publish gives up after socket_timeout and reconnects; kombu drops a consumer's
+# BRPOP connection whose reply is overdue by brpop_timeout + health_check_interval (about 11 s
+# with these), and the kernel's keepalive probes bound what TCP itself waits.
+_liveness = connection_options()
+broker_transport_options = {
+    "visibility_timeout": 3600,
+    "socket_timeout": 10,  # longer than BRPOP's 1 s server-side timeout
+    "socket_connect_timeout": _liveness["socket_connect_timeout"],
+    "socket_keepalive": True,
+    "socket_keepalive_options": _liveness["socket_keepalive_options"],
+    "health_check_interval": 5,
+    "retry_on_timeout": True,
+}

@@ -301,11 +301,12 @@ def ratios(streams: list[dict]) -> list[str]:
     return notes
 
 
-def write_section(body: str) -> None:
+def write_section(body: str, heading: str = SECTION) -> None:
+    """Replace the section under `heading` in BENCHMARKS.md with `body` (or add it at the end)."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"{SECTION}\n\n{body.strip()}\n\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    section = f"{heading}\n\n{body.strip()}\n\n"
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.write_text(text.rstrip() + "\n")
 

@@ -32,6 +32,7 @@ def shard_settings(config, slot: str) -> ShardSettings:
         capacity=config["KITE_TOKENS_PER_CONNECTION"],
         grace_secs=config["UNSUBSCRIBE_GRACE_SECS"],
         watchlist=dict.fromkeys(config["WATCHLIST_TOKENS"], DEFAULT_MODE),
+        api_root=config["KITE_API_ROOT"],
     )
 
 
@@ -54,7 +55,8 @@ def _token_rejected(api_key: str, reason: str) -> None:
 
 @celery.task(bind=True, acks_late=False, ignore_result=True)
 def run_shard(self, slot: str) -> None:
-    """Own `slot` and stream it until the lease is lost or the worker shuts down.
+    """Own `slot` and stream it until the lease is lost, the worker shuts down or Kite refuses
+    the account's token (ticker.feed.shard).
 
     Acknowledged on receipt: if the worker dies, the lease expires and the supervisor
     dispatches the slot again, so a redelivered copy would only be a duplicate.

@@ -52,13 +52,15 @@ def private_stack(service_env, registry, database, tmp_path, make_token):
                   tmp_path) for mode, port in webs.items()),
     ]
     urls = {mode: f"http://127.0.0.1:{port}" for mode, port in webs.items()}
-    for mode, web_port in webs.items():
-        wait_for(lambda: port_open(web_port), 30, f"the {mode} web replica")  # noqa: B023
-        wait_for(lambda: requests.get(f"{urls[mode]}/health", timeout=2).status_code == 200, 40,  # noqa: B023
-                 f"a healthy {mode} replica")
-    yield {"webs": urls, "port": port, "servers": servers, "tmp": tmp_path, "make_token": make_token}
-    stop_all(processes)  # while Redis is up: a warm shutdown gives back leases
-    stop_all(servers)
+    try:
+        for mode, web_port in webs.items():
+            wait_for(lambda: port_open(web_port), 30, f"the {mode} web replica")  # noqa: B023
+            wait_for(lambda: requests.get(f"{urls[mode]}/health", timeout=10).status_code == 200, 40,  # noqa: B023
+                     f"a healthy {mode} replica")
+        yield {"webs": urls, "port": port, "servers": servers, "tmp": tmp_path, "make_token": make_token}
+    finally:  # a failed start too: nothing outlives the test
+        stop_all(processes)  # while Redis is up: a warm shutdown gives back leases
+        stop_all(servers)
 
 
 def positions(client: RecordingClient, token: int) -> list[tuple[int, int]]:

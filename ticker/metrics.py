@@ -100,7 +100,7 @@ REQUESTS_SHED = Counter("ticker_requests_shed_total",
 # report to Redis and any replica exports the cluster's view. Every label here is bounded: a
 # slot ("<api key>:<n>", at most a few per key), an account (api key), a job name, a state.
 
-SHARD_STATES = ("streaming", "reconnecting")  # what a shard reports (ticker.feed.shard)
+SHARD_STATES = ("streaming", "reconnecting", "waiting")  # what a shard reports (ticker.feed.shard)
 REGISTRY_RELOAD_JOB = "registry_reload"  # the beat job that reloads the instruments (tasks/registry.py)
 
 # Shard state hash field -> (metric name, kind, help). A field a shard does not report is skipped.
@@ -113,6 +113,14 @@ _SHARD_FIELDS = {
     "tokens": ("ticker_shard_tokens_subscribed", "gauge", "Instruments the shard streams upstream"),
     "generation": ("ticker_shard_lease_generation", "gauge", "Fencing generation of the shard's lease"),
     "heartbeat": ("ticker_shard_last_report_timestamp_seconds", "gauge", "When the shard last reported (epoch)"),
+    "watchdog_closes": ("ticker_shard_lease_watchdog_closes", "counter",
+                        "Upstream connections the lease watchdog shut down (the lease not renewed in time)"),
+    "last_error_at": ("ticker_shard_last_error_timestamp_seconds", "gauge", "When the shard last met an error (epoch)"),
+}
+# Shard state hash fields `<prefix><label value>` -> (metric name, kind, help, label).
+_SHARD_FIELD_FAMILIES = {
+    "malformed_": ("ticker_shard_malformed_frames", "counter",
+                   "Frames from Kite that were malformed and dropped or skipped, by kind (ticker.feed.frames)", "kind"),
 }
 
 
@@ -155,6 +163,7 @@ class ClusterCollector(Collector):
         shards = shard_states(self.redis)
         now = time.time()
         figures = {field: _family(*spec, ["slot"]) for field, spec in _SHARD_FIELDS.items()}
+        families = {prefix: _family(*spec[:3], ["slot", spec[3]]) for prefix, spec in _SHARD_FIELD_FAMILIES.items()}
         state = GaugeMetricFamily("ticker_shard_state", "1 for the state each shard reports", labels=["slot", "state"])
         live = GaugeMetricFamily("ticker_shard_up", "1 when the shard streams and reported recently", labels=["slot"])
         owner = InfoMetricFamily("ticker_shard_lease_owner", "Which worker process holds each shard's lease",
@@ -165,13 +174,14 @@ class ClusterCollector(Collector):
                 value = _number(fields.get(field))
                 if value is not None:
                     family.add_metric([slot], value)
+            _add_labelled(families, slot, fields)
             for name in SHARD_STATES:
                 state.add_metric([slot, name], 1 if fields.get("state") == name else 0)
             live.add_metric([slot], 1 if shard_live(fields, now) else 0)
             owner.add_metric([slot], {"owner": fields.get("owner", "")})
             account = slot_api_key(slot)
             streamed[account] = streamed.get(account, 0) + (_number(fields.get("tokens")) or 0)
-        yield from (*figures.values(), state, live, owner)
+        yield from (*figures.values(), *families.values(), state, live, owner)
         yield from self._capacity(streamed)
 
     def _capacity(self, streamed: dict[str, float]) -> Iterator[Metric]:
@@ -194,6 +204,12 @@ class ClusterCollector(Collector):
         if version is not None:
             family = GaugeMetricFamily("ticker_registry_version", "Reload generation of the registry")
             family.add_metric([], version)
+            yield family
+        epoch = _number(self.redis.hget(keys.EPOCH, "id"))
+        if epoch is not None:  # changes() of it counts the times Redis lost the state seqs continue from
+            family = GaugeMetricFamily("ticker_bus_epoch_start_timestamp_seconds",
+                                       "When the bus epoch that ticks' seq counts in began (ticker.bus.epoch)")
+            family.add_metric([], epoch / 1000)
             yield family
 
     def _jobs(self) -> Iterator[Metric]:
@@ -249,6 +265,15 @@ class ClusterCollector(Collector):
             if account.get("token_expires_at") is not None:
                 expires.add_metric([account["api_key"]], account["token_expires_at"].timestamp() - now)
         yield from (up, valid, expires)
+
+
+def _add_labelled(families: dict[str, Metric], slot: str, fields: dict[str, str]) -> None:
+    """One sample per `<prefix><label value>` field (the label's values are a fixed set)."""
+    for field, raw in fields.items():
+        for prefix, family in families.items():
+            value = _number(raw)
+            if field.startswith(prefix) and value is not None:
+                family.add_metric([slot, field.removeprefix(prefix)], value)
 
 
 def _family(name: str, kind: str, documentation: str, labels: list[str]) -> Metric:

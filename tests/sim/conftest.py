@@ -24,6 +24,10 @@ ACCOUNTS = {
     "k_drop": ("s_drop", "t_drop"),
     "k_stall": ("s_stall", "t_stall"),
     "k_expire": ("s_expire", "t_expire"),
+    "k_frames": ("s_frames", "t_frames"),
+    "k_upgrade": ("s_upgrade", "t_upgrade"),
+    "k_bare": ("s_bare", "t_bare"),
+    "k_slots": ("s_slots", "t_slots"),
 }
 
 
@@ -44,6 +48,9 @@ class KiteSim:
 
     def post(self, path: str, **params) -> requests.Response:
         return requests.post(self.base_url + path, params=params, timeout=10)
+
+    def post_json(self, path: str, body, **params) -> requests.Response:
+        return requests.post(self.base_url + path, params=params, json=body, timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -301,7 +301,7 @@ def test_a_fourth_connection_per_key_is_refused_with_429(kite_sim):
         wait_until(lambda: open_connections(kite_sim, "k_limits") == 2)
         sockets.append(connect(kite_sim, "k_limits"))  # a freed slot can be used again
         stats = kite_sim.get("/_sim/stats").json()["connections_per_key"]["k_limits"]
-        assert stats == {"now": 3, "max": 3}
+        assert stats == {"now": 3, "max": 3, "total": 4}
     finally:
         for ws in sockets:
             ws.close()

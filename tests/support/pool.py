@@ -1,6 +1,8 @@
 """A pool of upstream connections for tests and benchmarks: a simulator enforcing small
 limits (2 connections per API key, 50 instruments per connection), two accounts, two Celery
-shard workers and beat, all real processes. Demand is written the way web replicas write it."""
+shard workers and beat, all real processes. Demand is written the way web replicas write it.
+With `ticker_proxy`, the shards reach the simulator's ticker through a TcpProxy the test
+controls (`pool.proxy`: slow down, black-hole or reset their connections); REST goes direct."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis as redis_lib
 import requests
 
 from tests.support.processes import VENV_BIN, Process, free_port, port_open, stop_all, wait_for
+from tests.support.proxy import TcpProxy
 from ticker.bus import assignment, keys
 from ticker.bus.connection import redis_client
 from ticker.bus.demand import ReplicaDemand
@@ -39,6 +43,7 @@ class Pool:
     redis: object
     workers: list[Process] = field(default_factory=list)
     demand: ReplicaDemand | None = None
+    proxy: TcpProxy | None = None  # between the shards and the simulator's ticker, if asked for
 
     def start_worker(self, name: str) -> Process:
         return self.start_workers(name)[0]
@@ -83,12 +88,15 @@ def pool_channels(redis_url: str) -> str:
 
 
 @contextmanager
-def running_pool(base_env: dict[str, str], workdir: Path, database_url: str, redis_url: str) -> Iterator[Pool]:
+def running_pool(base_env: dict[str, str], workdir: Path, database_url: str, redis_url: str,
+                 ticker_proxy: bool = False) -> Iterator[Pool]:
     """A simulator with small limits, two accounts, two shard workers and beat; stopped on exit."""
     port = free_port()
+    proxy = TcpProxy(("127.0.0.1", port)).start() if ticker_proxy else None
+    ticker = proxy.url_host if proxy else f"127.0.0.1:{port}"
     env = {
         **base_env, "REDIS_URL": redis_url, "DATABASE_URL": database_url,
-        "KITE_API_ROOT": f"http://127.0.0.1:{port}", "KITE_TICKER_ROOT": f"ws://127.0.0.1:{port}",
+        "KITE_API_ROOT": f"http://127.0.0.1:{port}", "KITE_TICKER_ROOT": f"ws://{ticker}",
         "KITE_CONNECTIONS_PER_KEY": str(PER_KEY), "KITE_TOKENS_PER_CONNECTION": str(PER_CONNECTION),
         "UNSUBSCRIBE_GRACE_SECS": str(GRACE_SECS), "TICKER_CHANNEL_NAMESPACE": pool_channels(redis_url),
     }
@@ -97,32 +105,38 @@ def running_pool(base_env: dict[str, str], workdir: Path, database_url: str, red
         "--max-tokens-per-connection", str(PER_CONNECTION), "--max-connections-per-key", str(PER_KEY),
         *(f"--account={key}:{secret}:{token}" for key, (secret, token) in ACCOUNTS.items()),
     ], env, workdir)
-    # Redis and the database are made ready while the simulator starts.
-    client = redis_client(redis_url)
-    client.flushdb()
-    migrate.recreate_database(database_url)
-    with session_for(database_url) as session:
-        for api_key, (secret, token) in ACCOUNTS.items():
-            accounts.add_account(session, api_key, secret, token, notify=client)
-    wait_for(lambda: port_open(port), 30, "the pool simulator")
-    pool = Pool(f"http://127.0.0.1:{port}", env, workdir, client)
-    pool.demand = ReplicaDemand(client, "pool-replica")
     beating = threading.Event()
+    pool = beat = None
+    try:  # whatever fails from here on, nothing started outlives the pool
+        # Redis and the database are made ready while the simulator starts.
+        client = redis_client(redis_url)
+        client.flushdb()
+        migrate.recreate_database(database_url)
+        with session_for(database_url) as session:
+            for api_key, (secret, token) in ACCOUNTS.items():
+                accounts.add_account(session, api_key, secret, token, notify=client)
+        wait_for(lambda: port_open(port), 30, "the pool simulator")
+        pool = Pool(f"http://127.0.0.1:{port}", env, workdir, client, proxy=proxy)
+        pool.demand = ReplicaDemand(client, "pool-replica")
 
-    def heartbeat() -> None:  # what a live web replica does
-        while not beating.wait(2):
-            pool.demand.heartbeat()
+        def heartbeat() -> None:  # what a live web replica does, through Redis restarts too
+            while not beating.wait(2):
+                try:
+                    pool.demand.heartbeat()
+                except redis_lib.RedisError:
+                    pass
 
-    pool.demand.heartbeat()
-    threading.Thread(target=heartbeat, daemon=True).start()
-    beat = Process("pool-beat", [str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-s",
-                                 str(workdir / "beat-schedule"), "-l", "INFO"], env, workdir)
-    try:
+        pool.demand.heartbeat()
+        threading.Thread(target=heartbeat, daemon=True).start()
+        beat = Process("pool-beat", [str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-s",
+                                     str(workdir / "beat-schedule"), "-l", "INFO"], env, workdir)
         pool.start_workers("w1", "w2")
         yield pool
     finally:
         beating.set()
-        stop_all([beat, *pool.workers, sim])
+        stop_all([process for process in (beat, *(pool.workers if pool else ()), sim) if process is not None])
+        if proxy is not None:
+            proxy.stop()
 
 
 def nse_tokens(sim_url: str) -> list[int]:

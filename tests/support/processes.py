@@ -105,3 +105,13 @@ def stop_all(processes: Iterable[Process], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     for process in processes:
         process.stop(max(0.0, deadline - time.monotonic()))
+
+
+def start_redis(port: int, workdir: Path, name: str = "redis") -> Process:
+    """A Redis server of a test's own on `port`, keeping nothing on disk (so a restart on the
+    same port starts empty); returns once it listens."""
+    process = Process(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)], {}, workdir)
+    wait_for(lambda: port_open(port) or not process.alive(), 10, f"{name} to listen")
+    assert process.alive(), process.output()
+    return process

@@ -52,6 +52,25 @@ def test_snapshot_then_live_ticks_have_no_gap_and_no_repeat(connect, database):
         for token in tokens:
             seqs = [tick["seq"] for tick in client.ticks_for(token)]
             assert consecutive(seqs), (token, seqs)
+        for token in tokens[:6]:  # already streaming: the first tick is the snapshot, and says so
+            first, *rest = client.ticks_for(token)
+            assert first["snapshot"] is True and first["age_ms"] >= 0, first
+            assert not any("snapshot" in tick or "age_ms" in tick for tick in rest)
+
+
+def test_a_snapshot_from_hours_ago_says_how_old_it_is(connect, database, redis):
+    token = tokens_of(database, "NSE", 1, skip=40)[0]
+    hours_ago_ms = int(time.time() * 1000) - 3 * 3600 * 1000
+    epoch = int(redis.hget(keys.EPOCH, "id"))
+    redis.hset(keys.LAST_TICKS, token, json.dumps({  # what a previous session left behind
+        "tradable": True, "mode": "ltp", "instrument_token": token, "last_price": 1.5, "seq": 1,
+        "epoch": epoch, "ingest_ts": hours_ago_ms}))
+    client = connect("hours")
+    client.call("subscribe", {"tokens": [token], "mode": "ltp"})
+    client.wait_for_ticks([token], count=1)
+    first = client.ticks_for(token)[0]
+    assert first["snapshot"] is True and first["last_price"] == 1.5
+    assert first["age_ms"] >= 3 * 3600 * 1000
 
 
 def test_ticks_for_many_tokens_share_frames(connect, database):

@@ -91,8 +91,8 @@ class TricklingProxy:
 
 
 def batch(bucket: int, size: int) -> bytes:
-    ticks = [{"instrument_token": ((bucket + keys.TICK_BUCKETS * i) << 8) | SEGMENT, "seq": 1, "ingest_ts": 1,
-              "mode": "full", "depth": "x" * 1000} for i in range(size)]
+    ticks = [{"instrument_token": ((bucket + keys.TICK_BUCKETS * i) << 8) | SEGMENT, "seq": 1, "epoch": 1,
+              "ingest_ts": 1, "mode": "full", "depth": "x" * 1000} for i in range(size)]
     return pack(ticks, [encode(t) for t in ticks])
 
 

@@ -77,7 +77,7 @@ def test_clients_whose_tokens_overflowed_are_told_and_unsubscribed(cluster, conn
 
     assignment.rebalance(redis, {}, GRACE_SECS)  # what a shard or beat does next: room for five
     placed = tokens[:CAPACITY]
-    assert pool_health(a.url) == {"capacity": CAPACITY, "assigned": CAPACITY, "overflow": 3}
+    assert pool_health(a.url) == {"capacity": CAPACITY, "assigned": CAPACITY, "waiting": 0, "overflow": 3}
 
     for client, lost, total in [(alice, [tokens[6]], 3), (carol, [tokens[6]], 1), (bob, [tokens[5], tokens[7]], 2)]:
         error = wait_for(lambda c=client: overflow_errors(c), 5, "the capacity_exhausted error")[0]
@@ -88,7 +88,7 @@ def test_clients_whose_tokens_overflowed_are_told_and_unsubscribed(cluster, conn
 
     assert sorted(merge(read_demand(redis))) == placed  # the replicas no longer want them
     assignment.rebalance(redis, {}, GRACE_SECS)
-    assert pool_health(b.url) == {"capacity": CAPACITY, "assigned": CAPACITY, "overflow": 0}
+    assert pool_health(b.url) == {"capacity": CAPACITY, "assigned": CAPACITY, "waiting": 0, "overflow": 0}
     assert all(len(overflow_errors(c)) == 1 for c in (alice, carol, bob))
     assert alice.call("subscribe", {"tokens": [tokens[6]]})["rejected"][0]["code"] == "capacity_exhausted"
 

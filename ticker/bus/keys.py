@@ -78,6 +78,11 @@ def shard_generation(slot: str) -> str:
     return f"{PREFIX}:shard:{slot}:generation"
 
 
+# Epoch ms (Redis TIME) since which this Redis holds the shards' lease history: set by the first
+# lease acquired after Redis lost its state (ticker.bus.lease).
+SHARD_HISTORY_SINCE = f"{PREFIX}:shard:history_since"
+
+
 def shard_state(slot: str) -> str:
     """Hash the owning shard refreshes: state, owner, tokens, heartbeat time."""
     return f"{PREFIX}:shard:{slot}:state"

@@ -194,11 +194,17 @@ def parse_frame(data: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
     Kite may add packet types; bytes after the declared packets are ignored, as KiteTicker
     does. Raises ProtocolError if the declared packets overrun the frame.
     """
+    return decode_frame(data)[0]
+
+
+def decode_frame(data: bytes | bytearray | memoryview) -> tuple[list[dict[str, Any]], int]:
+    """`parse_frame`'s ticks, and how many packets of unknown length it skipped."""
     size = len(data)
     if size < 2:
-        return []
+        return [], 0
     (count,) = _U16.unpack_from(data, 0)
     ticks = []
+    skipped = 0
     offset = 2
     for index in range(count):
         if offset + 2 > size:
@@ -214,7 +220,9 @@ def parse_frame(data: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
         parse = _PACKET_PARSERS.get(length)
         if parse is not None:
             ticks.append(parse(data, start))
-    return ticks
+        else:
+            skipped += 1
+    return ticks, skipped
 
 
 def _parse_ltp(data: bytes, start: int) -> dict[str, Any]:
@@ -310,6 +318,6 @@ def parse_text(data: str | bytes) -> dict[str, Any] | None:
     """Decode a text frame: `{"type": "error"|"order"|..., "data": ...}`, or None if not a JSON object."""
     try:
         message = json.loads(data)
-    except (ValueError, TypeError):  # UnicodeDecodeError is a ValueError
+    except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     return message if isinstance(message, dict) else None

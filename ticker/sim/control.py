@@ -2,23 +2,36 @@
 
 - `GET  /_sim/sent?token=T`: the last (up to 500) ticks the market produced for token T, oldest
   first, as `protocol.parse_frame` returns full-mode packets: a JSON list.
-- `GET  /_sim/stats`: connections per API key (now and max ever), tokens per connection (now
-  and max ever), totals sent (frames, packets, heartbeats, error frames), limits.
+- `GET  /_sim/stats`: connections per API key (`now`, `max` at once ever, `total` ever
+  accepted), per slot for clients that name theirs in an `X-Ticker-Slot` header (`now`, `max`
+  at once ever), tokens per connection (now and max ever), totals sent (frames, packets,
+  heartbeats, error frames, raw frames), limits.
 - `POST /_sim/drop[?api_key=K]`: abort every ticker connection (or K's) without a close frame.
 - `POST /_sim/stall?seconds=N[&api_key=K][&pongs=1]`: open connections (or K's) get nothing for
   N seconds: no ticks, no heartbeats, no pongs (`pongs=1` keeps answering pings, the
   "socket alive, feed dead" case). The market keeps moving meanwhile.
-- `POST /_sim/expire?api_key=K`: invalidate K's access tokens, as the morning expiry does: open
-  connections get an error frame and are closed, new ones get 403, `/user/profile` 403.
+- `POST /_sim/expire?api_key=K[&after_upgrade=1][&signal=token|bare]`: invalidate K's access
+  tokens, as the morning expiry does: open connections get an error frame naming
+  `TokenException` and a close 1008 with that reason, new ones get 403, `/user/profile` 403.
+  `after_upgrade=1`: new connections with a dead token of K are accepted, then refused like
+  the open ones (the token refused after the upgrade). `signal=bare`: the refusal is a 1008
+  close with no error frame and no reason (ambiguous: only `/user/profile` tells why).
 - `POST /_sim/order?api_key=K`: push an order update `{"type": "order", "data": {...}}` to K's
   connections; a JSON object body overrides fields of the generated order.
+- `POST /_sim/frames?api_key=K`: push raw WebSocket frames to K's connections, in order with
+  their other traffic. Body `{"frames": [F, ...]}`, each F one of `{"text": "..."}` (a text
+  frame), `{"binary": "<base64>"}` (a binary frame) or `{"opcode": N, "data": "<base64>"}`
+  for any frame at all; each may add `"repeat": R` (the payload R times over, for oversized
+  frames), `"rsv": 0-7` and `"fin": false`. Nothing is checked: invalid UTF-8 in a text
+  frame, reserved opcodes and stray continuations go out as given.
 Each POST answers `{"status": "success", "data": {"connections": <how many it touched>}}`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
-import time
 from datetime import datetime
 from typing import Any
 
@@ -26,10 +39,12 @@ from aiohttp import web
 
 from ticker.sim.errors import input_error, success_response
 from ticker.sim.state import SIM, Simulator
+from ticker.sim.stream import RawFrame
 from ticker.sim.universe import IST
 
 routes = web.RouteTableDef()
 _order_ids = itertools.count(1)
+MAX_RAW_FRAME_BYTES = 16 << 20  # far beyond Kite's largest frame (3000 full packets, ~545 KiB)
 
 
 def _number(request: web.Request, name: str) -> float:
@@ -66,16 +81,23 @@ async def drop(request: web.Request) -> web.Response:
 async def stall(request: web.Request) -> web.Response:
     """Silence open ticker connections for a while."""
     seconds = _number(request, "seconds")
-    pongs = request.query.get("pongs", "0") in ("1", "true", "yes")
+    pongs = _flag(request, "pongs")
     return _touched(request.app[SIM].hub.stall(seconds, request.query.get("api_key"), pongs))
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "0") in ("1", "true", "yes")
 
 
 @routes.post("/_sim/expire")
 async def expire(request: web.Request) -> web.Response:
     """Expire an API key's access tokens and close its connections."""
     sim = request.app[SIM]
-    sim.accounts.expire(_api_key(request, sim))
-    return _touched(sim.hub.close_unauthorised(time.time()))
+    signal = request.query.get("signal", "token")
+    if signal not in ("token", "bare"):
+        raise input_error("Query parameter 'signal' must be 'token' or 'bare'.")
+    api_key = _api_key(request, sim)
+    return _touched(sim.hub.expire_key(api_key, _flag(request, "after_upgrade"), signal))
 
 
 @routes.post("/_sim/order")
@@ -91,6 +113,33 @@ async def order(request: web.Request) -> web.Response:
         raise input_error("The body must be a JSON object of order fields.")
     data = {**sample_order(sim, api_key), **overrides}
     return _touched(sim.hub.push_text(api_key, {"type": "order", "data": data}))
+
+
+@routes.post("/_sim/frames")
+async def frames(request: web.Request) -> web.Response:
+    """Push raw WebSocket frames to an API key's connections."""
+    sim = request.app[SIM]
+    api_key = _api_key(request, sim)
+    try:
+        body = await request.json()
+        wire = [_raw_frame(spec) for spec in body["frames"]]
+    except (ValueError, TypeError, KeyError, binascii.Error) as exc:
+        raise input_error(f"The body must be {{\"frames\": [...]}} as /_sim/ documents: {exc}") from None
+    return _touched(sim.hub.push_frames(api_key, wire))
+
+
+def _raw_frame(spec: dict[str, Any]) -> RawFrame:
+    """One frame of a `/_sim/frames` body (ValueError, KeyError or binascii.Error if malformed)."""
+    if "text" in spec:
+        opcode, payload = 0x1, spec["text"].encode()
+    elif "binary" in spec:
+        opcode, payload = 0x2, base64.b64decode(spec["binary"], validate=True)
+    else:
+        opcode, payload = int(spec["opcode"]), base64.b64decode(spec.get("data", ""), validate=True)
+    repeat = int(spec.get("repeat", 1))
+    if not (0 <= opcode <= 0xF and repeat >= 1 and len(payload) * repeat <= MAX_RAW_FRAME_BYTES):
+        raise ValueError(f"opcode must be 0-15, repeat at least 1, the payload at most {MAX_RAW_FRAME_BYTES} bytes")
+    return RawFrame.build(opcode, payload * repeat, fin=bool(spec.get("fin", True)), rsv=int(spec.get("rsv", 0)))
 
 
 def _api_key(request: web.Request, sim: Simulator) -> str:

@@ -62,7 +62,8 @@ def describe(sim: Simulator, base_url: str) -> dict[str, Any]:
                    "max_connections_per_key": sim.config.max_connections_per_key},
         "control": ["GET /_sim/sent?token=T", "GET /_sim/stats", "POST /_sim/drop[?api_key=K]",
                     "POST /_sim/stall?seconds=N[&api_key=K][&pongs=1]",
-                    "POST /_sim/expire?api_key=K", "POST /_sim/order?api_key=K"],
+                    "POST /_sim/expire?api_key=K[&after_upgrade=1][&signal=token|bare]",
+                    "POST /_sim/order?api_key=K", "POST /_sim/frames?api_key=K"],
     }
 
 

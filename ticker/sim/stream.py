@@ -16,9 +16,17 @@
 - Every `1 / tick_rate` seconds the market steps every subscribed token once (all connections
   see the same tick) and each connection gets one binary frame with all its packets. A 1-byte
   heartbeat goes to every connection about once a second.
-- When a connection's access token dies (invalidated, expired), it gets an error frame and a
-  close (code 1008). A client that cannot keep up (`OUTBOX_FRAMES` messages queued) has its
-  TCP connection aborted.
+- When a connection's access token dies (invalidated, expired), it gets an error frame naming
+  `TokenException` and a close (code 1008, the same text as reason). `expire_key` can make a
+  key's dead tokens be refused after the upgrade instead of with a 403, and the refusal a bare
+  1008 close (no error frame, no reason): the forms a client must recognise besides the 403.
+- A client that cannot keep up (`OUTBOX_FRAMES` messages queued) has its TCP connection aborted.
+- `push_frames` sends arbitrary raw WebSocket frames (any opcode, RSV bits, payload, even
+  invalid UTF-8 in a text frame) in order with the rest of a connection's traffic: the
+  malformed input a client must survive.
+- A client may name its connection slot in an `X-Ticker-Slot` header (the service's shards do):
+  `stats()` then counts connections per slot as well as per key, so a test can tell whether
+  one slot was ever served by two connections at once.
 """
 
 from __future__ import annotations
@@ -27,10 +35,12 @@ import asyncio
 import contextlib
 import itertools
 import json
+import struct
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
@@ -42,7 +52,14 @@ from ticker.sim.market import Market
 HEARTBEAT_INTERVAL_SECS = 1.0  # Kite sends a 1-byte heartbeat about every second
 OUTBOX_FRAMES = 256  # queued messages per connection before it counts as too slow
 CLOSE_POLICY = 1008  # WebSocket close code for "token died" and "too slow"
+TOKEN_DIED = "TokenException: the access token has expired or been invalidated."
+SLOT_HEADER = "X-Ticker-Slot"  # the service's shards name their connection slot in it
 _CLOSE = object()  # outbox sentinel: close the socket after what is queued
+
+# How a dead token is refused: "token" = an error frame naming TokenException, then a 1008
+# close with the same reason (what Kite sends an open connection); "bare" = a 1008 close with
+# no error frame and no reason (ambiguous: the client must ask Kite's REST API).
+RefusalSignal = Literal["token", "bare"]
 
 
 def error_frame(message: str) -> str:
@@ -50,14 +67,36 @@ def error_frame(message: str) -> str:
     return json.dumps({"type": "error", "data": message})
 
 
+@dataclass(frozen=True)
+class RawFrame:
+    """A WebSocket frame exactly as it goes on the wire (server to client: unmasked)."""
+
+    wire: bytes
+
+    @classmethod
+    def build(cls, opcode: int, payload: bytes, fin: bool = True, rsv: int = 0) -> RawFrame:
+        """Any opcode (0-15), RSV bits (0-7) and payload, valid or not."""
+        first = (0x80 if fin else 0) | (rsv & 0x7) << 4 | (opcode & 0xF)
+        size = len(payload)
+        if size < 126:
+            header = struct.pack("!BB", first, size)
+        elif size < 1 << 16:
+            header = struct.pack("!BBH", first, 126, size)
+        else:
+            header = struct.pack("!BBQ", first, 127, size)
+        return cls(header + payload)
+
+
 class TickerConnection:
     """One client WebSocket: its subscriptions (token -> mode) and its outgoing queue."""
 
     def __init__(self, connection_id: int, api_key: str, access_token: str,
-                 ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
+                 ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None,
+                 slot: str = "") -> None:
         self.id = connection_id
         self.api_key = api_key
         self.access_token = access_token
+        self.slot = slot
         self.ws = ws
         self.transport = transport
         self.modes: dict[int, str] = {}
@@ -72,7 +111,7 @@ class TickerConnection:
         """Whether an operator stall (`/_sim/stall`) silences this connection now."""
         return now < self.stalled_until
 
-    def queue(self, message: bytes | str) -> bool:
+    def queue(self, message: bytes | str | RawFrame) -> bool:
         """Queue a message for the writer; False if the client is too slow to take it.
         Messages to a closing or stalled connection are dropped."""
         if self.closing or self.stalled(time.time()):
@@ -89,19 +128,25 @@ class TickerConnection:
             while (message := await self.outbox.get()) is not _CLOSE:
                 if isinstance(message, bytes):
                     await self.ws.send_bytes(message)
+                elif isinstance(message, RawFrame):
+                    # Between whole frames of aiohttp's writer (this task is its only user).
+                    if self.transport is not None:
+                        self.transport.write(message.wire)
                 else:
                     await self.ws.send_str(message)
             await self.ws.close(code=CLOSE_POLICY, message=self.close_reason.encode())
         except (ConnectionError, RuntimeError):  # the client went away mid-send
             self.abort()
 
-    def close(self, reason: str) -> None:
-        """Send an error frame, then close; what is already queued goes first."""
+    def close(self, reason: str, error: bool = True) -> None:
+        """Send an error frame (unless not `error`), then close with `reason`; what is already
+        queued goes first."""
         if self.closing:
             return
         self.close_reason = reason
         try:
-            self.outbox.put_nowait(error_frame(reason))
+            if error:
+                self.outbox.put_nowait(error_frame(reason))
             self.outbox.put_nowait(_CLOSE)
         except asyncio.QueueFull:
             self.abort()
@@ -128,8 +173,11 @@ class TickerHub:
         self._ids = itertools.count(1)
         self._subscribers: Counter[int] = Counter()  # token -> connections subscribed to it
         self._max_connections_seen: Counter[str] = Counter()
+        self._connections_made: Counter[str] = Counter()  # per key, ever (upgrades accepted)
+        self._max_slot_connections: Counter[str] = Counter()
         self._max_tokens_seen = 0
         self.totals: Counter[str] = Counter()
+        self.refusals: dict[str, tuple[bool, RefusalSignal]] = {}  # api key -> (after upgrade, signal)
 
     # -- the WebSocket endpoint --
 
@@ -137,7 +185,8 @@ class TickerHub:
         """`GET /?api_key=&access_token=`: check the token and the key's limit, then stream."""
         api_key = request.query.get("api_key", "")
         access_token = request.query.get("access_token", "")
-        if not self.accounts.is_valid(api_key, access_token, time.time()):
+        valid = self.accounts.is_valid(api_key, access_token, time.time())
+        if not valid and not self.refusals.get(api_key, (False, "token"))[0]:
             return error_response(403, "TokenException", "Incorrect `api_key` or `access_token`.")
         if self._open_count(api_key) >= self.max_connections:
             self.totals["connections_refused_over_limit"] += 1  # a client broke Kite's limit
@@ -145,11 +194,14 @@ class TickerHub:
                 429, "NetworkException",
                 f"Too many connections: at most {self.max_connections} per api_key.")
         ws = web.WebSocketResponse(autoping=False, max_msg_size=0)
-        connection = self._register(api_key, access_token, ws, request.transport)
+        connection = self._register(api_key, access_token, ws, request.transport,
+                                    request.headers.get(SLOT_HEADER, ""))
         writer = None
         try:
             await ws.prepare(request)
             writer = asyncio.create_task(connection.write_loop())
+            if not valid:  # a dead token refused after the upgrade (`expire_key`)
+                self._refuse(connection)
             await self._read_loop(connection)
         finally:
             self._unregister(connection)
@@ -171,11 +223,15 @@ class TickerHub:
         return sum(1 for c in self.connections.values() if c.api_key == api_key)
 
     def _register(self, api_key: str, access_token: str, ws: web.WebSocketResponse,
-                  transport: asyncio.BaseTransport | None) -> TickerConnection:
-        connection = TickerConnection(next(self._ids), api_key, access_token, ws, transport)
+                  transport: asyncio.BaseTransport | None, slot: str) -> TickerConnection:
+        connection = TickerConnection(next(self._ids), api_key, access_token, ws, transport, slot)
         self.connections[connection.id] = connection
         now_open = self._open_count(api_key)
         self._max_connections_seen[api_key] = max(self._max_connections_seen[api_key], now_open)
+        self._connections_made[api_key] += 1
+        if slot:
+            on_slot = sum(1 for c in self.connections.values() if c.slot == slot)
+            self._max_slot_connections[slot] = max(self._max_slot_connections[slot], on_slot)
         self.totals["connections"] += 1
         return connection
 
@@ -274,7 +330,7 @@ class TickerHub:
             self.totals["frames"] += 1
             self.totals["packets"] += len(chunk)
 
-    def _queue(self, connection: TickerConnection, message: bytes | str) -> None:
+    def _queue(self, connection: TickerConnection, message: bytes | str | RawFrame) -> None:
         if not connection.queue(message):
             self.totals["slow_consumers_closed"] += 1
             connection.abort()
@@ -284,6 +340,15 @@ class TickerHub:
         targets = [c for c in self.connections.values() if c.api_key == api_key]
         for connection in targets:
             self._queue(connection, json.dumps(payload))
+        return len(targets)
+
+    def push_frames(self, api_key: str, frames: list[RawFrame]) -> int:
+        """Send raw frames, in order, to the key's open connections; how many connections."""
+        targets = [c for c in self.connections.values() if c.api_key == api_key]
+        for connection in targets:
+            for frame in frames:
+                self._queue(connection, frame)
+        self.totals["raw_frames"] += len(frames) * len(targets)
         return len(targets)
 
     # -- the clocks --
@@ -327,8 +392,23 @@ class TickerHub:
         dead = [c for c in self.connections.values()
                 if not self.accounts.is_valid(c.api_key, c.access_token, now)]
         for connection in dead:
-            connection.close("TokenException: the access token has expired or been invalidated.")
+            self._refuse(connection)
         return len(dead)
+
+    def expire_key(self, api_key: str, after_upgrade: bool = False, signal: RefusalSignal = "token") -> int:
+        """Kill the key's access tokens and close its connections, refusing them with `signal`.
+        With `after_upgrade`, later connections with a dead token of this key are accepted,
+        then refused the same way, rather than answered with a 403. Returns how many open
+        connections were closed."""
+        self.refusals[api_key] = (after_upgrade, signal)
+        self.accounts.expire(api_key)
+        return self.close_unauthorised(time.time())
+
+    def _refuse(self, connection: TickerConnection) -> None:
+        if self.refusals.get(connection.api_key, (False, "token"))[1] == "bare":
+            connection.close("", error=False)
+        else:
+            connection.close(TOKEN_DIED)
 
     def drop(self, api_key: str | None = None) -> int:
         """Abort connections (all, or one key's) without a closing handshake; how many."""
@@ -348,16 +428,23 @@ class TickerHub:
         return len(targets)
 
     def stats(self) -> dict[str, Any]:
-        """Connections per key (now and max ever), tokens per connection, totals sent."""
-        per_key: dict[str, dict[str, int]] = defaultdict(lambda: {"now": 0, "max": 0})
+        """Connections per key (now, max at once ever, total ever accepted) and per named slot
+        (now, max at once ever), tokens per connection, totals sent."""
+        per_key: dict[str, dict[str, int]] = defaultdict(lambda: {"now": 0, "max": 0, "total": 0})
         for api_key, seen in self._max_connections_seen.items():
-            per_key[api_key]["max"] = seen
+            per_key[api_key].update(max=seen, total=self._connections_made[api_key])
+        per_slot: dict[str, dict[str, int]] = defaultdict(lambda: {"now": 0, "max": 0})
+        for slot, seen in self._max_slot_connections.items():
+            per_slot[slot]["max"] = seen
         for connection in self.connections.values():
             per_key[connection.api_key]["now"] += 1
+            if connection.slot:
+                per_slot[connection.slot]["now"] += 1
         return {
             "connections_per_key": dict(per_key),
+            "connections_per_slot": dict(per_slot),
             "connections": [
-                {"id": c.id, "api_key": c.api_key, "tokens": len(c.modes),
+                {"id": c.id, "api_key": c.api_key, "slot": c.slot, "tokens": len(c.modes),
                  "max_tokens": c.max_tokens, "modes": dict(Counter(c.modes.values())),
                  "stalled": c.stalled(time.time())}
                 for c in self.connections.values()

@@ -65,11 +65,18 @@ def _jwks_client(url: str) -> pyjwt.PyJWKClient:
     return pyjwt.PyJWKClient(url, cache_keys=True, lifespan=JWKS_CACHE_SECS, timeout=5)
 
 
+@lru_cache(maxsize=4)
+def _public_key(pem: str) -> Any:
+    # Parsed once: PyJWT would parse the PEM text again for every token it verifies.
+    return serialization.load_pem_public_key(pem.encode())
+
+
 @jwt.decode_key_loader
 def _decode_key(header: dict, _payload: dict) -> Any:
     url = current_app.config["JWT_JWKS_URL"]
     if not url:
-        return current_app.config["JWT_PUBLIC_KEY"]
+        pem = current_app.config["JWT_PUBLIC_KEY"]
+        return _public_key(pem) if isinstance(pem, str) and pem.startswith("-----BEGIN PUBLIC KEY") else pem
     return _jwks_client(url).get_signing_key(header.get("kid")).key
 
 

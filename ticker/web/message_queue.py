@@ -8,10 +8,13 @@ other processes) is lost without a word. `LiveRedisManager` keeps everything of 
 manager but its listening loop, which reads with a timeout, pings when the connection has been
 quiet and reconnects when even the pings go unanswered (`ticker.bus.liveness`).
 
+Its connections come from a bounded pool that waits, as the rest of the service's do.
+
 Relies on python-socketio 5.x internals (checked with 5.18.1): `RedisManager._redis_connect`
-sets `self.redis` and `self.pubsub`, and `_listen` consumes `_redis_listen_with_retries()`,
-a generator of redis-py message dicts. tests/web/test_message_queue.py proves the behaviour
-with a black-holed connection, so an upgrade that changes them fails there first.
+sets `self.redis`, `self.pubsub` and `self.connected` (this replaces it: plain `redis://` and
+`rediss://` URLs only), `_publish` uses `self.redis`, and `_listen` consumes
+`_redis_listen_with_retries()`, a generator of redis-py message dicts. tests/web/test_dead_peers.py
+proves the behaviour with a black-holed connection, so an upgrade that changes them fails there.
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import redis
 import socketio
 
 from ticker import metrics
-from ticker.bus.connection import connection_options
+from ticker.bus.connection import WaitingConnectionPool, connection_options
 from ticker.bus.liveness import PING_EVERY_SECS, ConnectionSilent, Liveness
+from ticker.config import Config
 
 log = logging.getLogger(__name__)
 
+MAX_CONNECTIONS = 8  # control messages only: a few publishes at a time, and the listener's one
 RETRY_FIRST_SECS = 1.0
 RETRY_MAX_SECS = 30.0
 
@@ -41,9 +47,14 @@ class LiveRedisManager(socketio.RedisManager):
         super().__init__(url, channel=channel, write_only=write_only, redis_options=options)
 
     def _redis_connect(self) -> None:
-        super()._redis_connect()
+        # A bounded pool that waits, as every other client of the service (ticker.bus.connection):
+        # redis-py's default pool refuses the 101st concurrent publish.
+        pool = WaitingConnectionPool.from_url(self.redis_url, max_connections=MAX_CONNECTIONS,
+                                              timeout=Config.REDIS_POOL_WAIT_SECS, **self.redis_options)
+        self.redis = redis.Redis(connection_pool=pool)
         # Subscribe confirmations and pongs must reach the loop: they are signs of life.
         self.pubsub = self.redis.pubsub()
+        self.connected = True
 
     def _redis_listen_with_retries(self) -> Iterator[dict[str, Any]]:
         self.retry_secs = RETRY_FIRST_SECS

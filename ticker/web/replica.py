@@ -200,12 +200,16 @@ class Replica:
         metrics.SUBSCRIPTIONS.inc(len(tokens))
 
     def unsubscribe(self, client: Client, tokens: list[int]) -> None:
+        # A client that disconnected has left its rooms already; asking the manager again would
+        # publish a leave_room for every token to every replica through the message queue.
+        in_rooms = socketio.server.manager.is_connected(client.sid, "/")
         by_mode: dict[str, list[int]] = {}
         for token in tokens:
             mode = client.subscriptions.pop(token)
             client.by_symbol.pop(token, None)
             by_mode.setdefault(mode, []).append(token)
-            socketio.server.leave_room(client.sid, room_for(token, mode), namespace="/")
+            if in_rooms:
+                socketio.server.leave_room(client.sid, room_for(token, mode), namespace="/")
             self.fanout.leave(client.sid, token, mode)
         for mode, mode_tokens in by_mode.items():
             self.demand.remove(mode_tokens, mode)
@@ -217,7 +221,9 @@ class Replica:
 
     def send_snapshot(self, client: Client, tokens: list[int], mode: str) -> None:
         """The last known tick of each token, read once the live channel is subscribed, so no
-        tick falls between the snapshot and the stream (duplicates are dropped by `seq`)."""
+        tick falls between the snapshot and the stream (duplicates are dropped by `seq`). Each
+        is marked `snapshot: true` with its `age_ms` (now minus its ingest time): the last tick
+        may be hours old, or a previous session's, and a client must be able to tell."""
         if not tokens:
             return
         buckets = {keys.bucket_of(t) for t in tokens}
@@ -229,9 +235,12 @@ class Replica:
             log.warning("no snapshot for %d tokens of %s: %s", len(tokens), client.sid, exc)
             return
         ticks = []
+        now_ms = int(time.time() * 1000)
         for raw in raws:
             tick = project(decode(raw), mode) if raw else None
             if tick is not None:
+                tick["snapshot"] = True
+                tick["age_ms"] = max(0, now_ms - int(tick.get("ingest_ts") or 0))
                 ticks.append(tick)
         self.fanout.offer(client.sid, ticks)
 

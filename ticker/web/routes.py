@@ -46,7 +46,7 @@ def _check_shards() -> dict[str, Any]:
     states = shard_states(client)
     work = Counter(client.hvals(keys.ASSIGNED_SLOT))
     down_accounts = assignment.accounts_down(client)
-    total, used = assignment.capacity(client)
+    total, _ = assignment.capacity(client)
     waiting, overflow = client.scard(keys.ASSIGNMENT_WAITING), client.scard(keys.ASSIGNMENT_OVERFLOW)
     slots = {slot: _slot_report(states.get(slot, {}), work[slot], now)
              for slot in sorted(set(states) | set(work) | set(assignment.pool_slots(client)))}
@@ -56,7 +56,7 @@ def _check_shards() -> dict[str, Any]:
         reasons.insert(0, f"no shard streaming (each reports every second; silent {SHARD_STALE_SECS}s is down)")
     report: dict[str, Any] = {
         "ok": live, "degraded": bool(reasons), "slots": slots, "accounts_down": down_accounts,
-        "pool": {"capacity": total, "assigned_or_waiting": used, "waiting": waiting, "overflow": overflow},
+        "pool": {"capacity": total, "assigned": sum(work.values()), "waiting": waiting, "overflow": overflow},
     }
     if reasons:
         report["reason"] = "; ".join(reasons)
