@@ -80,6 +80,7 @@ RESTART_HEALTH_TIMEOUT_SECS = 90.0  # a restarted replica answers /health 200 wi
 TOLD_TIMEOUT_SECS = 30.0  # the token expiry: how long clients may take to hear of it
 STALL_SECS = 15.0
 POLL_SECS = 0.2
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc's unit of CPU time
 
 
 # -- what was watched besides the clients --
@@ -199,6 +200,7 @@ class Outcome:
     health_after: dict[str, str]
     health_reasons: list[str]
     queue: Counter
+    unrestored: int  # clients told a token was unavailable and never told it was restored
 
 
 class Day:
@@ -210,6 +212,7 @@ class Day:
         self.sim = Monitor(stack.sim_stats, 0.5)
         self.queue = QueueWatch(stack.redis_port)
         self.outcomes: list[Outcome] = []
+        self.final_stats: dict = {}  # the simulator's, at the end of the day
 
     def mark(self, at: float) -> None:
         """Ticks ingested from `at` (epoch seconds) on count as recovery."""
@@ -225,6 +228,7 @@ class Day:
         started = time.time()
         refused_before = self._refused_total()
         self._marked = False
+        cpu_before = self._web_cpu()
         for watcher in self.watchers:
             watcher.begin(started, math.inf)
         injected = await inject()
@@ -237,6 +241,7 @@ class Day:
         lost = await self._lost()
         health_after = await asyncio.to_thread(self._health_after, injected.down)
         end = time.time()
+        injected.notes.append(self._cpu_note(cpu_before, self._web_cpu(), end - started))
         self.outcomes.append(self._outcome(name, injected, recovered, left, silence, lost, refused_before,
                                            epoch_allowed, health_after, end))
         print(report_line(self.outcomes[-1]), flush=True)
@@ -271,6 +276,17 @@ class Day:
                   for name, answer in answers.items()}
         return {name: labels.get(name, "killed") for name in self.stack.webs}
 
+    def _web_cpu(self) -> dict[str, tuple[int, float]]:
+        """name -> (pid, CPU-seconds so far) of each running web replica."""
+        return {name: (process.pid, cpu_secs(process.pid)) for name, process in self.stack.web_processes.items()
+                if process.alive()}
+
+    @staticmethod
+    def _cpu_note(before: dict, after: dict, wall: float) -> str:
+        used = [f"{name} {after[name][1] - cpu:.1f}" for name, (pid, cpu) in before.items()
+                if name in after and after[name][0] == pid]
+        return f"web replicas' CPU-s over the event's {wall:.0f} s: {', '.join(used) or 'none measured'}"
+
     def _refused_total(self) -> int:
         return int(self.stack.sim_stats()["totals"].get("connections_refused_over_limit", 0))
 
@@ -297,11 +313,24 @@ class Day:
             health_after=health_after,
             health_reasons=sorted({r for s in healths for n in s for r in health_reasons(s[n][1])}),
             queue=self.queue.between(start, end),
+            unrestored=sum(1 for w in self.watchers if _unrestored(w, start, end)),
         )
+
+
+def cpu_secs(pid: int) -> float:
+    """A process's user + system CPU time so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _code(code: str, reason: str | None) -> str:
     return f"{code}/{reason}" if reason else code
+
+
+def _unrestored(watcher: Watcher, start: float, end: float) -> bool:
+    """Told `upstream_unavailable` in the window, and no `upstream_restored` after the last such notice."""
+    told = [at for at, code, _ in watcher.errors if code == "upstream_unavailable" and start <= at <= end]
+    return bool(told) and not any(at >= max(told) for at in watcher.restored)
 
 
 # -- the events --
@@ -521,6 +550,7 @@ async def trading_day(stack: Stack, args: argparse.Namespace) -> Day:
         await day.run("pub/sub black hole on web2", lambda: pubsub_blackhole(day))
         await day.run(f"{STALL_SECS:.0f} s feed stall", lambda: feed_stall(day))
     finally:
+        day.final_stats = await asyncio.to_thread(day.stack.sim_stats)
         await asyncio.gather(*(w.stop() for w in day.watchers), return_exceptions=True)
         day.health.stop()
         day.sim.stop()
@@ -589,18 +619,27 @@ def notes(outcomes: list[Outcome]) -> str:
     lines = []
     for o in outcomes:
         queue = ", ".join(f"{method} ×{count}" for method, count in o.queue.most_common()) or "none"
-        lines.append(f"- **{o.name}**: " + "; ".join(o.injected.notes) + f"; {reconnects(o.reconnects)}; "
-                     f"Socket.IO message queue messages: {queue}.")
+        began = time.strftime("%H:%M:%S", time.gmtime(o.injected.fault_at))
+        told = sum(count for code, count in o.errors.items() if code.startswith("upstream_unavailable"))
+        restored = (f"; {o.unrestored} clients told `upstream_unavailable` never heard `upstream_restored`"
+                    if told else "")
+        lines.append(f"- **{o.name}** (began {began} UTC): " + "; ".join(o.injected.notes) + restored
+                     + f"; {reconnects(o.reconnects)}; Socket.IO message queue messages: {queue}.")
         lines += [f"  - /health said: {reason}" for reason in o.health_reasons[:8]]
     return "\n".join(lines)
 
 
 def body(day: Day, machine: str, command: str, took: float, logs: Path) -> str:
     args = day.args
+    stats = day.final_stats
+    highs = ", ".join(f"{key} {seen.get('max', 0)}" for key, seen in sorted(stats["connections_per_key"].items()))
     totals = (f"{sum(w.ticks for w in day.watchers):,} ticks checked, {sum(w.snapshot_repeats for w in day.watchers)} "
-              "snapshots that repeated the tick last seen on a new connection")
+              "snapshots that repeated the tick last seen on a new connection; the simulator's most connections per "
+              f"key at once over the day: {highs}, refused over its limit: "
+              f"{stats['totals'].get('connections_refused_over_limit', 0)}")
     return "\n".join([
-        f"`.venv/bin/{command.strip()}` (`make chaos`); {machine}; the whole run took {took / 60:.1f} min.",
+        f"`.venv/bin/{command.strip()}` (`make chaos`); {machine}, {os.getloadavg()[0]:.2f} at the end; the whole "
+        f"run took {took / 60:.1f} min.",
         "",
         f"The service as real processes (bench/chaos_stack.py): a Redis server of its own, the simulator at "
         f"{TICK_RATE:g} ticks/s per instrument enforcing {PER_KEY} connections per API key and {PER_CONNECTION} "

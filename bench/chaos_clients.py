@@ -6,8 +6,8 @@ number) as soon as it is connected, and again after every reconnect, since a new
 holds nothing. A subscribe answered `server_busy`, `bus_unavailable`, `database_unavailable` or
 `rate_limited` is tried again with backoff, as the codes ask; every error is recorded all the
 same. It records every tick's (epoch, seq) per token and checks the order the API promises
-(never backwards; never the same twice, except a snapshot repeating the last tick seen when a
-new connection subscribes again), every `error` with its code and reason, `upstream_restored`,
+(never backwards; never the same twice, except a snapshot, marked `snapshot: true`, repeating
+the last tick seen when a new connection subscribes again), every `error` with its code and reason, `upstream_restored`,
 `unsubscribed` and `subscribed` with their reasons, connects, refusals and disconnects.
 
 `python -m bench.chaos_clients crowd SPEC OUT` runs a crowd in a process of its own (so a
@@ -181,7 +181,7 @@ class Watcher:
                 self.epoch_changes.append((now, token))
             if position < last:
                 self.violations.append((now, token, "backwards", last, position))
-            elif position == last and first_here:
+            elif position == last and first_here and tick.get("snapshot"):
                 self.snapshot_repeats += 1  # the snapshot of a new connection: the tick last seen
             elif position == last:
                 self.violations.append((now, token, "repeated", last, position))
