@@ -75,7 +75,7 @@ def test_shard_streams_demand_and_stops_cleanly_on_warm_shutdown(own_redis, star
     worker = start_worker()
     wait_for(lambda: streaming_pid(own_redis), 30, "the shard to stream")
     demand.add([token], "quote")
-    wait_for(lambda: own_redis.hget(keys.LAST_TICKS, token), 5, "a tick for the demanded token")
+    wait_for(lambda: own_redis.hget(keys.LAST_TICKS, token), 15, "a tick for the demanded token")
 
     worker.kill(signal.SIGTERM)  # a warm shutdown, as a deploy does it
     worker.proc.wait(20)

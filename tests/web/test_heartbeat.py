@@ -32,7 +32,7 @@ def engineio_socket(web, token: str) -> websocket.WebSocket:
 def test_every_connection_is_pinged_each_interval_and_stays_while_it_answers(web, make_token):
     sockets = [engineio_socket(web, make_token(f"beat{i}")) for i in range(3)]
     pings = [0] * len(sockets)
-    deadline = time.monotonic() + 4.5
+    deadline = time.monotonic() + 6.5
     try:
         while time.monotonic() < deadline:
             for i, ws in enumerate(sockets):
@@ -44,7 +44,7 @@ def test_every_connection_is_pinged_each_interval_and_stays_while_it_answers(web
                 if message == "2":
                     pings[i] += 1
                     ws.send("3")
-        assert all(3 <= n <= 5 for n in pings), pings  # about one a second each
+        assert all(4 <= n <= 7 for n in pings), pings  # about one a second each
         for ws in sockets:
             ws.settimeout(2)
             ws.send('42["ping"]')  # still connected: the server answers an event

@@ -68,8 +68,8 @@ def _slot_report(state: dict[str, str], tokens: int, now: float) -> dict[str, An
     report: dict[str, Any] = {"state": state.get("state") or "no shard", "tokens": tokens, "live": live}
     if state.get("heartbeat"):
         report["reported_secs_ago"] = round(now - float(state["heartbeat"]), 1)
-    if not live and state.get("last_error"):
-        report["last_error"] = state["last_error"]
+    if not live and state.get("error"):  # the error that stands now (a shard clears it once it streams)
+        report["error"] = state["error"]
     return report
 
 
