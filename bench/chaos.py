@@ -42,28 +42,35 @@ import json
 import math
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import redis as redis_lib
 import requests
 from sqlalchemy import text
 
 from bench.chaos_clients import Watcher, connect_all, dark, held_totals, recovered_at
-from bench.chaos_stack import ACCOUNTS, PER_CONNECTION, PER_KEY, TICK_RATE, Stack
+from bench.chaos_monitors import (
+    Monitor,
+    QueueWatch,
+    compress,
+    cpu_secs,
+    health_label,
+    health_reasons,
+    listen_backlog,
+    listen_overflows,
+    timed_health,
+)
+from bench.chaos_report import Injected, Outcome, body, crowd_note, report_line, write_section
+from bench.chaos_stack import ACCOUNTS, Stack
 from bench.kite_front import renumbered_dump
 from bench.machine import describe
 from tests.support.processes import Process
-from ticker.bus import keys
-from ticker.config import ROOT
 from ticker.db import engine_for
 
 DATABASE_URL = os.environ.get("CHAOS_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ticker_chaos")
@@ -80,127 +87,9 @@ RESTART_HEALTH_TIMEOUT_SECS = 90.0  # a restarted replica answers /health 200 wi
 TOLD_TIMEOUT_SECS = 30.0  # the token expiry: how long clients may take to hear of it
 STALL_SECS = 15.0
 POLL_SECS = 0.2
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc's unit of CPU time
-
-
-# -- what was watched besides the clients --
-
-
-class Monitor:
-    """Polls a source in a thread every `interval` seconds, keeping (time, value) samples."""
-
-    def __init__(self, source: Callable[[], object], interval: float):
-        self.samples: list[tuple[float, object]] = []
-        self._source, self._interval, self._stop = source, interval, threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.samples.append((time.time(), self._source()))
-            except Exception as exc:  # noqa: BLE001  (an unreadable sample is a sample)
-                self.samples.append((time.time(), exc))
-
-    def between(self, start: float, end: float) -> list[object]:
-        return [value for at, value in self.samples if start <= at <= end]
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-class QueueWatch:
-    """Counts the messages on the Socket.IO message queue (the control plane) by their method,
-    with their times: what a fault makes replicas tell each other."""
-
-    def __init__(self, redis_port: int):
-        self.seen: list[tuple[float, str]] = []
-        self._port, self._stop = redis_port, threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._listen()
-            except (redis_lib.RedisError, OSError):  # Redis restarting: listen again
-                self._stop.wait(0.5)
-
-    def _listen(self) -> None:
-        pubsub = redis_lib.Redis(port=self._port, socket_timeout=5).pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(keys.SOCKETIO_CHANNEL)
-        while not self._stop.is_set():
-            message = pubsub.get_message(timeout=1.0)
-            if message is not None:
-                self.seen.append((time.time(), _method(message["data"])))
-
-    def between(self, start: float, end: float) -> Counter:
-        return Counter(method for at, method in self.seen if start <= at <= end)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def _method(data: bytes) -> str:
-    try:
-        return str(json.loads(data).get("method"))
-    except (ValueError, AttributeError):
-        return "undecodable"
-
-
-def health_label(code: int | None, body: dict) -> str:
-    """`503 unavailable [shards]`: the status and the checks that failed (or are degraded)."""
-    if code is None:
-        return f"no answer ({body.get('reason')})"
-    checks = body.get("checks", {})
-    failing = [n for n, c in checks.items() if not c.get("ok") or c.get("degraded")]
-    return f"{code} {body.get('status', '?')}" + (f" [{', '.join(failing)}]" if failing else "")
-
-
-def health_reasons(body: dict) -> list[str]:
-    return [f"{name}: {check['reason']}" for name, check in body.get("checks", {}).items() if check.get("reason")]
-
-
-def compress(labels: list[str]) -> str:
-    """Consecutive repeats once: `200 ok → 503 unavailable [shards] → 200 ok`."""
-    kept = [label for n, label in enumerate(labels) if n == 0 or labels[n - 1] != label]
-    return " → ".join(kept) if kept else "not polled"
 
 
 # -- one event of the day --
-
-
-@dataclass
-class Injected:
-    """What an event did: when its fault began, from when fresh ticks count as recovery (the
-    repair: a login, the stall's end; the fault itself when the service must heal alone)."""
-
-    fault_at: float
-    heal_at: float
-    notes: list[str] = field(default_factory=list)
-    after: Callable[[], str] | None = None  # restores the stack for the next event (not measured): a note
-    down: tuple[str, ...] = ()  # replicas the event killed: no /health expected of them
-    crowd: dict | None = None
-
-
-@dataclass
-class Outcome:
-    name: str
-    injected: Injected
-    recovered: float | None
-    dark: int
-    silence: float
-    lost: int
-    conns: dict[str, int]
-    refused: int
-    violations: int
-    epoch_changes: int
-    epoch_allowed: bool
-    errors: Counter
-    reconnects: list[float]  # seconds from each disconnect in the event to the next connect
-    health_during: dict[str, str]
-    health_after: dict[str, str]
-    health_reasons: list[str]
-    queue: Counter
-    unrestored: int  # clients told a token was unavailable and never told it was restored
 
 
 class Day:
@@ -208,7 +97,8 @@ class Day:
 
     def __init__(self, stack: Stack, watchers: list[Watcher], token_of: dict[str, int], args: argparse.Namespace):
         self.stack, self.watchers, self.token_of, self.args = stack, watchers, token_of, args
-        self.health = Monitor(lambda: {name: stack.health(name) for name in stack.webs}, 1.0)
+        # One poller per replica: a /health that hangs must not delay the other's samples.
+        self.health = {name: Monitor(lambda name=name: timed_health(stack, name), 1.0) for name in stack.webs}
         self.sim = Monitor(stack.sim_stats, 0.5)
         self.queue = QueueWatch(stack.redis_port)
         self.outcomes: list[Outcome] = []
@@ -300,7 +190,8 @@ class Day:
         samples = [s for s in self.sim.between(start, end) if isinstance(s, dict)]
         conns = {key: max([s["connections_per_key"].get(key, {}).get("now", 0) for s in samples] or [0])
                  for key in ACCOUNTS}
-        healths = [s for s in self.health.between(start, end) if isinstance(s, dict)]
+        healths = {n: [s for s in monitor.between(start, end) if isinstance(s, tuple)]
+                   for n, monitor in self.health.items()}
         return Outcome(
             name=name, injected=injected, recovered=recovered, dark=left, silence=silence, lost=lost,
             conns=conns, refused=self._refused_total() - refused_before,
@@ -309,18 +200,15 @@ class Day:
             epoch_allowed=epoch_allowed, errors=errors,
             reconnects=[back - gone for w in self.watchers for gone, back in zip(w.disconnects, w.connects[1:],
                                                                                  strict=False) if start <= gone <= end],
-            health_during={n: compress([health_label(*s[n]) for s in healths]) for n in self.stack.webs},
+            health_during={n: compress([health_label(*sample) for sample in samples])
+                           for n, samples in healths.items()},
+            health_slowest={n: max([secs for _, _, secs in samples] or [0.0]) for n, samples in healths.items()},
             health_after=health_after,
-            health_reasons=sorted({r for s in healths for n in s for r in health_reasons(s[n][1])}),
+            health_reasons=sorted({r for samples in healths.values() for _, body, _ in samples
+                                   for r in health_reasons(body)}),
             queue=self.queue.between(start, end),
             unrestored=sum(1 for w in self.watchers if _unrestored(w, start, end)),
         )
-
-
-def cpu_secs(pid: int) -> float:
-    """A process's user + system CPU time so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _code(code: str, reason: str | None) -> str:
@@ -390,6 +278,8 @@ async def crowd(day: Day, tokens: list[list[int]]) -> Injected:
             "clients": [{"jwt": jwt, "tokens": t} for jwt, t in zip(day.stack.jwts("crowd", len(tokens)), tokens,
                                                                      strict=True)]}
     (workdir / "crowd.json").write_text(json.dumps(spec))
+    overflows = listen_overflows()
+    backlog = listen_backlog(day.stack.webs["web1"])
     fault_at = time.time()
     day.mark(fault_at)
     process = Process("crowd", [sys.executable, "-m", "bench.chaos_clients", "crowd", str(workdir / "crowd.json"),
@@ -400,28 +290,10 @@ async def crowd(day: Day, tokens: list[list[int]]) -> Injected:
         code = "timed out"
     process.stop()
     report = json.loads((workdir / "crowd-report.json").read_text()) if code == 0 else {"failed": code}
-    return Injected(fault_at, fault_at, [crowd_note(report)], crowd=report)
-
-
-def crowd_note(report: dict) -> str:
-    if "failed" in report:
-        return f"the crowd process failed ({report['failed']}): see crowd.log"
-    spread = report["connect_secs"]
-    done = report["all_receiving_secs"]
-    cpu = f" (the crowd's client process used {report['cpu_secs']:.1f} CPU-s)" if "cpu_secs" in report else ""
-    return (f"crowd: {report['connected']} of {report['clients']} connected (last {spread['last'] or 0:.1f} s after "
-            f"the first began), {report['subscribed']} subscribed, {report['receiving_all']} received every token "
-            + (f"(all within {done:.1f} s, median {report['median_receiving_secs']:.1f} s)" if done is not None
-               else f"within {CROWD_SETTLE_SECS:.0f} s") + f"; errors {report['errors'] or 'none'}, "
-            f"refused {report['refused'] or 'none'}, rejected {report['rejected'] or 'none'}, "
-            f"(epoch, seq) violations {report['violations']}" + _own(report.get("own_secs")) + cpu)
-
-
-def _own(own: dict | None) -> str:
-    if not own:
-        return ""
-    return (f"; from each client's own connect to a tick of each token: median {own['median']:.1f} s, "
-            f"p99 {own['p99']:.1f} s, max {own['max']:.1f} s")
+    dropped = listen_overflows() - overflows
+    return Injected(fault_at, fault_at, [crowd_note(report), f"web1 listens with a backlog of {backlog}; the kernel "
+                                         f"counted {dropped} listen-queue overflows meanwhile (machine-wide)"],
+                    crowd=report)
 
 
 async def shard_worker_kill(day: Day) -> Injected:
@@ -429,6 +301,7 @@ async def shard_worker_kill(day: Day) -> Injected:
     victim, slots = await asyncio.to_thread(day.stack.busiest_shard_worker)
     fault_at = time.time()
     await asyncio.to_thread(day.stack.kill_shard_worker, victim)
+
     def replace() -> str:
         return f"{day.stack.start_shard_worker().name} started in its place after the event"
 
@@ -552,124 +425,11 @@ async def trading_day(stack: Stack, args: argparse.Namespace) -> Day:
     finally:
         day.final_stats = await asyncio.to_thread(day.stack.sim_stats)
         await asyncio.gather(*(w.stop() for w in day.watchers), return_exceptions=True)
-        day.health.stop()
+        for monitor in day.health.values():
+            monitor.stop()
         day.sim.stop()
         day.queue.stop()
     return day
-
-
-# -- the report --
-
-
-def seconds(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f} s"
-
-
-def recovery_cell(outcome: Outcome) -> str:
-    injected = outcome.injected
-    if outcome.recovered is None:
-        return f"**not within {RECOVERY_TIMEOUT_SECS:.0f} s** ({outcome.dark} client tokens dark)"
-    cell = seconds(outcome.recovered - injected.fault_at)
-    if injected.heal_at > injected.fault_at + 0.5:
-        cell += f" ({seconds(outcome.recovered - injected.heal_at)} after the repair)"
-    return cell
-
-
-def order_cell(outcome: Outcome) -> str:
-    cell = "held" if not outcome.violations else f"**{outcome.violations} violations**"
-    if outcome.epoch_changes:
-        what = "new epoch" if outcome.epoch_allowed else "**new epoch, unexpected**"
-        cell += f"; {what} ({outcome.epoch_changes} client tokens)"
-    return cell
-
-
-def errors_cell(errors: Counter) -> str:
-    return ", ".join(f"`{code}` ×{count}" for code, count in sorted(errors.items())) or "none"
-
-
-def report_line(outcome: Outcome) -> str:
-    return (f"{outcome.name}: ticks again {recovery_cell(outcome)}; longest silence {seconds(outcome.silence)}; "
-            f"lost {outcome.lost}; connections per key {outcome.conns} (refused {outcome.refused}); "
-            f"order {order_cell(outcome)}; errors {errors_cell(outcome.errors)}; {reconnects(outcome.reconnects)}; "
-            f"health {outcome.health_during} after {outcome.health_after}; " + "; ".join(outcome.injected.notes))
-
-
-def reconnects(times: list[float]) -> str:
-    if not times:
-        return "no client reconnected"
-    return (f"{len(times)} clients reconnected, median {statistics.median(times):.1f} s and at most "
-            f"{max(times):.1f} s after their connection dropped")
-
-
-def table(outcomes: list[Outcome]) -> str:
-    lines = ["| event | every client ticking again | longest silence | subscriptions lost | Kite connections "
-             f"per key, most at once (limit {PER_KEY}) | refused over the limit | (epoch, seq) order | errors "
-             "clients saw | /health during (web1; web2) | /health after |",
-             "| --- | --- | ---: | ---: | --- | ---: | --- | --- | --- | --- |"]
-    for o in outcomes:
-        conns = ", ".join(f"{key} {count}" for key, count in o.conns.items())
-        during = "; ".join(o.health_during.values())
-        after = "; ".join(o.health_after.values())
-        lines.append(f"| {o.name} | {recovery_cell(o)} | {seconds(o.silence)} | {o.lost} | {conns} | {o.refused} | "
-                     f"{order_cell(o)} | {errors_cell(o.errors)} | {during} | {after} |")
-    return "\n".join(lines)
-
-
-def notes(outcomes: list[Outcome]) -> str:
-    lines = []
-    for o in outcomes:
-        queue = ", ".join(f"{method} ×{count}" for method, count in o.queue.most_common()) or "none"
-        began = time.strftime("%H:%M:%S", time.gmtime(o.injected.fault_at))
-        told = sum(count for code, count in o.errors.items() if code.startswith("upstream_unavailable"))
-        restored = (f"; {o.unrestored} clients told `upstream_unavailable` never heard `upstream_restored`"
-                    if told else "")
-        lines.append(f"- **{o.name}** (began {began} UTC): " + "; ".join(o.injected.notes) + restored
-                     + f"; {reconnects(o.reconnects)}; Socket.IO message queue messages: {queue}.")
-        lines += [f"  - /health said: {reason}" for reason in o.health_reasons[:8]]
-    return "\n".join(lines)
-
-
-def body(day: Day, machine: str, command: str, took: float, logs: Path) -> str:
-    args = day.args
-    stats = day.final_stats
-    highs = ", ".join(f"{key} {seen.get('max', 0)}" for key, seen in sorted(stats["connections_per_key"].items()))
-    totals = (f"{sum(w.ticks for w in day.watchers):,} ticks checked, {sum(w.snapshot_repeats for w in day.watchers)} "
-              "snapshots that repeated the tick last seen on a new connection; the simulator's most connections per "
-              f"key at once over the day: {highs}, refused over its limit: "
-              f"{stats['totals'].get('connections_refused_over_limit', 0)}")
-    return "\n".join([
-        f"`.venv/bin/{command.strip()}` (`make chaos`); {machine}, {os.getloadavg()[0]:.2f} at the end; the whole "
-        f"run took {took / 60:.1f} min.",
-        "",
-        f"The service as real processes (bench/chaos_stack.py): a Redis server of its own, the simulator at "
-        f"{TICK_RATE:g} ticks/s per instrument enforcing {PER_KEY} connections per API key and {PER_CONNECTION} "
-        f"instruments per connection over {len(ACCOUNTS)} accounts, two shard workers, a jobs worker, beat, two gevent "
-        "web replicas behind a round-robin TCP balancer (web2's Redis through a proxy the run controls, the "
-        f"shards' Kite connections through another). {args.clients} clients (python-socketio, asyncio) connect "
-        "through the balancer, each holding one instrument by name and three by token and resubscribing after any "
-        "reconnect; the crowd connects to web1 directly. Nothing is retried silently: every error a client saw is "
-        "counted. *Every client ticking again* is when the last client had a tick ingested after the fault (after "
-        "the repair, where the run repairs: the login, the stall's end) for every token it asked for; *subscriptions "
-        "lost* are clients that, asked after recovery, hold fewer tokens than they asked for.",
-        "",
-        table(day.outcomes),
-        "",
-        notes(day.outcomes),
-        "",
-        f"{totals}. The processes' logs of this run: `{logs}`.",
-    ])
-
-
-def write_section(text_body: str) -> None:
-    path = ROOT / "RELIABILITY.md"
-    current = path.read_text() if path.exists() else "# Reliability\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"{SECTION}\n\n{text_body.strip()}\n\n"
-    if pattern.search(current):
-        current = pattern.sub(lambda _: section, current)
-    else:
-        current = current.rstrip() + "\n\n" + section
-    path.write_text(current.rstrip() + "\n")
 
 
 def main() -> None:
@@ -689,7 +449,8 @@ def main() -> None:
         day = asyncio.run(trading_day(stack, args))
     finally:
         stack.stop()
-    report = body(day, machine, "python -m bench.chaos " + " ".join(sys.argv[1:]), time.time() - started, workdir)
+    command = "python -m bench.chaos " + " ".join(sys.argv[1:])
+    report = body(day, machine, command, time.time() - started, workdir)
     print(report)
     if args.write:
         write_section(report)

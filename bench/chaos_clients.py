@@ -247,6 +247,7 @@ async def run_crowd(url: str, spec: list[dict], spread_secs: float, settle_secs:
     while time.monotonic() < deadline and recovered_at(watchers, wanted) is None:
         await asyncio.sleep(0.2)
     report = crowd_report(watchers, started, wanted)
+    report["settle_secs"] = settle_secs
     report["cpu_secs"] = time.process_time()  # this process's: is the crowd's own client the bottleneck?
     await asyncio.gather(*(w.stop() for w in watchers if w.sio.connected), return_exceptions=True)
     return report

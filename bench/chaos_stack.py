@@ -46,7 +46,7 @@ TICK_RATE = 2.0  # market steps a second per instrument: a silence of a second i
 GRACE_SECS = 10  # UNSUBSCRIBE_GRACE_SECS: tokens nobody wants leave the pool within the run
 JWT_TTL_SECS = 4 * 3600  # longer than any run: no JWT expires during the day
 SHARD_CONCURRENCY = 4  # every worker has room for every slot, so one survivor takes all
-HEALTH_TIMEOUT_SECS = 5.0
+HEALTH_TIMEOUT_SECS = 15.0  # long enough to see how slow a slow /health is (a balancer gives up sooner)
 
 
 class Stack:
