@@ -116,7 +116,9 @@ class Watcher:
             self._subscribing.cancel()
 
     async def _on_refused(self, data: Any = None) -> None:
-        code = data.get("code") if isinstance(data, dict) else str(data)
+        # python-socketio hands over {message, data: {code, message}} (docs/API.md, "Connect").
+        detail = data.get("data") if isinstance(data, dict) else None
+        code = detail.get("code") if isinstance(detail, dict) else data.get("code") if isinstance(data, dict) else data
         self.refusals.append((time.time(), str(code)))
 
     async def _subscribe(self) -> None:
