@@ -354,11 +354,12 @@ async def pubsub_blackhole(day: Day) -> Injected:
 async def feed_stall(day: Day) -> Injected:
     """The simulator sends nothing on open connections and new connections hang, for 15 s."""
     fault_at = time.time()
+    ends_at = fault_at + STALL_SECS  # the simulator's stall and the proxy's both end then
     day.stack.feed_proxy.silence_new()
-    touched = await asyncio.to_thread(day.stack.sim_post, "stall", seconds=str(STALL_SECS))
-    day.stack.later(STALL_SECS, day.stack.feed_proxy.heal)
+    touched = await asyncio.to_thread(day.stack.sim_post, "stall", seconds=f"{ends_at - time.time():.3f}")
+    day.stack.later(ends_at - time.time(), day.stack.feed_proxy.heal)
     stalled = touched["data"]["connections"]
-    return Injected(fault_at, fault_at + STALL_SECS,
+    return Injected(fault_at, ends_at,
                     [f"{stalled} Kite connections stalled; new ones hang for {STALL_SECS:.0f} s"])
 
 
@@ -450,8 +451,9 @@ def main() -> None:
     finally:
         stack.stop()
     command = "python -m bench.chaos " + " ".join(sys.argv[1:])
-    report = body(day, machine, command, time.time() - started, workdir)
+    report = body(day, machine, command, time.time() - started)
     print(report)
+    print(f"\nThe processes' logs of this run: {workdir}")
     if args.write:
         write_section(report)
 

@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.chaos_stack import ACCOUNTS, PER_CONNECTION, PER_KEY, TICK_RATE
@@ -127,7 +126,7 @@ def notes(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def body(day: Day, machine: str, command: str, took: float, logs: Path) -> str:
+def body(day: Day, machine: str, command: str, took: float) -> str:
     """The section's text: the command, the machine, the method, the table and the notes."""
     args = day.args
     stats = day.final_stats
@@ -146,8 +145,10 @@ def body(day: Day, machine: str, command: str, took: float, logs: Path) -> str:
         "web replicas behind a round-robin TCP balancer (web2's Redis through a proxy the run controls, the "
         f"shards' Kite connections through another). {args.clients} clients (python-socketio, asyncio) connect "
         "through the balancer, each holding one instrument by name and three by token and resubscribing after any "
-        "reconnect; the crowd connects to web1 directly. Nothing is retried silently: every error a client saw is "
-        "counted. *Every client ticking again* is when the last client had a tick ingested after the fault (after "
+        "reconnect; the crowd connects to web1 directly. Nothing is retried silently: a subscribe answered with a "
+        "retry-later code (`server_busy`, `bus_unavailable`, `database_unavailable`, `rate_limited`) is tried again "
+        "with backoff, as the code asks, and every error a client saw is counted. *Every client ticking again* "
+        "is when the last client had a tick ingested after the fault (after "
         "the repair, where the run repairs: the login, the stall's end) for every token it asked for; *subscriptions "
         "lost* are clients that, asked after recovery, hold fewer tokens than they asked for.",
         "",
@@ -155,7 +156,7 @@ def body(day: Day, machine: str, command: str, took: float, logs: Path) -> str:
         "",
         notes(day.outcomes),
         "",
-        f"{totals}. The processes' logs of this run: `{logs}`.",
+        f"{totals}.",
     ])
 
 
