@@ -68,6 +68,9 @@ def recovery_cell(outcome: Outcome) -> str:
     cell = seconds(outcome.recovered - injected.fault_at)
     if injected.heal_at > injected.fault_at + 0.5:
         cell += f" ({seconds(outcome.recovered - injected.heal_at)} after the repair)"
+    if injected.crowd:
+        done = injected.crowd.get("all_receiving_secs")
+        cell += f"; the crowd: {'**not all**' if done is None else f'all within {seconds(done)}'}"
     return cell
 
 
