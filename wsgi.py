@@ -50,13 +50,20 @@ if __name__ == "__main__":
     # Everything built so far lives as long as the process: keep it out of the collector's full
     # passes, which otherwise stall delivery for tens of milliseconds on a large heap.
     gc.freeze()
+    host, port, backlog = app.config["WEB_HOST"], app.config["WEB_PORT"], app.config["LISTEN_BACKLOG"]
     if ASYNC_MODE == "eventlet":
-        # eventlet's WSGI server serves at most 1024 connections at once unless told otherwise.
-        server_options = {"max_size": app.config["MAX_CONNECTIONS"] + 100}
+        import eventlet.green.socket
+        import eventlet.wsgi
+
+        # Flask-SocketIO's run() listens with eventlet's default backlog of 50; and eventlet's WSGI
+        # server serves at most 1024 connections at once unless told otherwise.
+        family, *_, address = eventlet.green.socket.getaddrinfo(host, port)[0]
+        listener = eventlet.listen(address, family, backlog=backlog)
+        eventlet.wsgi.server(listener, app, log_output=False, max_size=app.config["MAX_CONNECTIONS"] + 100)
     elif ASYNC_MODE == "gevent":
         from ticker.web.gevent_server import WebSocketClosingHandler
 
-        server_options = {"handler_class": WebSocketClosingHandler}
+        socketio.run(app, host=host, port=port, log_output=False, handler_class=WebSocketClosingHandler,
+                     backlog=backlog)
     else:
-        server_options = {}
-    socketio.run(app, host=app.config["WEB_HOST"], port=app.config["WEB_PORT"], log_output=False, **server_options)
+        socketio.run(app, host=host, port=port, log_output=False)

@@ -106,6 +106,13 @@ class Config:
     # which any client can forge, and takes the socket's peer address.
     TRUSTED_PROXY_COUNT = _int("TRUSTED_PROXY_COUNT", 0)
     MAX_CONNECTIONS = _int("MAX_CONNECTIONS", 20000)  # per replica: beyond this, `server_busy`
+    # Client requests (connects, messages, disconnects) a replica works on at once; the rest wait
+    # in turn up to the wait, then get `server_busy` (ticker/web/admission.py).
+    MAX_CONCURRENT_REQUESTS = _int("MAX_CONCURRENT_REQUESTS", 16)
+    REQUEST_QUEUE_WAIT_SECS = _float("REQUEST_QUEUE_WAIT_SECS", 30.0)
+    # Connections the kernel holds for the replica to accept: a crowd after a restart arrives in
+    # one burst, and a full queue drops SYNs, which clients retry only after 1, 3, 7 s.
+    LISTEN_BACKLOG = _int("LISTEN_BACKLOG", 2048)
     SLOW_CLIENT_SECS = _float("SLOW_CLIENT_SECS", 10.0)  # conflated this long, a client is disconnected
     TOKEN_EXPIRY_GRACE_SECS = _float("TOKEN_EXPIRY_GRACE_SECS", 30.0)  # time to `reauth` after `exp`
     # Engine.IO heartbeat: a ping every interval; no pong within the timeout ends the connection.

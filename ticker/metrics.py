@@ -90,6 +90,12 @@ MESSAGE_QUEUE_RECONNECTS = Counter(
     "Times the Socket.IO message queue listener gave up its Redis connection: silent or error", ["reason"])
 UPSTREAM_NOTICES = Counter("ticker_upstream_unavailable_notices_total",
                            "upstream_unavailable notices sent to clients, by reason", ["reason"])
+REQUESTS_WAITING = Gauge("ticker_requests_waiting",
+                         "Client requests (connects, messages, disconnects) waiting for a turn to be worked on",
+                         multiprocess_mode="livesum")
+SNAPSHOTS_UNCONFIRMED = Counter(
+    "ticker_snapshots_unconfirmed_total",
+    "Snapshots sent before the token's live channel was confirmed (a tick may fall between them)")
 REQUESTS_SHED = Counter("ticker_requests_shed_total",
                         "Client requests answered `server_busy` because the replica's resources stayed busy",
                         ["kind"])

@@ -19,6 +19,7 @@ from ticker.clock import now_iso
 from ticker.extensions import socketio
 from ticker.registry.tokens import OPERATORS_ROOM
 from ticker.web import auth, errors
+from ticker.web.admission import Busy
 from ticker.web.errors import ClientError
 from ticker.web.http_errors import DATABASE_DOWN
 from ticker.web.limits import client_address
@@ -47,9 +48,13 @@ def on_connect(auth_data: Any = None) -> None:
     address = client_address(request.environ, current_app.config["TRUSTED_PROXY_COUNT"])
     try:
         state.check_address(address)
-        claims = auth.verify(auth.bearer_token(auth_data, request.args, request.headers))
-        eio_sid = socketio.server.manager.eio_sid_from_sid(request.sid, "/")
-        client = state.admit(request.sid, eio_sid, claims, raw_socket(request.environ))
+        with state.gate.turn("connect"):
+            claims = auth.verify(auth.bearer_token(auth_data, request.args, request.headers))
+            eio_sid = socketio.server.manager.eio_sid_from_sid(request.sid, "/")
+            client = state.admit(request.sid, eio_sid, claims, raw_socket(request.environ))
+    except Busy:
+        exc = state.refusal(errors.SERVER_BUSY, "the server is busy; retry in a moment")
+        raise ConnectionRefusedError(exc.message, exc.as_dict()) from None
     except ClientError as exc:
         if exc.code.startswith(("auth_", "token_")):
             state.refusal(exc.code, exc.message)  # counted like the limits' refusals
@@ -65,7 +70,9 @@ def on_connect(auth_data: Any = None) -> None:
 
 @socketio.on("disconnect")
 def on_disconnect(*_: Any) -> None:
-    client = replica().release(request.sid)
+    state = replica()
+    with state.gate.turn("disconnect", shed=False):  # a departing client is never refused
+        client = state.release(request.sid)
     if client is not None:
         log.info("disconnected %s user=%s", request.sid, client.user)
 
@@ -83,7 +90,10 @@ def client_event(name: str) -> Callable:
             if not client.messages.allow():
                 return _error(ClientError(errors.RATE_LIMITED, "too many messages a second; this one was ignored"))
             try:
-                return handler(client, args[0] if args else None)
+                with replica().gate.turn(name):
+                    return handler(client, args[0] if args else None)
+            except Busy:
+                return _error(ClientError(errors.SERVER_BUSY, "the server is busy: retry in a moment"))
             except ClientError as exc:
                 return _error(exc)
             except (PoolExhausted, sqlalchemy.exc.TimeoutError):

@@ -28,6 +28,7 @@ from ticker.db import session_for
 from ticker.extensions import socketio
 from ticker.registry.instruments import Registry
 from ticker.web import errors
+from ticker.web.admission import AdmissionGate
 from ticker.web.errors import ClientError
 from ticker.web.fanout import Fanout
 from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users_connected
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECS = 5.0
 SWEEP_SECS = 0.5  # how often expired JWTs are looked for
 STATS_TTL_SECS = int(3 * HEARTBEAT_SECS)  # a dead replica drops out of /ws/stats after this
-LIVE_WAIT_SECS = 1.0  # longest a subscribe waits for its channels before reading snapshots
+LIVE_WAIT_SECS = 5.0  # longest a subscribe waits for its channels before reading snapshots
 UPSTREAM_CHECK_SECS = 1.0  # how often the upstream's state is read (its notices wait DOWN_NOTICE_SECS)
 
 
@@ -79,6 +80,7 @@ class Replica:
         self.user_connections_drifted = False  # a Redis error left the cluster-wide count behind
         self.joined_at: dict[int, int] = {}  # token -> demand version of its latest local subscribe
         self.attempts = AttemptWindow(config["MAX_CONNECTS_PER_ADDRESS_PER_SEC"])
+        self.gate = AdmissionGate(config["MAX_CONCURRENT_REQUESTS"], config["REQUEST_QUEUE_WAIT_SECS"])
         self.rejected: Counter[str] = Counter()
         self.disconnected: Counter[str] = Counter()  # connections this replica cut, by code
         self.fanout = Fanout(socketio.server, self._on_slow, config["SLOW_CLIENT_SECS"])
@@ -227,7 +229,8 @@ class Replica:
         if not tokens:
             return
         buckets = {keys.bucket_of(t) for t in tokens}
-        if not self.listener.wait_live(buckets, LIVE_WAIT_SECS):
+        if not self.listener.wait_live(buckets, LIVE_WAIT_SECS):  # a tick may fall between: counted
+            metrics.SNAPSHOTS_UNCONFIRMED.inc()
             log.warning("channels not live after %.1fs; sending the snapshot anyway", LIVE_WAIT_SECS)
         try:
             raws = self.redis.hmget(keys.LAST_TICKS, tokens)

@@ -65,7 +65,10 @@ def _check_shards() -> dict[str, Any]:
 
 def _slot_report(state: dict[str, str], tokens: int, now: float) -> dict[str, Any]:
     live = shard_live(state, now)
-    report: dict[str, Any] = {"state": state.get("state") or "no shard", "tokens": tokens, "live": live}
+    reported = state.get("state")
+    if reported and not live and now - float(state.get("heartbeat") or 0) >= SHARD_STALE_SECS:
+        reported = f"silent (last said {reported})"  # a shard that stopped reporting: killed, or stuck
+    report: dict[str, Any] = {"state": reported or "no shard", "tokens": tokens, "live": live}
     if state.get("heartbeat"):
         report["reported_secs_ago"] = round(now - float(state["heartbeat"]), 1)
     if not live and state.get("error"):  # the error that stands now (a shard clears it once it streams)
@@ -89,7 +92,9 @@ def _pool_reasons(slots: dict[str, dict], down: dict[str, str], waiting: int, ov
 
 
 def _check_registry() -> dict[str, Any]:
-    size = replica().registry.size()
+    # The mirror's size through the probe; only a missing mirror costs more (the registry then
+    # rebuilds it, or counts in PostgreSQL).
+    size = _probe().hlen(keys.REGISTRY_TOKENS) or replica().registry.size()
     return {"ok": size > 0, "instruments": size, **({} if size else {"reason": "instrument registry is empty"})}
 
 
