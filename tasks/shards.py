@@ -110,17 +110,25 @@ def refresh_slots(config) -> dict[str, int]:
     return capacity
 
 
+def slots_to_run(usable: list[str], busy: set[str]) -> list[str]:
+    """Every usable slot with work, and the first one without: a spare already connected, so
+    the tokens that overflow the busy slots (the assignment fills slots first-fit, in order)
+    stream within a second rather than after a cold start (dispatch, a fresh worker child,
+    the connect), and still no more connections are open than the demand needs plus one."""
+    spare = next((slot for slot in usable if slot not in busy), None)
+    return [slot for slot in usable if slot in busy or slot == spare]
+
+
 @celery.task(ignore_result=True)
 def supervise_shards() -> list[str]:
     """Keep the pool right: usable slots from the accounts, the assignment current, and a shard
-    task for every slot with work (and the first slot, kept warm) that has no live owner."""
+    task for every slot with work (and one spare, kept warm) that has no live owner."""
     config = current_app.config
     client = redis_client(config["REDIS_URL"])
     capacity = refresh_slots(config)
     assignment.rebalance(client, dict.fromkeys(config["WATCHLIST_TOKENS"], DEFAULT_MODE),
                          config["UNSUBSCRIBE_GRACE_SECS"])
-    busy = set(client.hvals(keys.ASSIGNED_SLOT))
-    wanted = [slot for n, slot in enumerate(capacity) if n == 0 or slot in busy]
+    wanted = slots_to_run(list(capacity), set(client.hvals(keys.ASSIGNED_SLOT)))
     dispatched = []
     for slot in wanted:
         if lease_owner(client, slot) is None and client.set(
