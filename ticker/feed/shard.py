@@ -68,7 +68,10 @@ ASSIGNMENT_POLL_SECS = 0.25  # a first subscriber gets data within about a secon
 STATE_EVERY_SECS = 1.0  # how often the shard reports itself (and checks it should stop)
 STATE_TTL_SECS = 30  # a shard that stopped reporting leaves no state behind for long
 BACKOFF_FIRST_SECS = 0.5
-BACKOFF_MAX_SECS = 30.0
+# Every second a shard waits after the feed is back is a second of ticks lost to its clients: a
+# few attempts a minute per connection is no load for Kite, and a refused token stops the
+# retries altogether (it is not retried with backoff but waits for a new token).
+BACKOFF_MAX_SECS = 5.0
 MIN_LEASE_TO_CONNECT_SECS = 2.0  # a handshake with Kite takes well under a second
 # A connect ends this long before the lease's local validity: a failed one still leaves time to
 # renew the lease before Redis drops it, and the watchdog never has to step in for a connect.
