@@ -30,7 +30,9 @@ broker_connection_retry_on_startup = True
 # A broker connection that a NAT or firewall forgot (no FIN, no RST) must not stall a worker or
 # beat for good: a publish gives up after socket_timeout and reconnects; kombu drops a consumer's
 # BRPOP connection whose reply is overdue by brpop_timeout + health_check_interval (about 11 s
-# with these), and the kernel's keepalive probes bound what TCP itself waits.
+# with these); the kernel's keepalive probes and user timeout bound what TCP itself waits. (A
+# worker could still wait forever on its remote-control connection after a Redis restart:
+# tasks/broker.py.)
 _liveness = connection_options()
 broker_transport_options = {
     "visibility_timeout": 3600,
