@@ -22,7 +22,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from tests.support.processes import VENV_BIN, Process, free_port, port_open, stop_all, wait_for
+from tests.support.processes import VENV_BIN, Process, celery_argvs, free_port, port_open, stop_all, wait_for
 from ticker import create_app
 from ticker.bus.connection import redis_client
 from ticker.config import TestConfig
@@ -166,19 +166,20 @@ def registry(app, sim, database, redis) -> int:
 
 @pytest.fixture(scope="session")
 def stack(processes, service_env, workdir, registry) -> dict[str, object]:
-    """The whole service: Celery worker (shards and jobs queues), beat, and one web replica."""
+    """The whole service as the Procfile runs it: the shard worker, the jobs worker, beat, and
+    one web replica."""
     web_port = free_port()
     env = {**service_env, "PORT": str(web_port)}
-    worker = start(processes, "worker", [
-        str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-Q", "shards,default", "-n", "test-worker@%h",
-        "--concurrency", "3", "--max-tasks-per-child", "1", "--without-gossip", "--without-mingle", "-l", "INFO",
-    ], env, workdir)
+    argvs = celery_argvs("test")
+    worker = start(processes, "worker", argvs["worker"], env, workdir)
+    jobs = start(processes, "jobs", argvs["jobs"], env, workdir)
     beat = start(processes, "beat", [
         str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-s", str(workdir / "beat-schedule"), "-l", "INFO",
     ], env, workdir)
     web = start(processes, "web", [sys.executable, "wsgi.py"], env, workdir)
     worker.wait_for_output("ready", 30)
+    jobs.wait_for_output("ready", 30)
     wait_for(lambda: port_open(web_port), 30, "the web replica to listen")
     url = f"http://127.0.0.1:{web_port}"
     wait_for(lambda: requests.get(f"{url}/health", timeout=2).status_code == 200, 30, "the service to be healthy")
-    return {"url": url, "worker": worker, "beat": beat, "web": web}
+    return {"url": url, "worker": worker, "jobs": jobs, "beat": beat, "web": web}

@@ -20,7 +20,16 @@ import requests
 from sqlalchemy import text
 
 from tests.support.clients import RecordingClient
-from tests.support.processes import VENV_BIN, Process, free_port, port_open, stop_all, wait_for
+from tests.support.processes import (
+    VENV_BIN,
+    Process,
+    celery_argvs,
+    free_port,
+    port_open,
+    start_redis,
+    stop_all,
+    wait_for,
+)
 from ticker.db import engine_for
 
 pytestmark = pytest.mark.integration
@@ -28,24 +37,23 @@ pytestmark = pytest.mark.integration
 MODES = ("gevent", "eventlet")
 
 
-def start_redis(port: int, workdir, name: str) -> Process:
-    process = Process(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)], {}, workdir)
-    wait_for(lambda: port_open(port), 10, f"{name} to listen")
-    return process
-
-
 @pytest.fixture
 def private_stack(service_env, registry, database, tmp_path, make_token):
-    port = free_port()
+    """The whole service on a Redis server of its own, and a simulator of its own (the session's
+    stack already holds connections of the same API key on the session's simulator)."""
+    port, sim_port = free_port(), free_port()
     url = f"redis://127.0.0.1:{port}/0"
     servers = [start_redis(port, tmp_path, "redis-1")]
-    env = {**service_env, "REDIS_URL": url, "TICKER_CHANNEL_NAMESPACE": "restart"}
+    sim = f"127.0.0.1:{sim_port}"
+    env = {**service_env, "REDIS_URL": url, "TICKER_CHANNEL_NAMESPACE": "restart", "KITE_API_ROOT": f"http://{sim}",
+           "KITE_TICKER_ROOT": f"ws://{sim}", "KITE_LOGIN_ROOT": f"http://{sim}"}
     webs = {mode: free_port() for mode in MODES}
+    argvs = celery_argvs("restart")
     processes = [
-        Process("r-worker", [str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-Q", "shards,default", "-n",
-                             "restart@%h", "--concurrency", "3", "--max-tasks-per-child", "1", "--without-gossip",
-                             "--without-mingle", "-l", "INFO"], env, tmp_path),
+        Process("r-sim", [sys.executable, "-m", "ticker.sim", "--port", str(sim_port), "--seed", "7",
+                          "--tick-rate", "4"], env, tmp_path),
+        Process("r-worker", argvs["worker"], env, tmp_path),
+        Process("r-jobs", argvs["jobs"], env, tmp_path),
         Process("r-beat", [str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-s", str(tmp_path / "beat"),
                            "-l", "INFO"], env, tmp_path),
         *(Process(f"r-web-{mode}", [sys.executable, "wsgi.py"], {**env, "PORT": str(port), "ASYNC_MODE": mode},

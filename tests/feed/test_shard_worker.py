@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 
 import pytest
 from sqlalchemy import text
 
 from tests.conftest import ISOLATED_REDIS_URL
-from tests.support.processes import VENV_BIN, Process, stop_all, wait_for
+from tests.support.processes import VENV_BIN, Process, free_port, port_open, stop_all, wait_for
 from ticker.bus import keys
 from ticker.bus.connection import redis_client
 from ticker.bus.demand import ReplicaDemand
@@ -29,9 +30,24 @@ def own_redis():
     client.flushdb()
 
 
+@pytest.fixture(scope="module")
+def own_sim(service_env, tmp_path_factory):
+    """A simulator of these tests' own: the session's stack holds connections of the same API
+    key on the session's simulator, and Kite's limit of connections per key counts them all."""
+    port = free_port()
+    sim = Process("shard-test-sim", [sys.executable, "-m", "ticker.sim", "--port", str(port), "--seed", "7",
+                                     "--tick-rate", "4"], service_env, tmp_path_factory.mktemp("shard-sim"))
+    try:
+        wait_for(lambda: port_open(port), 30, "the simulator")
+        yield f"127.0.0.1:{port}"
+    finally:
+        sim.stop()
+
+
 @pytest.fixture
-def worker_env(service_env, sim):
-    return {**service_env, "REDIS_URL": ISOLATED_REDIS_URL}
+def worker_env(service_env, own_sim):
+    return {**service_env, "REDIS_URL": ISOLATED_REDIS_URL, "KITE_API_ROOT": f"http://{own_sim}",
+            "KITE_TICKER_ROOT": f"ws://{own_sim}", "KITE_LOGIN_ROOT": f"http://{own_sim}"}
 
 
 def celery_worker(name: str, queue: str, *options: str) -> list[str]:
@@ -48,7 +64,7 @@ def start_worker(worker_env, workdir, own_redis):
     started: list[Process] = []
 
     def start() -> Process:
-        shards = Process("shard-worker", celery_worker("shard-test", "shards", "--concurrency", "2",
+        shards = Process("shard-worker", celery_worker("shard-test", "shards", "--concurrency", "3",
                                                         "--max-tasks-per-child", "1"), worker_env, workdir)
         jobs = Process("jobs-worker", celery_worker("jobs-test", "default", "--concurrency", "1"), worker_env, workdir)
         started.extend([shards, jobs])

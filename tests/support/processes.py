@@ -16,6 +16,18 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 
+def celery_argvs(name: str, shard_concurrency: int = 3) -> dict[str, list[str]]:
+    """The Procfile's two Celery workers: `worker` runs shards (one fresh child per shard task),
+    `jobs` runs everything else (supervision, registry loads, token checks) in one child."""
+    common = ["--without-gossip", "--without-mingle", "-l", "INFO"]
+    return {
+        "worker": [str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-Q", "shards", "-n", f"{name}-shards@%h",
+                   "--concurrency", str(shard_concurrency), "--max-tasks-per-child", "1", *common],
+        "jobs": [str(VENV_BIN / "celery"), "-A", "tasks", "worker", "-Q", "default", "-n", f"{name}-jobs@%h",
+                 "--concurrency", "1", *common],
+    }
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

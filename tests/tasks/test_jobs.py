@@ -75,7 +75,7 @@ def test_the_worker_runs_beats_jobs_and_health_shows_them(stack):
     try:
         checks = wait_for(jobs, 60, "the reload and the token check to report", interval=0.5)
     except AssertionError:
-        lines = stack["worker"].output().splitlines()
+        lines = stack["jobs"].output().splitlines()
         print("\n".join(line for line in lines if "registry" in line or "token" in line or "ERROR" in line)[-5000:])
         raise
     assert checks["ok"] is True
