@@ -22,7 +22,16 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from tests.support.processes import VENV_BIN, Process, celery_argvs, free_port, port_open, stop_all, wait_for
+from tests.support.processes import (
+    VENV_BIN,
+    Process,
+    celery_argvs,
+    free_port,
+    port_open,
+    start_redis,
+    stop_all,
+    wait_for,
+)
 from ticker import create_app
 from ticker.bus.connection import redis_client
 from ticker.config import TestConfig
@@ -64,6 +73,15 @@ def redis(workdir):
     client = redis_client(REDIS_URL)
     client.flushdb()
     return client
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory):
+    """A client of a Redis server of the module's own, stopped at the module's end."""
+    port = free_port()
+    server = start_redis(port, tmp_path_factory.mktemp("private-redis"))
+    yield redis_client(f"redis://127.0.0.1:{port}/0")
+    server.stop()
 
 
 @pytest.fixture(scope="session")

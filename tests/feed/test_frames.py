@@ -17,9 +17,7 @@ from kiteconnect import KiteTicker
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.feed.test_protocol import MODES, make_tick, ticks
-from tests.support.processes import free_port, start_redis
 from ticker.bus import keys
-from ticker.bus.connection import redis_client
 from ticker.bus.lease import ShardLease
 from ticker.bus.ticks import decode
 from ticker.feed import frames, protocol
@@ -45,11 +43,8 @@ json_values = st.recursive(
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    port = free_port()
-    server = start_redis(port, tmp_path_factory.mktemp("frames-redis"))
-    yield redis_client(f"redis://127.0.0.1:{port}/0")
-    server.stop()
+def client(private_redis):
+    return private_redis
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ import time
 
 import pytest
 
-from tests.support.processes import free_port, start_redis, wait_for
+from tests.support.processes import free_port, wait_for
 from tests.support.proxy import TcpProxy
 from ticker.bus import keys
-from ticker.bus.connection import redis_client
 from ticker.bus.lease import LEASE_TTL_SECS, SAFETY_MARGIN_SECS, ShardLease
 from ticker.feed.connection import KiteConnection
 from ticker.feed.watchdog import POLL_SECS, LeaseWatchdog
@@ -23,11 +22,8 @@ SLOT = "lease-test:0"
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    port = free_port()
-    server = start_redis(port, tmp_path_factory.mktemp("lease-redis"))
-    yield redis_client(f"redis://127.0.0.1:{port}/0")
-    server.stop()
+def client(private_redis):
+    return private_redis
 
 
 @pytest.fixture

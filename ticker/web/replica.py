@@ -421,16 +421,20 @@ class Replica:
             raise
 
 
-class Heartbeat(Loop):
+class ReplicaLoop(Loop):
+    """A loop of the replica's, sleeping cooperatively in its async mode."""
+
+    def __init__(self, replica: Replica):
+        super().__init__(socketio.sleep)
+        self.replica = replica
+
+
+class Heartbeat(ReplicaLoop):
     """Keeps the replica's demand and connection counts alive in Redis (rewriting them whole
     after Redis lost them) and publishes its figures for /ws/stats."""
 
     name = "heartbeat"
     every_secs = HEARTBEAT_SECS
-
-    def __init__(self, replica: Replica):
-        super().__init__(socketio.sleep)
-        self.replica = replica
 
     def turn(self) -> None:
         self.replica.demand.heartbeat(self.replica.background)
@@ -438,30 +442,22 @@ class Heartbeat(Loop):
         self.replica.publish_stats()
 
 
-class ExpirySweep(Loop):
+class ExpirySweep(ReplicaLoop):
     """Tells connections whose JWT expired, and cuts them after the grace period."""
 
     name = "expiry_sweep"
     every_secs = SWEEP_SECS
 
-    def __init__(self, replica: Replica):
-        super().__init__(socketio.sleep)
-        self.replica = replica
-
     def turn(self) -> None:
         self.replica.sweep_expired(time.time())
 
 
-class UpstreamWatch(Loop):
+class UpstreamWatch(ReplicaLoop):
     """Tells clients when their tokens' ticks stop (and why) or resume, and when their
     subscriptions found no room upstream (see Replica.track_upstream, Replica.check_overflow)."""
 
     name = "upstream_watch"
     every_secs = UPSTREAM_CHECK_SECS
-
-    def __init__(self, replica: Replica):
-        super().__init__(socketio.sleep)
-        self.replica = replica
 
     def turn(self) -> None:
         self.replica.check_overflow()
