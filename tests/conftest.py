@@ -10,8 +10,9 @@ from tests.support.parallel import SETTINGS, isolate_worker
 
 # In a parallel run (pytest-xdist, as pyproject.toml runs the suite) each worker is a test run
 # of its own, with a Redis server and PostgreSQL databases of its own: tests/support/parallel.py.
-WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-WORKER_REDIS = isolate_worker(WORKER) if WORKER else None
+# A run in one process (`-n 0`) is isolated the same way.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER") or "solo"
+WORKER_REDIS = isolate_worker(WORKER)
 # This process is a deployment of its own too: its Redis (and so its pub/sub channel
 # namespace) is the test database's, set before anything reads the configuration.
 os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", SETTINGS["TEST_REDIS_URL"])
@@ -51,8 +52,7 @@ ISSUER = "https://auth.test.invalid/"
 def worker_redis():
     """A parallel worker's own Redis server, stopped after everything that used it."""
     yield
-    if WORKER_REDIS is not None:
-        WORKER_REDIS.stop()
+    WORKER_REDIS.stop()
 
 
 @pytest.fixture(scope="session")
