@@ -73,7 +73,8 @@ class Replica:
         self.redis = redis_client(config["REDIS_URL"])  # on behalf of clients: bounded, waited for
         self.background = redis_client(config["REDIS_URL"], "background")  # the replica's own loops
         self.demand = ReplicaDemand(self.redis, self.id)
-        self.registry = Registry(self.redis, lambda: session_for(config["DATABASE_URL"]))
+        self.registry = Registry(self.redis, lambda: session_for(config["DATABASE_URL"]),
+                                 socketio.start_background_task)
         self.clients: dict[str, Client] = {}
         self.per_user: Counter[str] = Counter()  # this replica's share of UserConnections
         self.user_connections = UserConnections(self.redis, self.id)
