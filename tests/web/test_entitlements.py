@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import jwt as pyjwt
@@ -14,6 +15,7 @@ from tests.conftest import AUDIENCE, ISSUER
 from tests.support.clients import RecordingClient
 from tests.support.processes import wait_for
 from tests.web.test_metrics import scrape
+from ticker.bus import keys
 from ticker.bus.demand import read_demand
 from ticker.db import engine_for
 from ticker.web.entitlements import EVERYTHING, entitlements_from, metric_label
@@ -214,3 +216,25 @@ def test_search_shows_only_entitled_exchanges(stack, mint):
     bad = requests.get(f"{stack['url']}/instruments", params={"q": "INFY"}, timeout=5,
                        headers={"Authorization": f"Bearer {mint('ent-search-bad', exchanges='NSE')}"})
     assert bad.status_code == 401 and bad.json()["code"] == "token_entitlements_invalid", bad.text
+
+
+def test_after_a_registry_reload_the_registry_says_which_exchange_a_held_token_is(connect, database, redis):
+    (a, a_name), (b, b_name), (nse, _) = instruments(database, "NSE", 3, 350)
+    nfo = tokens(database, "NFO", 1, 350)
+    streaming = connect("ent-reload-all")  # both targets have a last tick to snapshot
+    streaming.call("subscribe", {"tokens": [nse, *nfo], "mode": "ltp"})
+    streaming.wait_for_ticks([nse, *nfo])
+    client = connect("ent-reload", exchanges=["NSE"])
+    assert client.call("subscribe", {"instruments": [a_name, b_name], "mode": "ltp"})["tokens"] == [a, b]
+
+    # The reload moved one name to a token the registry holds as NFO: not followed there.
+    notice = {"renumbered": {str(a): nfo[0], str(b): nse}, "removed": []}
+    redis.publish(keys.REGISTRY_RELOADED, json.dumps(notice))
+
+    moved = wait_for(lambda: [e for e in client.events["subscribed"] if e.get("reason")], 5, "a renumbering")[0]
+    assert moved["tokens"] == [nse] and moved["total"] == 1, moved
+    assert codes(moved) == {nfo[0]: "not_entitled"}, moved
+    assert client.events["unsubscribed"] == [{"tokens": [a, b], "total": 0, "reason": "instrument_renumbered"}]
+    client.wait_for_ticks([nse], count=3)  # the snapshot of the renumbering, then live ticks
+    assert client.ticks_for(nse)[0]["snapshot"] is True
+    assert not client.ticks_for(nfo[0])

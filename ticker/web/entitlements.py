@@ -60,6 +60,11 @@ def exchange_of(symbol: str) -> str:
     return symbol.partition(":")[0]
 
 
+def rejection(token: int | str, exchange: str) -> dict[str, Any]:
+    """The `rejected` entry of an instrument (a token, or the name it was asked by) on `exchange`."""
+    return {"token": token, "code": errors.NOT_ENTITLED, "message": f"your entitlements do not cover {exchange} data"}
+
+
 def metric_label(exchange: str) -> str:
     """`exchange` as the refusals metric labels it: a Kite exchange code, or "other"."""
     return exchange if exchange in KITE_EXCHANGES else "other"

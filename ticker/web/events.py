@@ -20,7 +20,7 @@ from ticker.extensions import socketio
 from ticker.registry.tokens import OPERATORS_ROOM
 from ticker.web import auth, errors
 from ticker.web.admission import Busy
-from ticker.web.entitlements import exchange_of, metric_label
+from ticker.web.entitlements import exchange_of, metric_label, rejection
 from ticker.web.errors import ClientError
 from ticker.web.http_errors import DATABASE_DOWN
 from ticker.web.limits import client_address
@@ -224,7 +224,7 @@ def _resolve(client: Client, instruments: list[str], tokens: list[int]) -> tuple
 
 def _not_entitled(token: int | str, exchange: str) -> dict:
     metrics.ENTITLEMENT_REFUSALS.labels(exchange=metric_label(exchange), event="subscribe").inc()
-    return _rejection(token, errors.NOT_ENTITLED, f"your entitlements do not cover {exchange} data")
+    return rejection(token, exchange)
 
 
 def _admit(client: Client, tokens: list[int]) -> tuple[list[int], list[dict]]:

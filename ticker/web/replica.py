@@ -29,7 +29,7 @@ from ticker.extensions import socketio
 from ticker.registry.instruments import Registry
 from ticker.web import errors
 from ticker.web.admission import AdmissionGate
-from ticker.web.entitlements import EVERYTHING, Entitlements, entitlements_from, metric_label
+from ticker.web.entitlements import EVERYTHING, Entitlements, entitlements_from, metric_label, rejection
 from ticker.web.errors import ClientError
 from ticker.web.fanout import Fanout
 from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users_connected
@@ -236,6 +236,9 @@ class Replica:
         if not self.listener.wait_live(buckets, LIVE_WAIT_SECS):  # a tick may fall between: counted
             metrics.SNAPSHOTS_UNCONFIRMED.inc()
             log.warning("channels not live after %.1fs; sending the snapshot anyway", LIVE_WAIT_SECS)
+        tokens = [t for t in tokens if t in client.subscriptions]  # none it lost meanwhile (not_entitled, ...)
+        if not tokens:
+            return
         try:
             raws = self.redis.hmget(keys.LAST_TICKS, tokens)
         except redis.RedisError as exc:  # the live stream still follows; only the head start is lost
@@ -334,15 +337,6 @@ class Replica:
             removed = {int(token) for token in notice.get("removed") or []}
             for client in list(self.clients.values()):
                 self._follow_registry(client, renumbered, removed)
-            self._recheck_entitlements()
-
-    def _recheck_entitlements(self) -> None:
-        """After a reload, a held token's exchange is the new registry's word: check again."""
-        restricted = {c: c.entitlements for c in self.clients.values() if c.entitlements.restricted}
-        try:
-            self.drop(self.not_entitled(restricted), "reload")
-        except redis.RedisError as exc:  # the next subscribe checks anew; held tokens keep streaming
-            log.warning("entitlements not rechecked after the registry reload: %s", exc)
 
     def _follow_registry(self, client: Client, renumbered: dict[int, int], removed: set[int]) -> None:
         """Subscriptions made by name follow their instrument's new token; tokens gone from
@@ -360,14 +354,30 @@ class Replica:
             names[new] = client.by_symbol[old]
         if not moved:
             return
+        refused = self._refused_after_reload(client, list(moved.values()))
         self.unsubscribe(client, list(moved))
         self.send(client.sid, "unsubscribed", {"tokens": list(moved), "total": len(client.subscriptions),
                                                "reason": "instrument_renumbered"})
-        for mode, tokens in by_mode.items():
+        for mode, targets in by_mode.items():
+            tokens = [t for t in targets if t not in refused]
+            rejected = [refused[t] for t in targets if t in refused]
             self.subscribe(client, tokens, mode, names)
             self.send(client.sid, "subscribed", {"tokens": tokens, "mode": mode, "total": len(client.subscriptions),
-                                                 "rejected": [], "reason": "instrument_renumbered"})
-            socketio.start_background_task(self.send_snapshot, client, tokens, mode)
+                                                 "rejected": rejected, "reason": "instrument_renumbered"})
+            if tokens:
+                socketio.start_background_task(self.send_snapshot, client, tokens, mode)
+
+    def _refused_after_reload(self, client: Client, tokens: list[int]) -> dict[int, dict]:
+        """Those of the new `tokens` a renumbering would move the client to that its
+        entitlements do not cover (the new registry says which exchange): their rejections."""
+        if not client.entitlements.restricted:
+            return {}
+        refused = {}
+        for token, exchange in zip(tokens, self.registry.exchanges(tokens), strict=True):
+            if exchange is not None and not client.entitlements.allows(exchange):
+                metrics.ENTITLEMENT_REFUSALS.labels(exchange=metric_label(exchange), event="reload").inc()
+                refused[token] = rejection(token, exchange)
+        return refused
 
     # JWT expiry on open connections ------------------------------------------------------
 
