@@ -137,6 +137,9 @@ class Config:
     JWT_ENCODE_ISSUER = JWT_DECODE_ISSUER
     JWT_DEV_KEY_DIR = INSTANCE
 
+    # The claim listing the Kite exchanges a token's data may come from (ticker.web.entitlements).
+    JWT_ENTITLEMENTS_CLAIM = _env("JWT_ENTITLEMENTS_CLAIM", "exchanges")
+
 
 class TestConfig(Config):
     """What the test suite overrides: its own Redis database and PostgreSQL database."""

@@ -99,6 +99,12 @@ SNAPSHOTS_UNCONFIRMED = Counter(
 REQUESTS_SHED = Counter("ticker_requests_shed_total",
                         "Client requests answered `server_busy` because the replica's resources stayed busy",
                         ["kind"])
+# `exchange` is a Kite exchange code or "other" (ticker.web.entitlements.metric_label); `event`
+# is subscribe (a token refused), reauth or reload (a held token dropped).
+ENTITLEMENT_REFUSALS = Counter(
+    "ticker_entitlement_refusals_total",
+    "Instruments a connection's entitlements kept from it (refused or dropped), by exchange and event",
+    ["exchange", "event"])
 
 
 # --- Cluster-wide figures, read from Redis at scrape time -------------------------------------

@@ -26,7 +26,7 @@ from ticker.bus.connection import redis_client
 from ticker.db import session_for
 from ticker.registry import instruments, mirror
 from ticker.registry.dump import DumpError
-from ticker.registry.instruments import MirrorUpdate, Registry, replace_from_dump
+from ticker.registry.instruments import MirrorUpdate, Registry, exchanges_of, replace_from_dump
 from ticker.registry.loader import reload_instruments
 from ticker.registry.mirror import copy_pairs, fingerprint
 from ticker.registry.models import Instrument
@@ -145,6 +145,10 @@ def test_reload_follows_renumbering_expiry_and_listing(app, redis, dump, sim_dum
     registry = lookup(app, redis)
     assert registry.resolve(["NSE:RELIANCE", f"NSE:{NEW_LISTING}"]) == [expect["new"], expect["listed"]]
     assert registry.known([expect["old"], expect["expired"], expect["new"]]) == [False, False, True]
+    followed = [expect["old"], expect["expired"], expect["new"], expect["listed"]]
+    assert registry.exchanges(followed) == [None, None, "NSE", "NSE"]  # what entitlements are checked against
+    with session_for(app.config["DATABASE_URL"]) as session:  # and the same without the mirror
+        assert exchanges_of(session, followed) == {expect["new"]: "NSE", expect["listed"]: "NSE"}
     message = wait_for(lambda: pubsub.get_message(timeout=0.5), 5, "the reload notice")
     pubsub.close()
     assert json.loads(message["data"]) == {"renumbered": {str(expect["old"]): expect["new"]},

@@ -41,8 +41,8 @@ COPY_LINES_PER_READ = 1000  # ~85 KB of CSV per message to PostgreSQL
 # this long; then it loads with the indexes in place.
 INDEX_LOCK_TIMEOUT = "2s"
 
-__all__ = ["DumpError", "MirrorUpdate", "Registry", "ReloadReport", "mirror_from_db", "replace_from_dump",
-           "tokens_by_symbol", "tokens_in"]
+__all__ = ["DumpError", "MirrorUpdate", "Registry", "ReloadReport", "exchanges_of", "mirror_from_db",
+           "replace_from_dump", "tokens_by_symbol", "tokens_in"]
 
 
 @dataclass
@@ -244,11 +244,18 @@ class Registry:
 
     def known(self, tokens: list[int]) -> list[bool]:
         """Whether each of `tokens` is an instrument of the registry."""
+        return [exchange is not None for exchange in self.exchanges(tokens)]
+
+    def exchanges(self, tokens: list[int]) -> list[str | None]:
+        """The Kite exchange code (the dump's `exchange` column) of each of `tokens`, None for
+        one the registry does not hold. The same one HMGET as `known`: the mirror's token ->
+        "EXCHANGE:TRADINGSYMBOL" hash carries it, and a reload rewrites it with the registry."""
         if self._mirrored():
-            return [symbol is not None for symbol in self.redis.hmget(keys.REGISTRY_TOKENS, tokens)]
+            symbols = self.redis.hmget(keys.REGISTRY_TOKENS, tokens)
+            return [symbol.partition(":")[0] if symbol is not None else None for symbol in symbols]
         with self.session_factory() as session:
-            found = tokens_in(session, tokens)
-        return [token in found for token in tokens]
+            found = exchanges_of(session, tokens)
+        return [found.get(token) for token in tokens]
 
     def resolve(self, symbols: list[str]) -> list[int | None]:
         """The token of each "EXCHANGE:TRADINGSYMBOL" of `symbols`, None for an unknown one."""
@@ -301,6 +308,13 @@ def tokens_in(session: Session, tokens: list[int]) -> set[int]:
     return set(session.scalars(select(Instrument.instrument_token).where(Instrument.instrument_token.in_(tokens))))
 
 
+def exchanges_of(session: Session, tokens: list[int]) -> dict[int, str]:
+    """token -> exchange, from PostgreSQL, for those of `tokens` the registry holds."""
+    rows = session.execute(select(Instrument.instrument_token, Instrument.exchange)
+                           .where(Instrument.instrument_token.in_(tokens)))
+    return dict(rows.tuples().all())
+
+
 def tokens_by_symbol(session: Session, symbols: list[str]) -> dict[str, int]:
     """"EXCHANGE:TRADINGSYMBOL" -> token, from PostgreSQL, for those of `symbols` it holds."""
     wanted = [tuple(symbol.split(":", 1)) for symbol in symbols if ":" in symbol]
@@ -319,9 +333,12 @@ def _like_prefix(text_: str) -> str:
 
 
 def search(session: Session, q: str, exchange: str | None = None, segment: str | None = None,
-           limit: int = 20) -> list[dict[str, Any]]:
+           limit: int = 20, entitled: frozenset[str] | None = None) -> list[dict[str, Any]]:
     """Instruments whose tradingsymbol or name starts with `q` (case-insensitive), exact
-    symbol first, then shorter symbols (the underlying before its derivatives)."""
+    symbol first, then shorter symbols (the underlying before its derivatives); only those of
+    the `entitled` exchanges when that is given (ticker.web.entitlements; empty: none)."""
+    if entitled is not None and not entitled:
+        return []
     q = q.strip().upper()
     if ":" in q and exchange is None:
         exchange, q = q.split(":", 1)
@@ -333,6 +350,8 @@ def search(session: Session, q: str, exchange: str | None = None, segment: str |
         query = query.where(Instrument.exchange == exchange.upper())
     if segment:
         query = query.where(Instrument.segment == segment.upper())
+    if entitled is not None:
+        query = query.where(Instrument.exchange.in_(sorted(entitled)))
     query = query.order_by(
         (Instrument.tradingsymbol != q), func.length(Instrument.tradingsymbol), Instrument.tradingsymbol,
         Instrument.exchange,

@@ -20,6 +20,7 @@ from ticker.extensions import socketio
 from ticker.registry.tokens import OPERATORS_ROOM
 from ticker.web import auth, errors
 from ticker.web.admission import Busy
+from ticker.web.entitlements import exchange_of, metric_label, rejection
 from ticker.web.errors import ClientError
 from ticker.web.http_errors import DATABASE_DOWN
 from ticker.web.limits import client_address
@@ -117,7 +118,7 @@ def client_event(name: str) -> Callable:
 @client_event("subscribe")
 def on_subscribe(client: Client, data: Any) -> dict:
     wanted = parse_subscribe(data, current_app.config["MAX_TOKENS_PER_REQUEST"])
-    names, rejected = _resolve(wanted.instruments, wanted.tokens)
+    names, rejected = _resolve(client, wanted.instruments, wanted.tokens)
     accepted, refused = _admit(client, wanted.tokens)
     state = replica()
     state.subscribe(client, accepted, wanted.mode, names)
@@ -200,12 +201,17 @@ def _rejection(token: int | str, code: str, message: str) -> dict:
     return {"token": token, "code": code, "message": message}
 
 
-def _resolve(instruments: list[str], tokens: list[int]) -> tuple[dict[int, str], list[dict]]:
+def _resolve(client: Client, instruments: list[str], tokens: list[int]) -> tuple[dict[int, str], list[dict]]:
     """Add the tokens of instruments named by symbol to `tokens`; returns token -> name for
-    them (so they follow a renumbering) and the rejections of unknown names."""
-    if not instruments:
-        return {}, []
+    them (so they follow a renumbering) and the rejections of unknown names and of names on
+    exchanges the client is not entitled to (which are not even looked up)."""
     names, rejected = {}, []
+    refused = [name for name in instruments if not client.entitlements.allows(exchange_of(name))]
+    for name in refused:
+        rejected.append(_not_entitled(name, exchange_of(name)))
+    instruments = [name for name in instruments if name not in refused]
+    if not instruments:
+        return names, rejected
     for name, token in zip(instruments, replica().registry.resolve(instruments), strict=True):
         if token is None:
             rejected.append(_rejection(name, errors.UNKNOWN_INSTRUMENT, f"no instrument {name}"))
@@ -216,17 +222,28 @@ def _resolve(instruments: list[str], tokens: list[int]) -> tuple[dict[int, str],
     return names, rejected
 
 
+def _not_entitled(token: int | str, exchange: str) -> dict:
+    metrics.ENTITLEMENT_REFUSALS.labels(exchange=metric_label(exchange), event="subscribe").inc()
+    return rejection(token, exchange)
+
+
 def _admit(client: Client, tokens: list[int]) -> tuple[list[int], list[dict]]:
     """Split the request into accepted tokens and per-token rejections with codes."""
-    known = replica().registry.known(tokens) if tokens else []
+    # The registry's one lookup says both whether a token exists and its exchange.
+    exchanges = replica().registry.exchanges(tokens) if tokens else []
+    entitled = {t for t, exchange in zip(tokens, exchanges, strict=True)
+                if exchange is not None and client.entitlements.allows(exchange)}
     # Kite's connections hold so many instruments in all: beyond that, say so now.
-    upstream = assignment.admissible(replica().redis, [t for t in tokens if t not in client.subscriptions])
+    upstream = assignment.admissible(replica().redis, [t for t in tokens if t in entitled
+                                                       and t not in client.subscriptions])
     accepted, rejected = [], []
     room = current_app.config["MAX_TOKENS_PER_CONNECTION"] - len(client.subscriptions)
-    for token, is_known in zip(tokens, known, strict=True):
+    for token, exchange in zip(tokens, exchanges, strict=True):
         is_new = token not in client.subscriptions
-        if not is_known:
+        if exchange is None:
             rejected.append(_rejection(token, errors.UNKNOWN_TOKEN, f"no instrument with token {token}"))
+        elif token not in entitled:
+            rejected.append(_not_entitled(token, exchange))
         elif is_new and room <= 0:
             rejected.append(_rejection(token, errors.LIMIT_EXCEEDED, "connection holds its maximum of tokens"))
         elif is_new and token not in upstream:

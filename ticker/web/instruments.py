@@ -8,6 +8,7 @@ from ticker.db import session_for
 from ticker.registry.instruments import SEARCH_LIMIT_MAX, search
 from ticker.web import errors
 from ticker.web.auth import bearer_token, verify
+from ticker.web.entitlements import entitlements_from
 from ticker.web.errors import ClientError
 
 bp = Blueprint("instruments", __name__)
@@ -30,9 +31,11 @@ def _limit() -> int:
 @bp.get("/instruments")
 def instruments():
     """Instruments whose tradingsymbol or name starts with `q`; optional `exchange`, `segment`,
-    `limit` (1-100, default 20). `q` may be "EXCHANGE:PREFIX"."""
+    `limit` (1-100, default 20). `q` may be "EXCHANGE:PREFIX". Only instruments of exchanges
+    the JWT is entitled to are listed (ticker.web.entitlements)."""
     try:
-        verify(bearer_token(None, request.args, request.headers))
+        claims = verify(bearer_token(None, request.args, request.headers))
+        entitled = entitlements_from(claims, current_app.config["JWT_ENTITLEMENTS_CLAIM"]).exchanges
     except ClientError as exc:
         return client_error(exc, 401)
     try:
@@ -43,5 +46,6 @@ def instruments():
     except ClientError as exc:
         return client_error(exc, 400)
     with session_for(current_app.config["DATABASE_URL"]) as session:
-        found = search(session, q, request.args.get("exchange") or None, request.args.get("segment") or None, limit)
+        found = search(session, q, request.args.get("exchange") or None, request.args.get("segment") or None, limit,
+                       entitled)
     return jsonify({"q": q, "count": len(found), "instruments": found})

@@ -29,6 +29,7 @@ from ticker.extensions import socketio
 from ticker.registry.instruments import Registry
 from ticker.web import errors
 from ticker.web.admission import AdmissionGate
+from ticker.web.entitlements import EVERYTHING, Entitlements, entitlements_from, metric_label, rejection
 from ticker.web.errors import ClientError
 from ticker.web.fanout import Fanout
 from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users_connected
@@ -58,6 +59,7 @@ class Client:
     subscriptions: dict[int, str] = field(default_factory=dict)
     by_symbol: dict[int, str] = field(default_factory=dict)  # token -> the name it was asked by
     expired_at: float | None = None  # when it was told its JWT expired
+    entitlements: Entitlements = EVERYTHING  # the exchanges its JWT lets it receive
 
     @property
     def expires_at(self) -> float:
@@ -102,11 +104,13 @@ class Replica:
     def admit(self, sid: str, eio_sid: str, claims: dict, sock: socket.socket | None) -> Client:
         """Register a verified connection, or refuse it if a limit says no."""
         user = str(claims.get("sub"))
+        entitlements = entitlements_from(claims, self.config["JWT_ENTITLEMENTS_CLAIM"])
         if len(self.clients) >= self.config["MAX_CONNECTIONS"]:
             raise self.refusal(errors.SERVER_BUSY, "this server is full; try again or another replica")
         if not self._count_connection(user):
             raise self.refusal(errors.TOO_MANY_CONNECTIONS, "this user holds its maximum of connections")
-        client = Client(sid, user, claims, TokenBucket(self.config["MAX_MESSAGES_PER_SEC"]), sock)
+        client = Client(sid, user, claims, TokenBucket(self.config["MAX_MESSAGES_PER_SEC"]), sock,
+                        entitlements=entitlements)
         self.clients[sid] = client
         self.per_user[user] += 1
         self.fanout.attach(sid, eio_sid)
@@ -233,6 +237,9 @@ class Replica:
         if not self.listener.wait_live(buckets, LIVE_WAIT_SECS):  # a tick may fall between: counted
             metrics.SNAPSHOTS_UNCONFIRMED.inc()
             log.warning("channels not live after %.1fs; sending the snapshot anyway", LIVE_WAIT_SECS)
+        tokens = [t for t in tokens if t in client.subscriptions]  # none it lost meanwhile (not_entitled, ...)
+        if not tokens:
+            return
         try:
             raws = self.redis.hmget(keys.LAST_TICKS, tokens)
         except redis.RedisError as exc:  # the live stream still follows; only the head start is lost
@@ -348,14 +355,30 @@ class Replica:
             names[new] = client.by_symbol[old]
         if not moved:
             return
+        refused = self._refused_after_reload(client, list(moved.values()))
         self.unsubscribe(client, list(moved))
         self.send(client.sid, "unsubscribed", {"tokens": list(moved), "total": len(client.subscriptions),
                                                "reason": "instrument_renumbered"})
-        for mode, tokens in by_mode.items():
+        for mode, targets in by_mode.items():
+            tokens = [t for t in targets if t not in refused]
+            rejected = [refused[t] for t in targets if t in refused]
             self.subscribe(client, tokens, mode, names)
             self.send(client.sid, "subscribed", {"tokens": tokens, "mode": mode, "total": len(client.subscriptions),
-                                                 "rejected": [], "reason": "instrument_renumbered"})
-            socketio.start_background_task(self.send_snapshot, client, tokens, mode)
+                                                 "rejected": rejected, "reason": "instrument_renumbered"})
+            if tokens:
+                socketio.start_background_task(self.send_snapshot, client, tokens, mode)
+
+    def _refused_after_reload(self, client: Client, tokens: list[int]) -> dict[int, dict]:
+        """Those of the new `tokens` a renumbering would move the client to that its
+        entitlements do not cover (the new registry says which exchange): their rejections."""
+        if not client.entitlements.restricted:
+            return {}
+        refused = {}
+        for token, exchange in zip(tokens, self.registry.exchanges(tokens), strict=True):
+            if exchange is not None and not client.entitlements.allows(exchange):
+                metrics.ENTITLEMENT_REFUSALS.labels(exchange=metric_label(exchange), event="reload").inc()
+                refused[token] = rejection(token, exchange)
+        return refused
 
     # JWT expiry on open connections ------------------------------------------------------
 
@@ -377,8 +400,39 @@ class Replica:
     def reauth(self, client: Client, claims: dict) -> None:
         if str(claims.get("sub")) != client.user:
             raise ClientError(errors.TOKEN_INVALID, "a fresh token must be for the same user")
+        entitlements = entitlements_from(claims, self.config["JWT_ENTITLEMENTS_CLAIM"])
+        lost = self.not_entitled({client: entitlements})  # may raise: then nothing has changed
         client.claims = claims
         client.expired_at = None
+        client.entitlements = entitlements
+        self.drop(lost, "reauth")
+
+    # Entitlements ------------------------------------------------------------------------
+
+    def not_entitled(self, entitlements: dict[Client, Entitlements]) -> dict[Client, dict[int, str]]:
+        """For each client, the tokens it holds that `entitlements` do not cover (token ->
+        exchange); one registry lookup for all of them."""
+        held = sorted({token for client in entitlements for token in client.subscriptions})
+        if not held:
+            return {}
+        exchange_of = dict(zip(held, self.registry.exchanges(held), strict=True))
+        lost: dict[Client, dict[int, str]] = {}
+        for client, allowed in entitlements.items():
+            tokens = {t: exchange_of[t] for t in client.subscriptions
+                      if exchange_of[t] is not None and not allowed.allows(exchange_of[t])}
+            if tokens:
+                lost[client] = tokens
+        return lost
+
+    def drop(self, lost: dict[Client, dict[int, str]], event: str) -> None:
+        """Unsubscribe clients from tokens they may no longer receive (see `not_entitled`),
+        telling each `unsubscribed` with the reason `not_entitled`; counted by exchange."""
+        for client, tokens in lost.items():
+            for exchange in tokens.values():
+                metrics.ENTITLEMENT_REFUSALS.labels(exchange=metric_label(exchange), event=event).inc()
+            self.unsubscribe(client, list(tokens))
+            self.send(client.sid, "unsubscribed", {"tokens": list(tokens), "total": len(client.subscriptions),
+                                                   "reason": errors.NOT_ENTITLED})
 
     # Stats -------------------------------------------------------------------------------
 
