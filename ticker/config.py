@@ -136,6 +136,20 @@ class Config:
     JWT_DECODE_ISSUER = _env("JWT_ISSUER") or None
     JWT_ENCODE_ISSUER = JWT_DECODE_ISSUER
     JWT_DEV_KEY_DIR = INSTANCE
+    # Clock skew allowed between the issuer and this server, on `exp`, `nbf` and `iat` alike
+    # (flask-jwt-extended hands it to PyJWT as `leeway`).
+    JWT_DECODE_LEEWAY = _int("JWT_LEEWAY_SECS", 30)
+    JWT_REQUIRE_EXP = _env("JWT_REQUIRE_EXP", "true").lower() not in ("false", "0", "no", "off")
+    # JWKS (ticker/web/jwks.py): the set is refetched after its Cache-Control max-age, clamped
+    # to [MIN_AGE, MAX_AGE] (MAX_AGE without the header); when fetches fail it stays in use for
+    # STALE past that, then tokens are refused `auth_unavailable`. A fetch gives up after TIMEOUT.
+    JWT_JWKS_MAX_AGE_SECS = _float("JWT_JWKS_MAX_AGE_SECS", 300.0)
+    JWT_JWKS_MIN_AGE_SECS = _float("JWT_JWKS_MIN_AGE_SECS", 10.0)
+    JWT_JWKS_STALE_SECS = _float("JWT_JWKS_STALE_SECS", 3600.0)
+    JWT_JWKS_TIMEOUT_SECS = _float("JWT_JWKS_TIMEOUT_SECS", 2.0)
+    # A connection is closed (`connection_max_age`) after this long whatever its token says;
+    # 0: no cap. A day: a client reconnects once a day at worst.
+    MAX_CONNECTION_SECS = _float("MAX_CONNECTION_SECS", 86400.0)
 
     # The claim listing the Kite exchanges a token's data may come from (ticker.web.entitlements).
     JWT_ENTITLEMENTS_CLAIM = _env("JWT_ENTITLEMENTS_CLAIM", "exchanges")

@@ -63,6 +63,12 @@ TICKS_DROPPED = Counter("ticker_ticks_dropped_total", "Ticks not delivered (clie
 CONNECTIONS_REJECTED = Counter(
     "ticker_connections_rejected_total", "Socket.IO connections refused, by reason code", ["reason"]
 )
+CLIENTS_DISCONNECTED = Counter(
+    "ticker_clients_disconnected_total", "Socket.IO connections this replica cut, by reason code", ["reason"]
+)
+JWKS_FETCHES = Counter("ticker_jwks_fetches_total",
+                       "Fetches of the JWKS key set, by outcome (ok, unreachable, http_error, invalid) and trigger "
+                       "(schedule, unknown_kid)", ["outcome", "trigger"])
 HTTP_ERRORS = Counter(
     "ticker_http_errors_total", "HTTP requests answered with an error (ticker.web.http_errors), by code", ["reason"]
 )

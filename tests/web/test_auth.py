@@ -10,11 +10,13 @@ import time
 
 import jwt as pyjwt
 import pytest
+import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import AUDIENCE, ISSUER
 from tests.support.clients import RecordingClient
 from tests.support.processes import wait_for
+from tests.web.webproc import start_web
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +102,89 @@ def test_token_in_query_string_and_bearer_header_are_accepted(stack, make_token)
     for client in (by_header, by_query):
         assert wait_for(lambda c=client: c.events["connected"], 5, "connected")[0]["user"] == "carol"
         client.close()
+
+
+# Clock skew, exp policy and size bound (docs/API.md, "Authentication") ---------------------
+
+LEEWAY = 30  # JWT_LEEWAY_SECS's default, which the session's replica runs with
+
+
+def signed(jwt_keys, **overrides) -> str:
+    return pyjwt.encode(claims(**overrides), jwt_keys[0].read_bytes(), algorithm="RS256")
+
+
+@pytest.mark.parametrize("claim", ["iat", "nbf"])
+def test_a_token_from_a_clock_a_little_ahead_is_accepted_everywhere(stack, jwt_keys, claim):
+    token = signed(jwt_keys, sub="skewed", **{claim: int(time.time()) + 2})
+    client = RecordingClient().connect(stack["url"], token)
+    try:
+        assert wait_for(lambda: client.events["connected"], 5, "connected")[0]["user"] == "skewed"
+        fresh = signed(jwt_keys, sub="skewed", **{claim: int(time.time()) + 2})
+        assert client.call("reauth", {"token": fresh})["user"] == "skewed"
+    finally:
+        client.close()
+    answer = requests.get(f"{stack['url']}/instruments", params={"q": "NIFTY"},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("claim", ["iat", "nbf"])
+def test_a_token_from_beyond_the_leeway_is_not_yet_valid(stack, jwt_keys, claim):
+    token = signed(jwt_keys, **{claim: int(time.time()) + LEEWAY + 5})
+    error = refusal(stack["url"], auth={"token": token})
+    assert error["code"] == "token_not_yet_valid", error
+    answer = requests.get(f"{stack['url']}/instruments", params={"q": "NIFTY"},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert answer.status_code == 401 and answer.json()["code"] == "token_not_yet_valid"
+
+
+def test_expiry_counts_with_the_leeway(stack, jwt_keys):
+    within = signed(jwt_keys, sub="late", exp=int(time.time()) - 10)
+    client = RecordingClient().connect(stack["url"], within)
+    try:
+        assert wait_for(lambda: client.events["connected"], 5, "connected")[0]["user"] == "late"
+        time.sleep(1.0)  # the expiry sweep runs every 0.5 s: it must not take the token for expired yet
+        assert client.sio.connected and not client.events["error"], client.events["error"]
+    finally:
+        client.close()
+    beyond = signed(jwt_keys, exp=int(time.time()) - LEEWAY - 5)
+    assert refusal(stack["url"], auth={"token": beyond})["code"] == "token_expired"
+
+
+def test_a_token_without_exp_is_refused(stack, jwt_keys):
+    body = claims()
+    del body["exp"]
+    error = refusal(stack["url"], auth={"token": pyjwt.encode(body, jwt_keys[0].read_bytes(), algorithm="RS256")})
+    assert error["code"] == "token_exp_required" and "exp" in error["message"], error
+
+
+def test_a_huge_token_is_refused_before_decoding(stack, jwt_keys):
+    token = signed(jwt_keys, padding="x" * 20_000)
+    error = refusal(stack["url"], auth={"token": token})
+    assert error["code"] == "token_too_large" and "8192" in error["message"], error
+    answer = requests.get(f"{stack['url']}/ws/stats", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert answer.status_code == 401 and answer.json()["code"] == "token_too_large"
+
+
+# A connection's life is capped whatever its token says -------------------------------------
+
+@pytest.fixture(scope="module")
+def capped(stack, processes, service_env, workdir):
+    return start_web(processes, service_env, workdir, "web-capped", MAX_CONNECTION_SECS="2", JWT_REQUIRE_EXP="false")
+
+
+def test_a_connection_is_cut_at_its_maximum_age(capped, jwt_keys):
+    body = claims(sub="forever")
+    del body["exp"]  # allowed on this replica: only the cap ends it
+    client = RecordingClient().connect(capped.url, pyjwt.encode(body, jwt_keys[0].read_bytes(), algorithm="RS256"))
+    started = time.monotonic()
+    try:
+        greeting = wait_for(lambda: client.events["connected"], 5, "connected")[0]
+        assert greeting["limits"]["max_connection_secs"] == 2
+        wait_for(lambda: not client.sio.connected, 6, "the capped connection to be cut")
+        assert 1.5 <= time.monotonic() - started < 5
+        assert client.events["error"][-1]["code"] == "connection_max_age", client.events["error"]
+    finally:
+        client.close()
+    scrape = requests.get(f"{capped.url}/metrics?scope=replica", timeout=5).text
+    assert 'ticker_clients_disconnected_total{reason="connection_max_age"} 1.0' in scrape

@@ -19,7 +19,8 @@ from tests.web.webproc import rss_kib, start_web
 pytestmark = pytest.mark.integration
 
 CODES = {"bad_request", "too_many_tokens", "unknown_event", "token_invalid", "token_expired", "auth_required",
-         "token_wrong_audience", "token_wrong_issuer", "rate_limited"}
+         "token_wrong_audience", "token_wrong_issuer", "rate_limited", "token_too_large", "token_not_yet_valid",
+         "token_exp_required"}
 EVENTS = ["subscribe", "unsubscribe", "ping", "reauth"]
 RESERVED = {"connect", "disconnect", "connect_error", "message"}  # the client library's own names
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def web(stack, processes, service_env, workdir):
-    return start_web(processes, service_env, workdir, "web-limits", TOKEN_EXPIRY_GRACE_SECS="1.5",
+    return start_web(processes, service_env, workdir, "web-limits", TOKEN_EXPIRY_GRACE_SECS="1.5", JWT_LEEWAY_SECS="0",
                      MAX_MESSAGES_PER_SEC="5", MAX_CONNECTIONS_PER_USER="2", MAX_CONNECTIONS="5")
 
 

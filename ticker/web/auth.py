@@ -1,8 +1,10 @@
 """JWT verification for Socket.IO connections and HTTP, and development tokens.
 
 Tokens are verified with flask-jwt-extended against a public key or a JWKS URL (keys picked
-by `kid` and cached), with the audience, issuer and algorithm allow-list from Config. The
-private key exists only for minting development tokens.
+by `kid`, fetched and cached by ticker.web.jwks), with the audience, issuer, algorithm
+allow-list and clock-skew leeway (`JWT_DECODE_LEEWAY`, applied by PyJWT to `exp`, `nbf` and
+`iat` alike) from Config. The contract, with every refusal code: docs/API.md, "Authentication".
+The private key exists only for minting development tokens.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from flask_jwt_extended.exceptions import JWTDecodeError
 from ticker.extensions import jwt
 from ticker.web import errors
 from ticker.web.errors import ClientError
+from ticker.web.jwks import KeySet, KeysUnavailable, UnknownKey
 
 log = logging.getLogger(__name__)
 
-JWKS_CACHE_SECS = 300  # a rotated key is picked up on its first unknown `kid` anyway
+MAX_TOKEN_BYTES = 8192  # far beyond any real token; a bigger one is refused before any decoding
 
 
 def init_keys(app: Flask) -> None:
@@ -60,9 +63,19 @@ def write_key_pair(private_path: Path, public_path: Path) -> None:
     )
 
 
-@lru_cache(maxsize=4)
-def _jwks_client(url: str) -> pyjwt.PyJWKClient:
-    return pyjwt.PyJWKClient(url, cache_keys=True, lifespan=JWKS_CACHE_SECS, timeout=5)
+_key_sets: dict[str, KeySet] = {}
+
+
+def key_set(config: Any) -> KeySet | None:
+    """The process's key set of the configured JWKS URL (one per URL), or None without one."""
+    url = config["JWT_JWKS_URL"]
+    if not url:
+        return None
+    if url not in _key_sets:
+        _key_sets[url] = KeySet(url, max_age_secs=config["JWT_JWKS_MAX_AGE_SECS"],
+                                min_age_secs=config["JWT_JWKS_MIN_AGE_SECS"],
+                                stale_secs=config["JWT_JWKS_STALE_SECS"], timeout_secs=config["JWT_JWKS_TIMEOUT_SECS"])
+    return _key_sets[url]
 
 
 @lru_cache(maxsize=4)
@@ -73,11 +86,11 @@ def _public_key(pem: str) -> Any:
 
 @jwt.decode_key_loader
 def _decode_key(header: dict, _payload: dict) -> Any:
-    url = current_app.config["JWT_JWKS_URL"]
-    if not url:
+    keys = key_set(current_app.config)
+    if keys is None:
         pem = current_app.config["JWT_PUBLIC_KEY"]
         return _public_key(pem) if isinstance(pem, str) and pem.startswith("-----BEGIN PUBLIC KEY") else pem
-    return _jwks_client(url).get_signing_key(header.get("kid")).key
+    return keys.key_for(header.get("kid")).key
 
 
 def bearer_token(auth: Any, args: Any, headers: Any) -> str | None:
@@ -92,6 +105,7 @@ def bearer_token(auth: Any, args: Any, headers: Any) -> str | None:
 
 _FAILURES = [
     (pyjwt.ExpiredSignatureError, errors.TOKEN_EXPIRED, "token has expired"),
+    (pyjwt.ImmatureSignatureError, errors.TOKEN_NOT_YET_VALID, "token is not valid yet (iat or nbf in the future)"),
     (pyjwt.InvalidAudienceError, errors.TOKEN_AUDIENCE, "token is not for this audience"),
     (pyjwt.InvalidIssuerError, errors.TOKEN_ISSUER, "token is not from a trusted issuer"),
     (pyjwt.InvalidAlgorithmError, errors.TOKEN_INVALID, "token algorithm is not allowed"),
@@ -100,11 +114,19 @@ _FAILURES = [
 
 
 def verify(token: str | None) -> dict[str, Any]:
-    """The token's claims, or ClientError saying exactly why it is refused."""
+    """The token's claims, or ClientError saying exactly why it is refused (the codes of
+    docs/API.md, "Authentication"; `auth_unavailable` is the server's trouble, not the token's)."""
     if not token:
         raise ClientError(errors.AUTH_REQUIRED, "a JWT is required: auth: {token}, ?token= or Authorization: Bearer")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ClientError(errors.TOKEN_TOO_LARGE, f"token is longer than {MAX_TOKEN_BYTES} bytes")
     try:
-        return decode_token(token)
+        claims = decode_token(token)
+    except UnknownKey as exc:
+        raise ClientError(errors.TOKEN_INVALID, f"token is not valid: {exc}") from exc
+    except KeysUnavailable as exc:
+        raise ClientError(errors.AUTH_UNAVAILABLE, "the server cannot verify tokens now (its issuer's keys are "
+                                                   "unavailable): retry with backoff") from exc
     except pyjwt.PyJWTError as exc:
         for kind, code, message in _FAILURES:
             if isinstance(exc, kind):
@@ -112,6 +134,15 @@ def verify(token: str | None) -> dict[str, Any]:
         raise ClientError(errors.TOKEN_INVALID, f"token is not valid: {exc}") from exc
     except (JWTDecodeError, ValueError) as exc:
         raise ClientError(errors.TOKEN_INVALID, f"token is not valid: {exc}") from exc
+    if "exp" not in claims and current_app.config["JWT_REQUIRE_EXP"]:
+        raise ClientError(errors.TOKEN_EXP_REQUIRED, "token has no `exp` claim: this server requires tokens that "
+                                                        "expire")
+    return claims
+
+
+def http_status(exc: ClientError) -> int:
+    """The HTTP status of a refused token: 503 when the server cannot verify, else 401."""
+    return 503 if exc.code == errors.AUTH_UNAVAILABLE else 401
 
 
 def mint(identity: str, ttl: timedelta, admin: bool = False) -> str:

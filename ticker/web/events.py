@@ -40,6 +40,8 @@ def _limits() -> dict[str, Any]:
         "max_connections_per_user": config["MAX_CONNECTIONS_PER_USER"],
         "slow_client_secs": config["SLOW_CLIENT_SECS"],
         "token_expiry_grace_secs": config["TOKEN_EXPIRY_GRACE_SECS"],
+        "token_leeway_secs": config["JWT_DECODE_LEEWAY"],
+        "max_connection_secs": config["MAX_CONNECTION_SECS"],
     }
 
 

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify, request
 from ticker.db import session_for
 from ticker.registry.instruments import SEARCH_LIMIT_MAX, search
 from ticker.web import errors
-from ticker.web.auth import bearer_token, verify
+from ticker.web.auth import bearer_token, http_status, verify
 from ticker.web.entitlements import entitlements_from
 from ticker.web.errors import ClientError
 
@@ -37,7 +37,7 @@ def instruments():
         claims = verify(bearer_token(None, request.args, request.headers))
         entitled = entitlements_from(claims, current_app.config["JWT_ENTITLEMENTS_CLAIM"]).exchanges
     except ClientError as exc:
-        return client_error(exc, 401)
+        return client_error(exc, http_status(exc))
     try:
         q = request.args.get("q", "").strip()
         if not q or len(q) > MAX_QUERY_CHARS:

@@ -20,7 +20,7 @@ from ticker.db import session_for
 from ticker.registry import accounts
 from ticker.registry.tokens import UNREACHABLE, complete_login
 from ticker.web import errors
-from ticker.web.auth import bearer_token, verify
+from ticker.web.auth import bearer_token, http_status, verify
 from ticker.web.errors import ClientError
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def login_url(api_key: str):
     try:
         claims = verify(bearer_token(None, request.args, request.headers))
     except ClientError as exc:
-        return _error(exc.code, exc.message, 401)
+        return _error(exc.code, exc.message, http_status(exc))
     if not claims.get("admin"):
         return _error(errors.ADMIN_REQUIRED, "an admin JWT is required", 403)
     with session_for(current_app.config["DATABASE_URL"]) as session:

@@ -27,11 +27,12 @@ from ticker.bus.upstream import BUS_UNAVAILABLE, token_states
 from ticker.db import session_for
 from ticker.extensions import socketio
 from ticker.registry.instruments import Registry
-from ticker.web import errors
+from ticker.web import auth, errors
 from ticker.web.admission import AdmissionGate
 from ticker.web.entitlements import EVERYTHING, Entitlements, entitlements_from, metric_label, rejection
 from ticker.web.errors import ClientError
 from ticker.web.fanout import Fanout
+from ticker.web.jwks import KeySetRefresh
 from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users_connected
 from ticker.web.listener import TickListener
 from ticker.web.loops import Loop
@@ -60,6 +61,7 @@ class Client:
     by_symbol: dict[int, str] = field(default_factory=dict)  # token -> the name it was asked by
     expired_at: float | None = None  # when it was told its JWT expired
     entitlements: Entitlements = EVERYTHING  # the exchanges its JWT lets it receive
+    connected_at: float = field(default_factory=time.time)
 
     @property
     def expires_at(self) -> float:
@@ -94,6 +96,8 @@ class Replica:
         )
         self.upstream = UpstreamNotices()
         self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), UpstreamWatch(self)]
+        if (key_set := auth.key_set(config)) is not None:
+            self.loops.append(KeySetRefresh(key_set, socketio.sleep))
 
     # Connections -------------------------------------------------------------------------
 
@@ -160,6 +164,7 @@ class Replica:
         """Tell the client why, then cut the connection, even if a write to it is blocked."""
         log.info("disconnecting %s user=%s: %s", client.sid, client.user, code)
         self.disconnected[code] += 1
+        metrics.CLIENTS_DISCONNECTED.labels(reason=code).inc()
         self.send(client.sid, "error", {"code": code, "message": message})
         eio_sid = self.fanout.eio_sid(client.sid)
         connection = socketio.server.eio.sockets.get(eio_sid)
@@ -384,10 +389,12 @@ class Replica:
 
     def sweep_expired(self, now: float) -> None:
         """A connection whose JWT expired is told so, then cut after the grace period unless
-        it sent a fresh token (`reauth`)."""
+        it sent a fresh token (`reauth`). Expired counts as verification does, with the
+        clock-skew leeway: a token just accepted is never taken for expired the next instant."""
         grace = self.config["TOKEN_EXPIRY_GRACE_SECS"]
+        leeway = self.config["JWT_DECODE_LEEWAY"]
         for client in list(self.clients.values()):
-            if client.expires_at > now:
+            if client.expires_at + leeway > now:
                 continue
             if client.expired_at is None:
                 client.expired_at = now
@@ -396,6 +403,16 @@ class Replica:
                     "message": f"your token has expired: send a fresh one with `reauth` within {grace:g}s"})
             elif now - client.expired_at >= grace:
                 self.kick(client, errors.TOKEN_EXPIRED, "your token expired and no fresh token came")
+
+    def sweep_aged(self, now: float) -> None:
+        """A connection older than MAX_CONNECTION_SECS is told so and cut, whatever its token."""
+        cap = self.config["MAX_CONNECTION_SECS"]
+        if cap <= 0:
+            return
+        for client in list(self.clients.values()):
+            if now - client.connected_at >= cap:
+                self.kick(client, errors.CONNECTION_MAX_AGE,
+                          f"the connection reached its maximum life of {cap:g}s: reconnect")
 
     def reauth(self, client: Client, claims: dict) -> None:
         if str(claims.get("sub")) != client.user:
@@ -498,13 +515,16 @@ class Heartbeat(ReplicaLoop):
 
 
 class ExpirySweep(ReplicaLoop):
-    """Tells connections whose JWT expired, and cuts them after the grace period."""
+    """Tells connections whose JWT expired, and cuts them after the grace period; cuts
+    connections that reached their maximum life."""
 
     name = "expiry_sweep"
     every_secs = SWEEP_SECS
 
     def turn(self) -> None:
-        self.replica.sweep_expired(time.time())
+        now = time.time()
+        self.replica.sweep_expired(now)
+        self.replica.sweep_aged(now)
 
 
 class UpstreamWatch(ReplicaLoop):

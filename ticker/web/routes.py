@@ -14,6 +14,7 @@ from ticker.bus import assignment, keys
 from ticker.bus.connection import redis_client
 from ticker.bus.lease import SHARD_STALE_SECS, shard_live, shard_states
 from ticker.db import engine_for
+from ticker.web import auth
 from ticker.web.jobs_health import check_jobs
 from ticker.web.replica import replica
 
@@ -110,6 +111,13 @@ def _check_delivery() -> dict[str, Any]:
             **({"reason": "; ".join(reasons)} if reasons else {})}
 
 
+def _check_jwks() -> dict[str, Any]:
+    """The JWKS key set tokens are verified with (ticker.web.jwks): degraded while a failing
+    JWKS URL leaves it stale, not ok once too old to trust (every token is refused)."""
+    keys = auth.key_set(current_app.config)
+    return {"ok": True, "source": "public key"} if keys is None else keys.report()
+
+
 CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
     "delivery": _check_delivery,
     "redis": _check_redis,
@@ -117,6 +125,7 @@ CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
     "shards": _check_shards,
     "registry": _check_registry,
     "jobs": check_jobs,  # never fails /health: lists failed jobs and invalid Kite tokens as reasons
+    "jwks": _check_jwks,
 }
 NEED_REDIS = ("shards", "registry", "jobs")  # not tried when Redis does not answer: /health answers fast
 
@@ -124,6 +133,8 @@ NEED_REDIS = ("shards", "registry", "jobs")  # not tried when Redis does not ans
 # What a load balancer needs to know: can this replica serve its clients (its own tick path,
 # Redis, the database, the registry)? An upstream outage is the cluster's, not this replica's:
 # taking every replica out of rotation for it would only keep clients from hearing about it.
+# An issuer whose keys are unreachable is the cluster's trouble too: connected clients keep
+# streaming, and every replica would be out of rotation alike.
 READY_CHECKS = ("delivery", "redis", "database", "registry")
 
 

@@ -21,7 +21,7 @@ def ws_stats():
     try:
         claims = auth.verify(auth.bearer_token(None, request.args, request.headers))
     except ClientError as exc:
-        return jsonify(exc.as_dict()), 401
+        return jsonify(exc.as_dict()), auth.http_status(exc)
     if claims.get("admin") is not True:
         return jsonify({"code": errors.ADMIN_REQUIRED, "message": "an admin token is required"}), 403
     state = replica()
