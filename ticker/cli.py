@@ -54,11 +54,14 @@ def instruments_load(force: bool) -> None:
 @click.option("--user", default="dev", show_default=True, help="The token's subject.")
 @click.option("--ttl", default=3600 * 12, show_default=True, help="Lifetime in seconds.")
 @click.option("--admin", is_flag=True, help="Add the admin claim (for /ws/stats).")
-def jwt_mint(user: str, ttl: int, admin: bool) -> None:
+@click.option("--exchanges", default=None, metavar="NSE,BSE",
+              help="Entitle the token to these Kite exchanges only (the entitlements claim); default: all.")
+def jwt_mint(user: str, ttl: int, admin: bool, exchanges: str | None) -> None:
     """Print a JWT signed with the development (or configured) private key."""
     from ticker.web.auth import mint
 
-    click.echo(mint(user, timedelta(seconds=ttl), admin=admin))
+    codes = None if exchanges is None else [code.strip() for code in exchanges.split(",") if code.strip()]
+    click.echo(mint(user, timedelta(seconds=ttl), admin=admin, exchanges=codes))
 
 
 @sim_cli.command("run")

@@ -18,6 +18,7 @@ from tests.web.test_metrics import scrape
 from ticker.bus import keys
 from ticker.bus.demand import read_demand
 from ticker.db import engine_for
+from ticker.web.auth import verify
 from ticker.web.entitlements import EVERYTHING, entitlements_from, metric_label
 from ticker.web.errors import ClientError
 
@@ -238,3 +239,15 @@ def test_after_a_registry_reload_the_registry_says_which_exchange_a_held_token_i
     client.wait_for_ticks([nse], count=3)  # the snapshot of the renumbering, then live ticks
     assert client.ticks_for(nse)[0]["snapshot"] is True
     assert not client.ticks_for(nfo[0])
+
+
+def test_the_development_mint_command_puts_the_claim_in_the_token(app):
+    result = app.test_cli_runner().invoke(args=["jwt", "mint", "--user", "carol", "--exchanges", "NSE, BFO"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        claims = verify(result.output.strip())
+    assert claims["sub"] == "carol" and claims["exchanges"] == ["NSE", "BFO"]
+    assert entitlements_from(claims, "exchanges").allows("BFO")
+    plain = app.test_cli_runner().invoke(args=["jwt", "mint", "--user", "dave"]).output.strip()
+    with app.app_context():
+        assert "exchanges" not in verify(plain)

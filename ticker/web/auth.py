@@ -145,8 +145,13 @@ def http_status(exc: ClientError) -> int:
     return 503 if exc.code == errors.AUTH_UNAVAILABLE else 401
 
 
-def mint(identity: str, ttl: timedelta, admin: bool = False) -> str:
-    """A token signed with the configured private key (development and tests)."""
+def mint(identity: str, ttl: timedelta, admin: bool = False, exchanges: list[str] | None = None) -> str:
+    """A token signed with the configured private key (development and tests); `exchanges`,
+    when given, is its entitlements claim (JWT_ENTITLEMENTS_CLAIM). Raises RuntimeError with no
+    private key configured."""
     if not current_app.config.get("JWT_PRIVATE_KEY"):
         raise RuntimeError("no JWT private key configured: set JWT_PRIVATE_KEY(_FILE) to mint tokens")
-    return create_access_token(identity=identity, expires_delta=ttl, additional_claims={"admin": admin})
+    claims: dict[str, Any] = {"admin": admin}
+    if exchanges is not None:
+        claims[current_app.config["JWT_ENTITLEMENTS_CLAIM"]] = exchanges
+    return create_access_token(identity=identity, expires_delta=ttl, additional_claims=claims)
