@@ -143,9 +143,9 @@ def app(service_env):
 
 @pytest.fixture(scope="session")
 def make_token(app):
-    def make(user: str = "alice", ttl: float = 3600, admin: bool = False) -> str:
+    def make(user: str = "alice", ttl: float = 3600, admin: bool = False, exchanges: list[str] | None = None) -> str:
         with app.app_context():
-            return mint(user, timedelta(seconds=ttl), admin=admin)
+            return mint(user, timedelta(seconds=ttl), admin=admin, exchanges=exchanges)
 
     return make
 

@@ -29,7 +29,9 @@ socket.on("ticks", (ticks) => {
   seen.ticks.push(...ticks);
   const counts = {};
   for (const tick of seen.ticks) counts[tick.instrument_token] = (counts[tick.instrument_token] || 0) + 1;
-  const done = wanted.tokens.every((t) => (counts[t] || 0) >= Number(perToken));
+  // Every accepted token (those refused in `rejected` never tick).
+  const accepted = seen.subscribed ? seen.subscribed.tokens : wanted.tokens;
+  const done = accepted.every((t) => (counts[t] || 0) >= Number(perToken));
   if (done && seen.pong === null) {
     seen.pong = false;
     socket.emit("ping", (reply) => {

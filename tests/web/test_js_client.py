@@ -42,3 +42,13 @@ def test_socket_io_client_sees_the_refusal_code(stack):
     seen = run_js(stack["url"], "not.a.jwt", json.dumps({"tokens": [1]}), "1")
     assert seen["connect_error"]["data"]["code"] == "token_invalid"
     assert seen["connect_error"]["message"] == seen["connect_error"]["data"]["message"]
+
+
+def test_socket_io_client_sees_not_entitled_per_token_and_no_data_of_it(stack, make_token, database):
+    nse, nfo = tokens_of(database, "NSE", 1, skip=310), tokens_of(database, "NFO-FUT", 1)
+    token = make_token("browser-nse", exchanges=["NSE"])
+    seen = run_js(stack["url"], token, json.dumps({"tokens": nse + nfo, "mode": "ltp"}), "2")
+
+    assert seen["subscribed"]["tokens"] == nse
+    assert [(r["token"], r["code"]) for r in seen["subscribed"]["rejected"]] == [(nfo[0], "not_entitled")]
+    assert {t["instrument_token"] for t in seen["ticks"]} == set(nse)
