@@ -23,6 +23,7 @@ from ticker.web.admission import Busy
 from ticker.web.errors import ClientError
 from ticker.web.http_errors import DATABASE_DOWN
 from ticker.web.limits import client_address
+from ticker.web.origins import refused_origin
 from ticker.web.replica import Client, replica
 from ticker.web.requests import parse_reauth, parse_subscribe, parse_unsubscribe
 from ticker.web.wire import raw_socket
@@ -46,6 +47,11 @@ def _limits() -> dict[str, Any]:
 def on_connect(auth_data: Any = None) -> None:
     state = replica()
     address = client_address(request.environ, current_app.config["TRUSTED_PROXY_COUNT"])
+    origin = refused_origin(request.environ)
+    if origin is not None:
+        exc = state.refusal(errors.ORIGIN_NOT_ALLOWED, "pages of this origin may not connect (CORS_ALLOWED_ORIGINS)")
+        log.warning("refused connection from origin %s (address %s): %s", origin[:200], address, exc.code)
+        raise ConnectionRefusedError(exc.message, exc.as_dict())
     try:
         state.check_address(address)
         with state.gate.turn("connect"):
