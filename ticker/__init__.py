@@ -61,6 +61,9 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
     from ticker.web import events, routes  # (importing events registers the handlers)
 
     events.name_literal_star_events(socketio.server)
+    from ticker.web import after_connect
+
+    after_connect.install(socketio.server)  # `connected` follows the CONNECT packet
 
     app.register_blueprint(routes.bp)
     from ticker.web import http_errors

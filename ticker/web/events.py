@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from functools import wraps
+from functools import partial, wraps
 from typing import Any
 
 import redis
@@ -18,7 +18,7 @@ from ticker.bus.connection import PoolExhausted
 from ticker.clock import now_iso
 from ticker.extensions import socketio
 from ticker.registry.tokens import OPERATORS_ROOM
-from ticker.web import auth, errors
+from ticker.web import after_connect, auth, errors
 from ticker.web.admission import Busy
 from ticker.web.errors import ClientError
 from ticker.web.http_errors import DATABASE_DOWN
@@ -70,8 +70,8 @@ def on_connect(auth_data: Any = None) -> None:
     if claims.get("admin") is True:
         socketio.server.enter_room(request.sid, OPERATORS_ROOM, namespace="/")  # control messages (docs/API.md)
     log.info("connected %s user=%s", request.sid, client.user)
-    _send("connected", {"connection_id": request.sid, "user": client.user, "server_time": now_iso(),
-                        "limits": _limits()})
+    hello = {"connection_id": request.sid, "user": client.user, "server_time": now_iso(), "limits": _limits()}
+    after_connect.defer(eio_sid, partial(state.send, request.sid, "connected", hello))  # after CONNECT (docs/API.md)
 
 
 @socketio.on("disconnect")
