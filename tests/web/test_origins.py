@@ -48,7 +48,9 @@ def replicas(stack, processes, service_env, workdir) -> dict[str, Web]:
     webs = {}
     for name, settings in SETTINGS.items():
         port = free_port()
-        env = {**base, "PORT": str(port), **settings}
+        # python-engineio's polling client, refused, waits for its long poll to end before it
+        # returns: a ping a second ends it soon.
+        env = {**base, "PORT": str(port), "PING_INTERVAL_SECS": "1", "PING_TIMEOUT_SECS": "5", **settings}
         webs[name] = Web(start(processes, f"web-origins-{name}", [sys.executable, "wsgi.py"], env, workdir), port)
     for web in webs.values():
         wait_until_healthy(web)
@@ -72,9 +74,7 @@ def python_outcome(web: Web, token: str, origin: str, transport: str) -> str:
     except Exception:  # noqa: BLE001 -- the refusal: what the client's connect_error saw is the outcome
         error = client.connect_error  # {message, data: {code, message}}
         return error["data"]["code"] if isinstance(error, dict) and "data" in error else repr(error)
-    # python-engineio's polling client can wait a ping interval (25 s) for its last poll to end
-    # on disconnect: leave without waiting (the replica drops the session at its ping timeout).
-    client.sio.eio.disconnect(abort=True)
+    client.close()
     return "connected"
 
 
