@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 # The run's pub/sub channel names, here as in every process it starts (read before any ticker import).
@@ -191,12 +192,13 @@ class Stack:
 
     # -- clients --
 
-    def jwts(self, prefix: str, count: int) -> list[str]:
+    def jwts(self, prefix: str, count: int, admin: bool = False) -> list[str]:
         """One JWT per user, signed with a key parsed once (as `flask jwt mint` shapes them)."""
         key = serialization.load_pem_private_key(self._private.read_bytes(), password=None)
         now = int(time.time())
         return [pyjwt.encode({"sub": f"{prefix}{n}", "iat": now, "nbf": now, "exp": now + JWT_TTL_SECS,
-                              "jti": f"{prefix}-{n}", "type": "access", "fresh": False}, key, algorithm="RS256")
+                              "jti": f"{prefix}-{n}", "type": "access", "fresh": False, "admin": admin}, key,
+                             algorithm="RS256")
                 for n in range(count)]
 
     # -- the day's faults --
@@ -212,11 +214,11 @@ class Stack:
     def login(self, api_key: str) -> tuple[int, str]:
         """A Kite login completed through the service's callback (through the balancer), as an
         operator's browser completes it; returns the callback's status and body."""
-        page = requests.get(f"{self.sim}/connect/login", params={"api_key": api_key, "v": 3},
-                            allow_redirects=False, timeout=10)
-        request_token = page.headers["Location"].split("request_token=")[1].split("&")[0]
-        reply = requests.get(f"{self.url}/kite/callback/{api_key}", params={"request_token": request_token},
-                             timeout=30)
+        admin = {"Authorization": f"Bearer {self.jwts('chaos-ops', 1, admin=True)[0]}"}
+        url = requests.get(f"{self.url}/kite/login/{api_key}", headers=admin, timeout=10).json()["login_url"]
+        page = requests.get(url, allow_redirects=False, timeout=10)  # Kite's redirect: request_token, state
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(page.headers["Location"]).query))
+        reply = requests.get(f"{self.url}/kite/callback/{api_key}", params=query, timeout=30)
         return reply.status_code, reply.text[:300]
 
     def reload_registry(self) -> None:

@@ -41,15 +41,18 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
     auth.init_keys(app)
     jwt.init_app(app)
     from ticker.web.message_queue import LiveRedisManager
+    from ticker.web.origins import OriginGate, OriginPolicy
 
+    origins = OriginPolicy(app.config["CORS_ALLOWED_ORIGINS"], app.config["TRUSTED_PROXY_COUNT"])
     socketio.init_app(
         app,
         async_mode=async_mode,
         client_manager=LiveRedisManager(app.config["REDIS_URL"], channel=keys.SOCKETIO_CHANNEL),
-        cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"] or [],
+        cors_allowed_origins=origins.allows,  # never [], which turns Engine.IO's origin check off
         ping_interval=app.config["PING_INTERVAL_SECS"],
         ping_timeout=app.config["PING_TIMEOUT_SECS"],
     )
+    app.wsgi_app = OriginGate(app.wsgi_app, origins)  # refusals become connect_error `origin_not_allowed`
     from ticker.web import pings, wire
 
     if wire.install(socketio.server, async_mode):
@@ -58,6 +61,9 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
     from ticker.web import events, routes  # (importing events registers the handlers)
 
     events.name_literal_star_events(socketio.server)
+    from ticker.web import after_connect
+
+    after_connect.install(socketio.server)  # `connected` follows the CONNECT packet
 
     app.register_blueprint(routes.bp)
     from ticker.web import http_errors

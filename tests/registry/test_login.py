@@ -7,7 +7,9 @@ no other test uses, so the shared stack's shards never see these tokens.
 
 from __future__ import annotations
 
+import re
 import sys
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import requests
@@ -85,7 +87,11 @@ def test_a_used_request_token_is_refused_with_a_code(app, account, login_stack, 
     url = requests.get(f"{login_stack['web']}/kite/login/{API_KEY}", headers=admin, timeout=5).json()["login_url"]
     callback = requests.get(url, timeout=15, allow_redirects=False).headers["Location"]
     assert requests.get(callback, timeout=15).status_code == 200
-    again = requests.get(callback, timeout=15)
+    # the used request token with the state of a fresh login: Kite refuses it
+    [params] = parse_qs(urlparse(login_url_of(login_stack, make_token)).query)["redirect_params"]
+    used = parse_qs(urlparse(callback).query)["request_token"][0]
+    again = requests.get(f"{login_stack['web']}/kite/callback/{API_KEY}", timeout=15,
+                         params={"request_token": used, "state": parse_qs(params)["state"][0]})
     assert again.status_code == 400 and again.json()["code"] == "login_failed"
 
 
@@ -126,3 +132,75 @@ def test_token_check_renews_an_expired_token_then_marks_a_dead_one_invalid(app, 
     assert "kite_account" in str(emitted["data"]) and API_KEY in str(emitted["data"])
     health = requests.get(f"{login_stack['web']}/health", timeout=5).json()
     assert any(API_KEY in reason for reason in health["checks"]["jobs"]["reasons"])
+
+
+# -- The login state: each callback completes a login an admin started, once -------------------
+
+
+def login_url_of(login_stack, make_token, api_key: str = API_KEY, admin: str = "ops") -> str:
+    headers = {"Authorization": f"Bearer {make_token(admin, admin=True)}"}
+    reply = requests.get(f"{login_stack['web']}/kite/login/{api_key}", headers=headers, timeout=5)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["login_url"]
+
+
+def callback_of(login_url: str) -> str:
+    """Where Kite (the simulator) sends the browser after the login."""
+    redirect = requests.get(login_url, allow_redirects=False, timeout=5)
+    assert redirect.status_code == 302, redirect.text
+    return redirect.headers["Location"]
+
+
+def stored_token(session) -> str | None:
+    session.expire_all()
+    return accounts.account_credentials(session, API_KEY).access_token
+
+
+def assert_state_refused(reply: requests.Response) -> None:
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["code"] == "login_state_invalid"
+
+
+def test_the_login_url_carries_a_state_that_kite_hands_back(account, login_stack, make_token):
+    url = login_url_of(login_stack, make_token)
+    [redirect_params] = parse_qs(urlparse(url).query)["redirect_params"]
+    [state] = parse_qs(redirect_params)["state"]
+    assert len(state) >= 32
+    assert parse_qs(urlparse(callback_of(url)).query)["state"] == [state]
+
+
+def test_a_callback_completes_once_and_its_replay_is_refused(account, login_stack, make_token):
+    callback = callback_of(login_url_of(login_stack, make_token))
+    assert requests.get(callback, timeout=15).status_code == 200
+    token = stored_token(account)
+
+    assert_state_refused(requests.get(callback, timeout=15))
+    assert stored_token(account) == token
+
+
+def test_a_callback_without_a_state_of_this_login_is_refused_before_kite_is_asked(account, login_stack,
+                                                                                  make_token, app):
+    before = stored_token(account)
+    callback = urlparse(callback_of(login_url_of(login_stack, make_token)))
+    query = {k: v[0] for k, v in parse_qs(callback.query).items()}
+    base = f"{login_stack['web']}/kite/callback/{API_KEY}"
+    crafted = [
+        {k: v for k, v in query.items() if k != "state"},  # no state
+        {**query, "state": "made-up-" + "x" * 40},  # one never issued
+    ]
+    # another account's state: a login of a second account, its state on this account's callback
+    with app.app_context():
+        accounts.add_account(account, "other_key", "other_secret")
+    try:
+        [other_params] = parse_qs(urlparse(login_url_of(login_stack, make_token, "other_key")).query)["redirect_params"]
+        crafted.append({**query, "state": parse_qs(other_params)["state"][0]})
+        for params in crafted:
+            assert_state_refused(requests.get(base, params=params, timeout=15))
+    finally:
+        account.query(KiteAccount).filter_by(api_key="other_key").delete()
+        account.commit()
+    assert stored_token(account) == before
+    # the request token was never spent: the real login's callback still completes
+    assert requests.get(base, params=query, timeout=15).status_code == 200
+    metrics = requests.get(f"{login_stack['web']}/metrics", timeout=5).text
+    assert re.search(r'ticker_http_errors_total\{reason="login_state_invalid"\} [3-9]', metrics)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from urllib.parse import parse_qsl, urlparse
 
 import pytest
 import requests
@@ -60,16 +61,19 @@ def shards(pool) -> dict[str, tuple[int, int]]:
     return states
 
 
-def login(pool, api_key: str) -> None:
-    """A Kite login through the service's callback, as an operator completes it in a browser."""
-    page = requests.get(f"{pool.sim}/connect/login", params={"api_key": api_key, "v": 3}, allow_redirects=False,
-                        timeout=5)
-    request_token = page.headers["Location"].split("request_token=")[1].split("&")[0]
-    reply = requests.get(f"{pool.web}/kite/callback/{api_key}", params={"request_token": request_token}, timeout=15)
+def login(pool, api_key: str, make_token) -> None:
+    """A Kite login through the service's callback, as an operator completes it in a browser:
+    the login URL (with its state) from the service, Kite's redirect back to the callback."""
+    admin = {"Authorization": f"Bearer {make_token('ops', admin=True)}"}
+    url = requests.get(f"{pool.web}/kite/login/{api_key}", headers=admin, timeout=5).json()["login_url"]
+    # the pool's own simulator plays Kite's login page (the replica's KITE_LOGIN_ROOT is the run's)
+    page = requests.get(f"{pool.sim}/connect/login?{urlparse(url).query}", allow_redirects=False, timeout=5)
+    query = dict(parse_qsl(urlparse(page.headers["Location"]).query))
+    reply = requests.get(f"{pool.web}/kite/callback/{api_key}", params=query, timeout=15)
     assert reply.status_code == 200, reply.text
 
 
-def test_login_switches_running_shards_to_the_new_token(pool):
+def test_login_switches_running_shards_to_the_new_token(pool, make_token):
     tokens = nse_tokens(pool.sim)[:20]
     pool.want(tokens)
     pool.wait_ticking(tokens, timeout=30)
@@ -78,7 +82,7 @@ def test_login_switches_running_shards_to_the_new_token(pool):
     streaming = {slot: reconnects for slot, (tokens_held, reconnects) in shards(pool).items() if tokens_held}
 
     for api_key in ("k1", "k2"):  # a login per account, through the service's callback
-        login(pool, api_key)
+        login(pool, api_key, make_token)
     with session_for(LOGIN_POOL_DATABASE_URL) as session:
         new = accounts.account_credentials(session, "k1").access_token
     assert new != old
@@ -153,7 +157,7 @@ def test_the_morning_token_expiry_keeps_every_subscription_and_ticks_resume_afte
 
         seen = [len(client.ticks()) for client in clients]
         for api_key in ACCOUNTS:  # an operator logs in again
-            login(pool, api_key)
+            login(pool, api_key, make_token)
         for client, count in zip(clients, seen, strict=True):
             wait_for(lambda: ticks_since(client, count) >= set(held + later), 40,  # noqa: B023
                      "ticks for every token again")

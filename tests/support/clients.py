@@ -15,8 +15,9 @@ EVENTS = ("connected", "subscribed", "unsubscribed", "ticks", "pong", "error", "
 
 
 class RecordingClient:
-    def __init__(self) -> None:
-        self.sio = socketio.Client(reconnection=False)
+    def __init__(self, **options: Any) -> None:
+        """`options` go to `socketio.Client` (e.g. `websocket_extra_options`)."""
+        self.sio = socketio.Client(reconnection=False, **options)
         self.events: dict[str, list[Any]] = defaultdict(list)
         self.lock = threading.Lock()
         self.connect_error: Any = None
@@ -42,8 +43,9 @@ class RecordingClient:
 
     def try_connect(self, url: str, **kwargs: Any) -> Any:
         """Connect expecting a refusal; returns the `connect_error` data: {code, message}."""
+        kwargs.setdefault("transports", ["websocket"])
         try:
-            self.sio.connect(url, transports=["websocket"], wait_timeout=5, **kwargs)
+            self.sio.connect(url, wait_timeout=5, **kwargs)
         except socketio.exceptions.ConnectionError:
             pass
         else:

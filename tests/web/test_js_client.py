@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "tests" / "js" / "client.mjs"
 
 
-def run_js(*args: str) -> dict:
+def run_js(*args: str, script: Path = CLIENT) -> dict:
+    """Run a Node script of tests/js with `args`; returns the JSON of its last line of output."""
     if shutil.which("node") is None or not (ROOT / "node_modules" / "socket.io-client").exists():
         pytest.fail("Node and socket.io-client are needed: run `make install` (npm ci)")
-    done = subprocess.run(["node", str(CLIENT), *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(["node", str(script), *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr + done.stdout
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import requests
@@ -110,10 +111,14 @@ def test_no_secret_in_the_logs_of_the_connect_and_login_paths(replica, make_toke
         assert signature_or_payload not in log, "part of a JWT is in the web replica's log"
 
 
-def test_a_kite_login_refusal_does_not_echo_the_request_token(replica):
+def test_a_kite_login_refusal_does_not_echo_the_request_token(replica, make_token):
     url, web, _ = replica
     used = "reusedrequesttoken0451"
-    reply = requests.get(f"{url}/kite/callback/{API_KEY}", params={"request_token": used}, timeout=10)
+    admin = {"Authorization": f"Bearer {make_token('log-admin', admin=True)}"}
+    login_url = requests.get(f"{url}/kite/login/{API_KEY}", headers=admin, timeout=5).json()["login_url"]
+    redirect_params = parse_qs(urlparse(login_url).query)["redirect_params"][0]
+    reply = requests.get(f"{url}/kite/callback/{API_KEY}", timeout=10,
+                         params={"request_token": used, **parse_qs(redirect_params)})
 
     assert reply.status_code == 400 and reply.json()["code"] == "login_failed"
     assert used not in reply.text and used not in web.output()

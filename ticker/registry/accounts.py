@@ -192,7 +192,9 @@ def ensure_config_account(session: Session, config: Any) -> KiteAccount | None:
     return add_account(session, api_key, api_secret, config.get("KITE_ACCESS_TOKEN") or None)
 
 
-def login_url(login_root: str, api_key: str) -> str:
+def login_url(login_root: str, api_key: str, redirect_params: str) -> str:
     """Kite's login page for `api_key` (KiteConnect.login_url, but against a configurable host
-    so the simulator's login page works too)."""
-    return f"{login_root.rstrip('/')}/connect/login?{urlencode({'api_key': api_key, 'v': 3})}"
+    so the simulator's login page works too); Kite appends `redirect_params` (a query string,
+    ticker.registry.login_state) to its redirect to the callback."""
+    query = urlencode({"api_key": api_key, "v": 3, "redirect_params": redirect_params})
+    return f"{login_root.rstrip('/')}/connect/login?{query}"

@@ -5,13 +5,15 @@ Nothing here prints a secret or a token: `list` shows whether one is stored and 
 
 from __future__ import annotations
 
+import getpass
+
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 from ticker.bus.connection import redis_client
 from ticker.db import session_for
-from ticker.registry import accounts
+from ticker.registry import accounts, login_state
 
 accounts_cli = AppGroup("accounts", help="Kite accounts (API keys) and their login flow.")
 
@@ -69,13 +71,16 @@ def accounts_remove(api_key: str) -> None:
 @accounts_cli.command("login-url")
 @click.argument("api_key")
 def accounts_login_url(api_key: str) -> None:
-    """Print the Kite login URL; after login Kite redirects to this service's /kite/callback."""
+    """Print the Kite login URL; after login Kite redirects to this service's /kite/callback.
+    The URL works once, within ten minutes (ticker.registry.login_state)."""
     with _session() as session:
         try:
             accounts.get_account(session, api_key)
         except accounts.AccountError as exc:
             raise click.ClickException(str(exc)) from None
-    click.echo(accounts.login_url(current_app.config["KITE_LOGIN_ROOT"], api_key))
+    config = current_app.config
+    state = login_state.issue(redis_client(config["REDIS_URL"]), f"cli:{getpass.getuser()}", api_key)
+    click.echo(accounts.login_url(config["KITE_LOGIN_ROOT"], api_key, login_state.redirect_params(state)))
 
 
 @accounts_cli.command("set-token")

@@ -9,6 +9,7 @@ Kite's envelope, so `kiteconnect.KiteConnect` pointed here raises its usual exce
 from __future__ import annotations
 
 import time
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 from yarl import URL
@@ -54,11 +55,13 @@ async def instruments_of_exchange(request: web.Request) -> web.Response:
 
 @routes.get("/connect/login")
 async def login(request: web.Request) -> web.Response:
-    """The user 'logs in' at once: redirect to the redirect URL with a single-use request token."""
+    """The user 'logs in' at once: redirect to the redirect URL with a single-use request token,
+    and, as Kite does, the parameters of the URL-encoded query string `redirect_params`."""
     sim = request.app[SIM]
     request_token = sim.accounts.issue_request_token(request.query.get("api_key", ""))
+    passed = parse_qsl(request.query.get("redirect_params", ""))
     target = URL(sim.config.redirect_url).update_query(
-        request_token=request_token, action="login", type="login", status="success")
+        passed + [("request_token", request_token), ("action", "login"), ("type", "login"), ("status", "success")])
     raise web.HTTPFound(str(target))
 
 

@@ -37,6 +37,7 @@ UPSTREAM_REASONS = {
     "bus_unavailable": "this server lost its connection to the tick bus: reconnecting",
 }
 SLOW_CONSUMER = "slow_consumer"  # the client read too slowly for too long and was disconnected
+ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # a browser page of an origin not in CORS_ALLOWED_ORIGINS (at connect)
 ADMIN_REQUIRED = "admin_required"  # an admin JWT is needed (GET /ws/stats)
 # HTTP only (ticker.web.http_errors; docs/API.md, "HTTP errors").
 NOT_FOUND = "not_found"  # no such path

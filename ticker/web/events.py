@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from functools import wraps
+from functools import partial, wraps
 from typing import Any
 
 import redis
@@ -18,12 +18,13 @@ from ticker.bus.connection import PoolExhausted
 from ticker.clock import now_iso
 from ticker.extensions import socketio
 from ticker.registry.tokens import OPERATORS_ROOM
-from ticker.web import auth, errors
+from ticker.web import after_connect, auth, errors
 from ticker.web.admission import Busy
 from ticker.web.entitlements import exchange_of, metric_label, rejection
 from ticker.web.errors import ClientError
 from ticker.web.http_errors import DATABASE_DOWN
 from ticker.web.limits import client_address
+from ticker.web.origins import refused_origin
 from ticker.web.replica import Client, replica
 from ticker.web.requests import parse_reauth, parse_subscribe, parse_unsubscribe
 from ticker.web.wire import raw_socket
@@ -49,6 +50,11 @@ def _limits() -> dict[str, Any]:
 def on_connect(auth_data: Any = None) -> None:
     state = replica()
     address = client_address(request.environ, current_app.config["TRUSTED_PROXY_COUNT"])
+    origin = refused_origin(request.environ)
+    if origin is not None:
+        exc = state.refusal(errors.ORIGIN_NOT_ALLOWED, "pages of this origin may not connect (CORS_ALLOWED_ORIGINS)")
+        log.warning("refused connection from origin %s (address %s): %s", origin[:200], address, exc.code)
+        raise ConnectionRefusedError(exc.message, exc.as_dict())
     try:
         state.check_address(address)
         with state.gate.turn("connect"):
@@ -67,8 +73,8 @@ def on_connect(auth_data: Any = None) -> None:
     if claims.get("admin") is True:
         socketio.server.enter_room(request.sid, OPERATORS_ROOM, namespace="/")  # control messages (docs/API.md)
     log.info("connected %s user=%s", request.sid, client.user)
-    _send("connected", {"connection_id": request.sid, "user": client.user, "server_time": now_iso(),
-                        "limits": _limits()})
+    hello = {"connection_id": request.sid, "user": client.user, "server_time": now_iso(), "limits": _limits()}
+    after_connect.defer(eio_sid, partial(state.send, request.sid, "connected", hello))  # after CONNECT (docs/API.md)
 
 
 @socketio.on("disconnect")

@@ -1,10 +1,14 @@
 """Kite login flow over HTTP.
 
-- `GET /kite/login/<api_key>` (admin JWT): the account's Kite login URL.
+- `GET /kite/login/<api_key>` (admin JWT): the account's Kite login URL, carrying a single-use
+  `state` bound to the admin and the api_key (ticker.registry.login_state), which Kite hands
+  back to the callback through `redirect_params`.
 - `GET /kite/callback/<api_key>` (or `/kite/callback`, when one account is configured or with
   `?api_key=`): where Kite redirects the browser with `request_token` after the login. Set the
-  Kite app's redirect URL to it. The request token is exchanged (`generate_session`), the new
-  access token checked (`profile`) and stored encrypted; shards switch to it. Never echoes a token.
+  Kite app's redirect URL to it. The state is taken back first: missing, unknown, used, expired
+  or issued for another api_key, the callback answers 400 `login_state_invalid` and asks Kite
+  nothing. Then the request token is exchanged (`generate_session`), the new access token
+  checked (`profile`) and stored encrypted; shards switch to it. Never echoes a token.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ from kiteconnect.exceptions import KiteException
 
 from ticker.bus.connection import redis_client
 from ticker.db import session_for
-from ticker.registry import accounts
+from ticker.registry import accounts, login_state
 from ticker.registry.tokens import UNREACHABLE, complete_login
 from ticker.web import errors
 from ticker.web.auth import bearer_token, http_status, verify
 from ticker.web.errors import ClientError
+from ticker.web.http_errors import error_response
 
 log = logging.getLogger(__name__)
 bp = Blueprint("kite_login", __name__)
 
 UNKNOWN_ACCOUNT = "unknown_account"  # no Kite account with that api_key
+LOGIN_STATE_INVALID = "login_state_invalid"  # the callback's state is not one of a login started here
 LOGIN_FAILED = "login_failed"  # Kite refused the request token (used, expired) or the login was cancelled
 KITE_UNAVAILABLE = "kite_unavailable"  # Kite did not answer; try logging in again
 
@@ -49,8 +55,10 @@ def login_url(api_key: str):
             accounts.get_account(session, api_key)
         except accounts.AccountError as exc:
             return _error(UNKNOWN_ACCOUNT, str(exc), 404)
-    url = accounts.login_url(current_app.config["KITE_LOGIN_ROOT"], api_key)
-    return jsonify({"api_key": api_key, "login_url": url})
+    config = current_app.config
+    state = login_state.issue(redis_client(config["REDIS_URL"]), f"jwt:{claims.get('sub')}", api_key)
+    url = accounts.login_url(config["KITE_LOGIN_ROOT"], api_key, login_state.redirect_params(state))
+    return jsonify({"api_key": api_key, "login_url": url, "expires_in": login_state.LOGIN_STATE_TTL_SECS})
 
 
 def _callback_account(session, api_key: str | None) -> str:
@@ -73,7 +81,14 @@ def callback(api_key: str | None = None):
     with session_for(config["DATABASE_URL"]) as session:
         try:
             api_key = _callback_account(session, api_key or request.args.get("api_key"))
-            result = complete_login(session, config, redis_client(config["REDIS_URL"]), api_key, request_token)
+            bus = redis_client(config["REDIS_URL"])
+            started_by = login_state.consume(bus, request.args.get(login_state.STATE_PARAM, ""), api_key)
+            if started_by is None:
+                log.warning("refused a Kite login callback of api_key %s: its state is missing, unknown, used, "
+                            "expired or another account's", api_key)
+                return error_response(400, LOGIN_STATE_INVALID, "this login callback is not one of a login started "
+                                      "here, or was already used or expired: get a new login URL")
+            result = complete_login(session, config, bus, api_key, request_token)
         except accounts.AccountError as exc:
             return _error(UNKNOWN_ACCOUNT, str(exc), 404)
         except UNREACHABLE as exc:
@@ -82,8 +97,8 @@ def callback(api_key: str | None = None):
         except KiteException as exc:
             log.warning("Kite refused the login of api_key %s: %s", api_key, exc)
             return _error(LOGIN_FAILED, f"Kite refused the login: {exc}", 400)
-    log.info("Kite login of api_key %s (user %s) stored; valid until %s", api_key, result["user_id"],
-             result["expires_at"])
+    log.info("Kite login of api_key %s (user %s, started by %s) stored; valid until %s", api_key, result["user_id"],
+             started_by, result["expires_at"])
     if config.get("KITE_LOGIN_DONE_URL"):
         return redirect(f"{config['KITE_LOGIN_DONE_URL']}?{urlencode({'api_key': api_key, 'status': 'success'})}")
     return jsonify({"status": "logged_in", **result})
