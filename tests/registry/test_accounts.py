@@ -142,7 +142,9 @@ def cli_round_trip(runner, session, app):
     assert "key_e" in listing.output and "valid" in listing.output
     assert SECRET not in listing.output and TOKEN not in listing.output
     url = runner.invoke(args=["accounts", "login-url", "key_e"]).output.strip()
-    assert url == f"{app.config['KITE_LOGIN_ROOT']}/connect/login?api_key=key_e&v=3"
+    base, _, state = url.partition("&redirect_params=state%3D")
+    assert base == f"{app.config['KITE_LOGIN_ROOT']}/connect/login?api_key=key_e&v=3"
+    assert len(state) >= 32, url  # a single-use login state, bound to this account (docs/API.md)
     assert runner.invoke(args=["accounts", "set-token", "key_e", "--access-token", "t2"]).exit_code == 0
     assert mine(session)[0].access_token == "t2"
     missing = runner.invoke(args=["accounts", "remove", "nope", "--yes"])
