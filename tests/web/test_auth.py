@@ -188,3 +188,30 @@ def test_a_connection_is_cut_at_its_maximum_age(capped, jwt_keys):
         client.close()
     scrape = requests.get(f"{capped.url}/metrics?scope=replica", timeout=5).text
     assert 'ticker_clients_disconnected_total{reason="connection_max_age"} 1.0' in scrape
+
+
+def test_reauth_with_a_token_without_exp_is_answered(capped, jwt_keys):
+    body = claims(sub="noexp")
+    del body["exp"]  # allowed on this replica
+    token = pyjwt.encode(body, jwt_keys[0].read_bytes(), algorithm="RS256")
+    client = RecordingClient().connect(capped.url, token)
+    try:
+        reply = client.call("reauth", {"token": token})
+        assert reply == {"user": "noexp", "expires_at": None}, reply
+    finally:
+        client.close()
+
+
+def test_an_exp_beyond_any_float_neither_fails_reauth_nor_stops_the_expiry_sweep(stack, jwt_keys):
+    # PyJWT accepts any integer `exp`; one too large for a float must not break the replica's
+    # sweep (which would also stop MAX_CONNECTION_SECS and fail /health/ready for everyone).
+    token = signed(jwt_keys, sub="far-future", exp=10**400)
+    client = RecordingClient().connect(stack["url"], token)
+    try:
+        reply = client.call("reauth", {"token": token})
+        assert reply.get("user") == "far-future", reply
+        time.sleep(1.5)  # three turns of the sweep
+        sweep = requests.get(f"{stack['url']}/health/ready", timeout=5).json()["checks"]["delivery"]["loops"]
+        assert "OverflowError" not in sweep["expiry_sweep"].get("last_error", ""), sweep
+    finally:
+        client.close()

@@ -62,3 +62,19 @@ def test_unknown_event_gets_an_error(alice):
 def test_malformed_unsubscribe_gets_an_error(alice):
     assert alice.call("unsubscribe", {"tokens": "all"})["error"]["code"] == "bad_request"
     assert alice.call("unsubscribe", [1, 2])["error"]["code"] == "bad_request"
+
+
+@pytest.mark.parametrize("event", ["connect", "disconnect"])
+def test_a_client_event_named_like_a_lifecycle_event_is_unknown(stack, make_token, event):
+    # python-socketio hands a client's event named `connect` or `disconnect` to those handlers:
+    # a second admission (counting the user again, orphaning the subscriptions' demand) or a
+    # release of a connection that stays open. Both must be refused like any unknown event.
+    client = RecordingClient().connect(stack["url"], make_token("lifecycle"))
+    try:
+        token = client.call("subscribe", {"tokens": [256265]})["tokens"]
+        reply = client.call(event, ({}, {"token": make_token("lifecycle")}))
+        assert reply == {"error": {"code": "unknown_event", "message": f"unknown event {event!r}"}}, reply
+        assert len(client.events["connected"]) == 1
+        assert client.call("unsubscribe", {"tokens": token}) == {"tokens": token, "total": 0}
+    finally:
+        client.close()

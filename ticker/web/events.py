@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from functools import partial, wraps
 from typing import Any
@@ -47,7 +48,9 @@ def _limits() -> dict[str, Any]:
 
 
 @socketio.on("connect")
-def on_connect(auth_data: Any = None) -> None:
+def on_connect(auth_data: Any = None) -> dict | None:
+    if _sent_by_client("connect"):
+        return on_unknown("connect")
     state = replica()
     address = client_address(request.environ, current_app.config["TRUSTED_PROXY_COUNT"])
     origin = refused_origin(request.environ)
@@ -78,12 +81,28 @@ def on_connect(auth_data: Any = None) -> None:
 
 
 @socketio.on("disconnect")
-def on_disconnect(*_: Any) -> None:
+def on_disconnect(*_: Any) -> dict | None:
+    if _sent_by_client("disconnect"):
+        return on_unknown("disconnect")
     state = replica()
     with state.gate.turn("disconnect", shed=False):  # a departing client is never refused
         client = state.release(request.sid)
     if client is not None:
         log.info("disconnected %s user=%s", request.sid, client.user)
+    return None
+
+
+def _sent_by_client(name: str) -> bool:
+    """Whether this `connect` or `disconnect` is an event a client sent under that name, which
+    python-socketio hands to the lifecycle handler: run, it would admit the connection again
+    (counting its user twice and orphaning its subscriptions' demand) or release one that stays
+    open. A real connect carries the connection's WSGI environ (Flask-SocketIO's `request.event`
+    args), which no client payload can be; a real disconnect runs once the connection is no
+    longer counted as connected."""
+    if name == "connect":
+        args = request.event["args"]
+        return not args or args[0] is not request.environ
+    return socketio.server.manager.is_connected(request.sid, "/")
 
 
 def client_event(name: str) -> Callable:
@@ -160,7 +179,8 @@ def on_reauth(client: Client, data: Any) -> dict:
     """A fresh JWT on the open connection, before (or within the grace after) the old one expires."""
     claims = auth.verify(parse_reauth(data))
     replica().reauth(client, claims)
-    reply = {"user": client.user, "expires_at": int(client.expires_at)}
+    expires_at = client.expires_at  # inf for a token without `exp` (JWT_REQUIRE_EXP=false)
+    reply = {"user": client.user, "expires_at": int(expires_at) if math.isfinite(expires_at) else None}
     _send("reauthed", reply)
     return reply
 

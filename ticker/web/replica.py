@@ -65,7 +65,12 @@ class Client:
 
     @property
     def expires_at(self) -> float:
-        return float(self.claims.get("exp") or float("inf"))
+        """Epoch seconds of the JWT's `exp`; inf without one, or with one beyond any float
+        (PyJWT accepts any integer, and the expiry sweep must not fail on it)."""
+        try:
+            return float(self.claims.get("exp") or float("inf"))
+        except OverflowError:
+            return float("inf")
 
 
 class Replica:
