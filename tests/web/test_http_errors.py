@@ -269,3 +269,15 @@ def test_a_redis_pool_with_no_connection_free_is_503_server_busy(bare_app, redis
         pool.disconnect()
     assert response.status_code == 503 and response.get_json()["code"] == "server_busy"
     assert response.headers["Retry-After"] == str(http_errors.BUSY_RETRY_AFTER_SECS)
+
+
+@pytest.mark.parametrize("path, params", [
+    ("/instruments", {"q": "\x00"}), ("/instruments", {"q": "INF", "exchange": "\x00"}),
+    ("/instruments", {"q": "INF", "segment": "N\x00"}), ("/kite/login/%00", {}),
+    ("/kite/callback/%00", {"request_token": "x"}), ("/kite/callback", {"request_token": "x\x00"}),
+])
+def test_a_nul_in_a_path_or_query_is_a_bad_request_not_a_500(stack, make_token, path, params):
+    response = requests.get(f"{stack['url']}{path}", params=params, timeout=10,
+                            headers={"Authorization": f"Bearer {make_token('nul', admin=True)}"})
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "bad_request"

@@ -13,6 +13,9 @@ keep them; what they raise lands here:
 - anything else is a bug: 500 `internal_error`, logged with its traceback, its details kept
   from the client.
 
+Before any endpoint runs, a request whose path or query holds a NUL character is answered 400
+`bad_request`: PostgreSQL cannot store or compare one, and no name, symbol or key has one.
+
 A 503 carries `Retry-After`. Each error is counted in `ticker_http_errors_total{reason=code}`.
 """
 
@@ -58,6 +61,15 @@ def register(app: Flask) -> None:
     app.register_error_handler(redis.ConnectionError, bus_unavailable)
     app.register_error_handler(redis.TimeoutError, bus_unavailable)
     app.register_error_handler(Exception, internal_error)
+    app.before_request(refuse_nul)
+
+
+def refuse_nul() -> Response | None:
+    """400 `bad_request` for a NUL in the path or the query (see the module's docstring)."""
+    if "\x00" in request.path or any("\x00" in key or "\x00" in value
+                                     for key, values in request.args.lists() for value in values):
+        return error_response(400, errors.BAD_REQUEST, "a NUL character is not accepted in a path or query")
+    return None
 
 
 def error_response(status: int, code: str, message: str, retry_after: int | None = None) -> Response:

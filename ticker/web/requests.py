@@ -37,9 +37,18 @@ def _instruments(value: Any, limit: int) -> list[str]:
     if len(value) > limit:
         raise ClientError(TOO_MANY_TOKENS, f"at most {limit} instruments per request; got {len(value)}")
     for name in value:
-        if not isinstance(name, str) or len(name) > MAX_SYMBOL_LEN or name.count(":") != 1:
+        if not _is_symbol(name):
             raise ClientError(BAD_REQUEST, f"not an \"EXCHANGE:TRADINGSYMBOL\" name: {str(name)[:40]!r}")
     return list(dict.fromkeys(name.upper() for name in value))
+
+
+def _is_symbol(name: Any) -> bool:
+    """"EXCHANGE:TRADINGSYMBOL" as Kite spells instruments: printable ASCII (so upper-casing
+    keeps it the name the client sent), a letters-only exchange and a symbol, one colon."""
+    if not isinstance(name, str) or len(name) > MAX_SYMBOL_LEN or not (name.isascii() and name.isprintable()):
+        return False
+    exchange, colon, symbol = name.partition(":")
+    return bool(colon) and exchange.isalpha() and bool(symbol.strip()) and ":" not in symbol
 
 
 def _payload(data: Any) -> dict:
@@ -68,7 +77,9 @@ def parse_unsubscribe(data: Any, limit: int) -> list[int]:
 
 def parse_reauth(data: Any) -> str:
     """`{token: "<jwt>"}`."""
-    token = _payload(data).get("token")
+    if not isinstance(data, dict):
+        raise ClientError(BAD_REQUEST, "expected {\"token\": \"<a fresh JWT>\"}")
+    token = data.get("token")
     if not isinstance(token, str) or not token:  # its size is verify()'s to judge
         raise ClientError(BAD_REQUEST, "expected {\"token\": \"<a fresh JWT>\"}")
     return token
