@@ -42,7 +42,7 @@ def test_a_list_allows_exactly_its_exchanges_and_an_empty_list_nothing():
     assert entitlements_from({"markets": ["MCX"]}, "markets").allows("MCX")
 
 
-@pytest.mark.parametrize("claim", ["NSE", ["NSE", 1], {"NSE": True}, None, 3, [["NSE"]]])
+@pytest.mark.parametrize("claim", ["NSE", ["NSE", 1], {"NSE": True}, None, 3, [["NSE"]], ["nse"], ["NSE "], [""]])
 def test_a_claim_that_is_not_a_list_of_strings_is_refused(claim):
     with pytest.raises(ClientError) as refused:
         entitlements_from({"exchanges": claim}, "exchanges")

@@ -233,6 +233,10 @@ ATTACKS = {  # name: (make(key, kid), the code it is refused with)
     "wrong_issuer": (lambda key, kid: token(key, kid, iss="https://evil.invalid/"), "token_wrong_issuer"),
     "unknown_kid": (lambda key, kid: token(K3, "nobody-" + uuid.uuid4().hex), "token_invalid"),
     "huge": (lambda key, kid: token(key, kid, padding="x" * 9000), "token_too_large"),
+    "empty_subject": (lambda key, kid: token(key, kid, sub=""), "token_invalid"),
+    "not_ascii": (lambda key, kid: token(key, kid) + "\u00e9", "token_invalid"),
+    "entitlements_in_lower_case": (lambda key, kid: token(key, kid, exchanges=["nse"]),
+                                   "token_entitlements_invalid"),
 }
 
 

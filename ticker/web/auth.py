@@ -120,6 +120,8 @@ def verify(token: str | None) -> dict[str, Any]:
         raise ClientError(errors.AUTH_REQUIRED, "a JWT is required: auth: {token}, ?token= or Authorization: Bearer")
     if len(token) > MAX_TOKEN_BYTES:
         raise ClientError(errors.TOKEN_TOO_LARGE, f"token is longer than {MAX_TOKEN_BYTES} bytes")
+    if not token.isascii():  # a compact JWT is base64url and dots: one character, one byte
+        raise ClientError(errors.TOKEN_INVALID, "token is not valid: a JWT is ASCII (base64url parts and dots)")
     try:
         claims = decode_token(token)
     except UnknownKey as exc:
@@ -137,6 +139,8 @@ def verify(token: str | None) -> dict[str, Any]:
     if "exp" not in claims and current_app.config["JWT_REQUIRE_EXP"]:
         raise ClientError(errors.TOKEN_EXP_REQUIRED, "token has no `exp` claim: this server requires tokens that "
                                                         "expire")
+    if not isinstance(claims.get("sub"), str) or not claims["sub"].strip():
+        raise ClientError(errors.TOKEN_INVALID, "token is not valid: `sub` must name the user (a non-empty string)")
     return claims
 
 

@@ -45,14 +45,21 @@ EVERYTHING = Entitlements()
 def entitlements_from(claims: dict[str, Any], claim: str) -> Entitlements:
     """The entitlements a verified token's `claims` grant, `claim` naming the list of exchange
     codes. Raises ClientError `token_entitlements_invalid` when that claim is present but not a
-    list of strings (a token minted wrong is refused, never taken for "everything")."""
+    list of upper-case codes (a token minted wrong is refused, never taken for "everything" or
+    quietly for "nothing")."""
     if claims.get("admin") is True or claim not in claims:
         return EVERYTHING
     value = claims[claim]
-    if not isinstance(value, list) or not all(isinstance(code, str) for code in value):
+    if not isinstance(value, list) or not all(_is_code(code) for code in value):
+        # "nse" or "NSE " would match nothing, silently: refused, as a token minted wrong.
         raise ClientError(errors.TOKEN_ENTITLEMENTS_INVALID,
-                          f"the token's {claim!r} claim must be a list of exchange codes, like [\"NSE\", \"BSE\"]")
+                          f"the token's {claim!r} claim must be a list of Kite exchange codes (upper-case letters), "
+                          "like [\"NSE\", \"BSE\"]")
     return Entitlements(frozenset(value))
+
+
+def _is_code(code: Any) -> bool:
+    return isinstance(code, str) and code.isascii() and code.isalpha() and code.isupper() and len(code) <= 16
 
 
 def exchange_of(symbol: str) -> str:

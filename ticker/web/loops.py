@@ -35,7 +35,7 @@ class Loop:
         self.started = time.monotonic()
         self.last_ok: float | None = None  # monotonic time of the last completed turn
         self.last_error: str | None = None
-        self.failures = 0
+        self.failures = 0  # in a row, since the last completed turn (the total: ticker_loop_failures_total)
 
     def turn(self) -> None:
         raise NotImplementedError
@@ -57,6 +57,7 @@ class Loop:
         else:
             self.last_ok = time.monotonic()
             self.last_error = None
+            self.failures = 0
             metrics.LOOP_LAST_SUCCESS.labels(loop=self.name).set(time.time())
 
     def _failed(self, exc: Exception) -> None:
@@ -73,7 +74,8 @@ class Loop:
         return self.lag_secs(now) > max(LATE_MIN_SECS, LATE_TURNS * self.every_secs)
 
     def report(self) -> dict:
-        """For /health: how far behind the loop is, and its last error while it is failing."""
+        """For /health: how far behind the loop is, and while it is failing, how many turns in a
+        row failed and the last error."""
         lag = self.lag_secs()
         return {"lag_secs": round(lag, 2), "ok": not self.late(), "failures": self.failures,
                 **({"last_error": self.last_error} if self.last_error else {})}
