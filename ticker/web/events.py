@@ -98,7 +98,9 @@ def _sent_by_client(name: str) -> bool:
     (counting its user twice and orphaning its subscriptions' demand) or release one that stays
     open. A real connect carries the connection's WSGI environ (Flask-SocketIO's `request.event`
     args), which no client payload can be; a real disconnect runs once the connection is no
-    longer counted as connected."""
+    longer counted as connected. Relies on python-socketio 5.18 passing the environ first to the
+    connect handler and dropping the connection before the disconnect handler, as Flask-SocketIO
+    5.7 relays them (tests/web/test_bad_messages.py holds it to that)."""
     if name == "connect":
         args = request.event["args"]
         return not args or args[0] is not request.environ
