@@ -118,6 +118,28 @@ def test_a_rotated_key_is_accepted_at_once_and_the_withdrawn_one_refused(web, jw
     assert fetches(web.url, "ok") >= 2
 
 
+def test_under_eventlet_too_a_rotated_key_is_fetched_once_for_a_crowd_and_accepted(stack, processes, service_env,
+                                                                                    workdir):
+    """The single-flight fetch rests on the monkey-patched `threading` lock: eventlet's too."""
+    server = JwksServer()
+    server.publish(k1=K1)
+    web = start_web(processes, service_env, workdir, "web-jwks-eventlet", ASYNC_MODE="eventlet",
+                    JWT_JWKS_URL=server.url, JWT_JWKS_MAX_AGE_SECS="60",
+                    MAX_CONNECTS_PER_ADDRESS_PER_SEC=MANY_CONNECTS)
+    try:
+        assert connects(web.url, token(K1, "k1"))
+        before = server.count()
+        server.publish(k2=K2)
+        with ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(lambda _: connects(web.url, token(K2, "k2")), range(20)))
+        assert all(results)
+        assert server.count() - before <= 2, "concurrent verifications of a new kid share one fetch"
+        assert refused(web.url, token(K1, "k1")) == "token_invalid"
+    finally:
+        web.process.stop()
+        server.close()
+
+
 def test_random_kids_cause_no_fetch_storm(web, jwks):
     jwks.publish(k2=K2)
     time.sleep(1.1)  # past the unknown-kid refetch interval of any earlier test
