@@ -36,8 +36,10 @@ def test_unsubscribe_needs_a_token_list():
         parse_unsubscribe({}, limit=10)
 
 
-def test_a_symbol_with_a_space_is_a_name():
-    assert parse_subscribe({"instruments": ["nse:nifty 50"]}, limit=10).instruments == ["NSE:NIFTY 50"]
+def test_names_split_at_the_first_colon_as_kites_do():
+    names = ["nse:nifty 50", "BSE:BSE SENSEX SIXTY 65:35", "NSE:M&M", "NSE:3MINDIA"]
+    assert parse_subscribe({"instruments": names}, limit=10).instruments == [
+        "NSE:NIFTY 50", "BSE:BSE SENSEX SIXTY 65:35", "NSE:M&M", "NSE:3MINDIA"]
 
 
 @pytest.mark.parametrize("payload", ["x", [1], None, {"token": ""}, {"token": 5}])

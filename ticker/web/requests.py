@@ -44,11 +44,13 @@ def _instruments(value: Any, limit: int) -> list[str]:
 
 def _is_symbol(name: Any) -> bool:
     """"EXCHANGE:TRADINGSYMBOL" as Kite spells instruments: printable ASCII (so upper-casing
-    keeps it the name the client sent), a letters-only exchange and a symbol, one colon."""
+    keeps it the name the client sent), a letters-only exchange, then a symbol after the first
+    colon, which may hold colons of its own (a BSE index is "BSE:BSE SENSEX SIXTY 65:35"; Kite
+    splits such names at the first colon too)."""
     if not isinstance(name, str) or len(name) > MAX_SYMBOL_LEN or not (name.isascii() and name.isprintable()):
         return False
     exchange, colon, symbol = name.partition(":")
-    return bool(colon) and exchange.isalpha() and bool(symbol.strip()) and ":" not in symbol
+    return bool(colon) and exchange.isalpha() and bool(symbol.strip())
 
 
 def _payload(data: Any) -> dict:
