@@ -128,18 +128,32 @@ def test_kiteconnect_example_runs_unchanged_and_prints_ticks(stack, make_token, 
     script = tmp_path / "example.py"
     script.write_text(EXAMPLE.format(jwt=make_token("example"), root=stack["url"]))
     env = {**os.environ, "PYTHONPATH": str(CLIENT_SRC)}
+    full = "'mode': 'full', 'instrument_token': 738561"
+    lines = run_until(script, env, lambda line: line.startswith("DEBUG:root:Ticks: [") and full in line)
+    tick_line = next(line for line in lines if full in line)
+    assert "'depth': {'buy': [{'quantity':" in tick_line
+    assert "'last_trade_time': datetime.datetime(" in tick_line
+
+
+def test_readme_example_prints_ticks(stack, make_token, tmp_path):
+    readme = (CLIENT_SRC.parents[0] / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "readme_example.py"
+    script.write_text(example.replace("http://127.0.0.1:5000", stack["url"]))
+    env = {**os.environ, "PYTHONPATH": str(CLIENT_SRC), "JWT": make_token("readme")}
+    lines = run_until(script, env, lambda line: "INFO:root:738561 full " in line)
+    assert any(line.startswith("INFO:root:738561 full ") and " seq=" in line for line in lines)
+
+
+def run_until(script, env, seen) -> list[str]:
+    """Run `script` until a line of its stderr satisfies `seen` (15 s at most); its lines."""
     proc = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
-    reader.start()
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
     try:
-        full = "'mode': 'full', 'instrument_token': 738561"
-        wait_for(lambda: any(line.startswith("DEBUG:root:Ticks: [") and full in line for line in lines)
-                 or proc.poll() is not None, 15, "the example to print a full tick of RELIANCE")
+        wait_for(lambda: any(seen(line) for line in lines) or proc.poll() is not None, 15, f"{script.name}'s output")
         assert proc.poll() is None, "".join(lines)[-3000:]
-        tick_line = next(line for line in lines if full in line)
-        assert "'depth': {'buy': [{'quantity':" in tick_line
-        assert "'last_trade_time': datetime.datetime(" in tick_line
+        return lines
     finally:
         proc.kill()
         proc.wait(5)
