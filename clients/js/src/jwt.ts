@@ -15,10 +15,11 @@ export function expiryOf(jwt: string): number | null {
 
 /**
  * Milliseconds from `nowMs` until a token expiring at `exp` (epoch seconds) should be renewed:
- * `beforeSecs` ahead of `exp`, but never later than two thirds into its remaining life (so a
- * short-lived token is renewed in time too), and never less than zero.
+ * `beforeSecs` ahead of `exp`; a token with less than three times that left is renewed once two
+ * thirds of its remaining life have passed instead (so a short-lived token is not renewed in a
+ * loop); never less than zero.
  */
 export function renewalDelayMs(exp: number, nowMs: number, beforeSecs: number): number {
   const left = exp * 1000 - nowMs;
-  return Math.max(0, Math.min(left - beforeSecs * 1000, (left * 2) / 3));
+  return Math.max(0, left - beforeSecs * 1000, (left * 2) / 3);
 }
