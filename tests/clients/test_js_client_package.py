@@ -67,8 +67,9 @@ def test_client_streams_typed_ticks_and_resubscribes_after_a_cut(built, stack, m
     refused = tokens_of(database, "NFO-FUT", 1, skip=5)[0]
     proxy = TcpProxy(("127.0.0.1", int(stack["url"].rsplit(":", 1)[1]))).start()
     wanted = {"ltp": [ltp_token], "full": [name], "refused": [refused]}
+    jwt = make_token("js-package", exchanges=["NSE"])
     session = subprocess.Popen(
-        ["node", str(SESSION), f"http://{proxy.url_host}", make_token("js-package", exchanges=["NSE"]), json.dumps(wanted)],
+        ["node", str(SESSION), f"http://{proxy.url_host}", jwt, json.dumps(wanted)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -97,3 +98,15 @@ def test_client_streams_typed_ticks_and_resubscribes_after_a_cut(built, stack, m
     for token in (ltp_token, named_token):
         assert seen["before"][str(token)] >= 2 and seen["after"][str(token)] >= 2
     assert seen["modes"] == {str(ltp_token): ["ltp"], str(named_token): ["full"]}
+
+
+def test_the_readme_example_streams(built, stack, make_token):
+    example = (PACKAGE / "examples" / "quickstart.mjs").read_text()
+    assert example.strip() in (PACKAGE / "README.md").read_text(), "README shows the example as it is"
+    env = {"PATH": shutil.which("node").rsplit("/", 1)[0], "TICKER_URL": stack["url"], "JWT": make_token("readme"),
+           "STOP_AFTER_TICKS": "4"}
+    done = subprocess.run(["node", "examples/quickstart.mjs"], cwd=PACKAGE, env=env, capture_output=True, text=True,
+                          timeout=20)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "connected as readme" in done.stdout and "rejected []" in done.stdout
+    assert " full " in done.stdout and " ltp " in done.stdout
