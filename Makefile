@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed node_modules/.installed ## Create .venv and install the pinned requirements (and npm's)
+install: $(VENV)/.installed node_modules/.installed clients/js/dist/index.js ## Create .venv and install the pinned requirements (and npm's), build the JS client
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 # socket.io-client, for the JS client test and the fan-out benchmark's load generator.
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
+	touch $@
+
+# The JS client package (clients/js): its own dependencies (typescript), built into dist/.
+clients/js/node_modules/.installed: clients/js/package.json clients/js/package-lock.json
+	cd clients/js && npm ci --no-audit --no-fund
+	touch $@
+
+clients/js/dist/index.js: clients/js/node_modules/.installed clients/js/tsconfig.json $(wildcard clients/js/src/*.ts)
+	cd clients/js && npm run --silent build
 	touch $@
 
 services: ## Start the local Redis and PostgreSQL if they are down
