@@ -27,6 +27,21 @@ def dev_token() -> str:
         return mint("watcher", timedelta(hours=1))
 
 
+def refusal_of(data) -> dict:
+    """The `{code, message}` of a `connect_error` the server sent; {} when no server answered
+    (python-socketio then passes a bare string such as "Connection error")."""
+    if not isinstance(data, dict):
+        return {}
+    return data["data"] if isinstance(data.get("data"), dict) else data
+
+
+def refused(refusal: dict, url: str) -> str:
+    """Why the connection failed, in one line: the server's refusal, or no server at all."""
+    if refusal:
+        return f"refused: {refusal.get('code', 'connect_failed')}: {refusal.get('message', '')}"
+    return f"cannot connect to {url}: is the service running?"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:5000")
@@ -41,7 +56,8 @@ def main() -> None:
     sio.on("connected", lambda data: print("connected:", data))
     sio.on("subscribed", lambda data: print("subscribed:", data))
     sio.on("error", lambda data: print("error:", data))
-    sio.on("connect_error", lambda data: print("refused:", data))
+    refusal: dict = {}  # the server's {code, message}, when it refused the connection
+    sio.on("connect_error", lambda data: refusal.update(refusal_of(data)))
 
     @sio.on("ticks")
     def on_ticks(ticks):
@@ -50,7 +66,10 @@ def main() -> None:
             lag = now_ms - tick["ingest_ts"]
             print(f"{tick['instrument_token']:>10} {tick['last_price']:>12} seq={tick['seq']:<6} lag={lag:.0f}ms")
 
-    sio.connect(args.url, auth={"token": args.token or dev_token()}, transports=["websocket"])
+    try:
+        sio.connect(args.url, auth={"token": args.token or dev_token()}, transports=["websocket"])
+    except socketio.exceptions.ConnectionError:
+        sys.exit(refused(refusal, args.url))  # one line on stderr, exit status 1
     sio.emit("subscribe", {"tokens": args.tokens, "instruments": args.instruments, "mode": args.mode})
     try:
         sio.sleep(args.seconds) if args.seconds else sio.wait()

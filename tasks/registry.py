@@ -15,12 +15,12 @@ from tasks import celery, flask_app
 from ticker.bus.connection import redis_client
 from ticker.jobs import run_job
 from ticker.registry.calendar import next_trading_run, read_holidays
-from ticker.registry.loader import registry_size, reload_instruments
+from ticker.registry.loader import RELOAD_JOB, RELOAD_LOCK_SECS, registry_size, reload_instruments
 
 log = logging.getLogger(__name__)
 
 ENSURE_EVERY_SECS = 30.0
-LOCK_SECS = 600  # longer than any load takes; a crashed loader's lock expires by itself
+LOCK_SECS = RELOAD_LOCK_SECS
 RELOAD_AT = time(8, 15)  # IST: Kite refreshes the dump around 08:00 on trading days
 RECHECK_SECS = 3600.0  # beat re-reads the holidays file at least this often
 FETCH_ERRORS = (OSError, requests.RequestException, KiteException)
@@ -62,7 +62,7 @@ class trading_days(BaseSchedule):  # noqa: N801  (named like Celery's own `cront
 def reload_registry() -> str:
     """Reload the registry from the dump; an unusable dump leaves yesterday's in place."""
     config = current_app.config
-    result = run_job(redis_client(config["REDIS_URL"]), config["DATABASE_URL"], "registry_reload",
+    result = run_job(redis_client(config["REDIS_URL"]), config["DATABASE_URL"], RELOAD_JOB,
                      lambda: reload_instruments(current_app), LOCK_SECS, describe=lambda report: report.summary())
     return result if isinstance(result, str) else result.summary()
 
@@ -79,7 +79,7 @@ def ensure_registry() -> int:
     if registry_size(current_app) > 0:
         return 0
     config = current_app.config
-    result = run_job(redis_client(config["REDIS_URL"]), config["DATABASE_URL"], "registry_reload",
+    result = run_job(redis_client(config["REDIS_URL"]), config["DATABASE_URL"], RELOAD_JOB,
                      lambda: reload_instruments(current_app), LOCK_SECS, describe=lambda report: report.summary())
     return 0 if isinstance(result, str) else result.rows
 

@@ -63,3 +63,29 @@ def test_one_line_per_record_with_fields_and_redaction():
     assert " level=info logger=tests.logs.line " in first
     assert first.endswith(f'msg=connect event=connect user=alice note="multi\\nline {REDACTED}"')
     assert 'msg=failed exc="Traceback' in second and "ValueError: boom" in second
+
+
+@pytest.mark.parametrize(("logger", "message"), [
+    ("celery.beat", "Scheduler: Sending due task supervise shards (tasks.shards.supervise_shards)"),
+    ("celery.worker.strategy", "Task tasks.shards.supervise_shards[5f0c] received"),
+    ("celery.app.trace", "Task tasks.shards.supervise_shards[5f0c] succeeded in 0.01s: []"),
+])
+def test_a_routine_heartbeat_task_is_logged_at_debug(logger, message):
+    from ticker.logs import configure_logging
+
+    seen = io.StringIO()
+    handler = logging.StreamHandler(seen)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        configure_logging("INFO")
+        logging.getLogger(logger).info(message)
+        logging.getLogger(logger).info("Task tasks.registry.reload_registry[1] succeeded in 9s: None")
+        configure_logging("DEBUG")
+        logging.getLogger(logger).info(message)
+    finally:
+        root.removeHandler(handler)
+        configure_logging("INFO")
+
+    lines = seen.getvalue().splitlines()
+    assert lines == ["Task tasks.registry.reload_registry[1] succeeded in 9s: None", message]

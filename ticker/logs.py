@@ -124,6 +124,22 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# Tasks beat sends every few seconds: their sending, receipt and success are heartbeats, not
+# news (what they change, they log themselves), so they go to DEBUG.
+ROUTINE_TASKS = ("tasks.shards.supervise_shards",)
+CELERY_TASK_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+
+class RoutineTaskFilter(logging.Filter):
+    """Demotes Celery's INFO lines about a ROUTINE_TASKS task to DEBUG (shown only at DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not any(task in record.getMessage() for task in ROUTINE_TASKS):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 class _TickerHandler(logging.StreamHandler):
     """Marks the handler `configure_logging` installed, so calling it twice adds nothing."""
 
@@ -141,6 +157,10 @@ def configure_logging(level: str, secrets: list[str | None] | tuple = ()) -> Non
         if not isinstance(handler, _TickerHandler) and not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
     root.setLevel(level)
+    for name in CELERY_TASK_LOGGERS:
+        task_logger = logging.getLogger(name)
+        if not any(isinstance(f, RoutineTaskFilter) for f in task_logger.filters):
+            task_logger.addFilter(RoutineTaskFilter())
     # Libraries that narrate routine work at INFO.
     for name in ("alembic.runtime.plugins", "alembic.runtime.migration", "urllib3", "kombu", "engineio", "socketio"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -378,7 +378,9 @@ class ShardRunner:
         for mode, tokens in changes.set_mode.items():
             connection.send("mode", [mode, tokens])
         subscriptions.apply(self.current, changes)
-        log.info(
+        # A change of modes only (no token came or went) is routine: DEBUG.
+        log.log(
+            logging.INFO if new_tokens or changes.unsubscribe else logging.DEBUG,
             "shard %s now streams %d tokens (+%d, -%d)", self.settings.slot,
             len(self.current), len(new_tokens), len(changes.unsubscribe),
         )

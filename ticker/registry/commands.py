@@ -98,16 +98,25 @@ def accounts_set_token(api_key: str, access_token: str, refresh_token: str | Non
 
 
 def reload_with_progress(force: bool) -> None:
-    """`flask instruments load`: stream the dump with a progress bar, then print the summary."""
+    """`flask instruments load`: stream the dump with a progress bar, then print the summary
+    (once, after the bar: the loader's own log line is left out). Runs as the beat job
+    `registry_reload` does, under its lock, so /health's jobs check shows this run too."""
+    from ticker.jobs import BUSY, run_job
     from ticker.registry.dump import DumpError
-    from ticker.registry.loader import dump_size, reload_instruments
+    from ticker.registry.loader import RELOAD_JOB, RELOAD_LOCK_SECS, dump_size, reload_instruments
 
-    size = dump_size(current_app.config["KITE_API_ROOT"])
+    config = current_app.config
+    size = dump_size(config["KITE_API_ROOT"])
     with click.progressbar(length=size or 0, label="instruments dump", file=click.get_text_stream("stderr")) as bar:
         try:
-            report = reload_instruments(current_app, progress=bar.update, min_ratio=0.0 if force else None)
+            report = run_job(redis_client(config["REDIS_URL"]), config["DATABASE_URL"], RELOAD_JOB,
+                             lambda: reload_instruments(current_app, progress=bar.update,
+                                                        min_ratio=0.0 if force else None, log_summary=False),
+                             RELOAD_LOCK_SECS, describe=lambda report: report.summary())
         except DumpError as exc:
             raise click.ClickException(f"registry unchanged: {exc}") from None
+    if report == BUSY:
+        raise click.ClickException("a registry reload is already running elsewhere: try again when it is done")
     click.echo(f"reloaded {report.summary()}")
     for bad in report.bad_rows[:20]:
         click.echo(f"  skipped {bad}")

@@ -328,34 +328,45 @@ def tokens_by_symbol(session: Session, symbols: list[str]) -> dict[str, int]:
 SEARCH_LIMIT_MAX = 100
 
 
-def _like_prefix(text_: str) -> str:
-    return text_.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+MAX_TOKEN = 2**32 - 1  # Kite's instrument tokens are unsigned 32-bit
+
+
+def _like_escape(text_: str) -> str:
+    return text_.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def search(session: Session, q: str, exchange: str | None = None, segment: str | None = None,
            limit: int = 20, entitled: frozenset[str] | None = None) -> list[dict[str, Any]]:
-    """Instruments whose tradingsymbol or name starts with `q` (case-insensitive), exact
-    symbol first, then shorter symbols (the underlying before its derivatives); only those of
-    the `entitled` exchanges when that is given (ticker.web.entitlements; empty: none)."""
+    """Instruments whose tradingsymbol or name holds `q` (case-insensitive), or whose token is
+    `q` when it is a number: the token first, then the exact symbol, then symbols and names that
+    start with `q`, then those holding it further in ("SENSEX SIXTY" finds "BSE SENSEX SIXTY
+    65:35"), shorter symbols first (the underlying before its derivatives). Only those of the
+    `entitled` exchanges when that is given (ticker.web.entitlements; empty: none). A word inside
+    is found through the pg_trgm indexes (migration 0005)."""
     if entitled is not None and not entitled:
         return []
     q = q.strip().upper()
-    if ":" in q and exchange is None:
-        exchange, q = q.split(":", 1)
-    prefix = _like_prefix(q)
-    query = select(Instrument).where(
-        (Instrument.tradingsymbol.like(prefix)) | (func.upper(Instrument.name).like(prefix))
-    )
+    head, colon, rest = q.partition(":")
+    if colon and exchange is None and head.isalpha():  # "BSE:SENSEX"; "65:35" is a symbol's words
+        exchange, q = head, rest
+    escaped = _like_escape(q)
+    symbol, name = Instrument.tradingsymbol, func.upper(Instrument.name)
+    matches = symbol.like(f"%{escaped}%") | name.like(f"%{escaped}%")
+    by_token = Instrument.instrument_token == int(q) if q.isdigit() and int(q) <= MAX_TOKEN else None
+    if by_token is not None:
+        matches = matches | by_token
+    query = select(Instrument).where(matches)
     if exchange:
         query = query.where(Instrument.exchange == exchange.upper())
     if segment:
         query = query.where(Instrument.segment == segment.upper())
     if entitled is not None:
         query = query.where(Instrument.exchange.in_(sorted(entitled)))
-    query = query.order_by(
-        (Instrument.tradingsymbol != q), func.length(Instrument.tradingsymbol), Instrument.tradingsymbol,
-        Instrument.exchange,
-    ).limit(min(limit, SEARCH_LIMIT_MAX))
+    starts = symbol.like(f"{escaped}%") | name.like(f"{escaped}%")
+    order = [symbol != q, ~starts, func.length(symbol), symbol, Instrument.exchange]
+    if by_token is not None:
+        order.insert(0, ~by_token)
+    query = query.order_by(*order).limit(min(limit, SEARCH_LIMIT_MAX))
     return [instrument_json(row) for row in session.scalars(query)]
 
 

@@ -80,9 +80,15 @@ def log_report(report: ReloadReport) -> None:
                      " ..." if len(items) > LOGGED_CHANGES else "")
 
 
-def reload_instruments(app: Flask, progress: Progress | None = None, min_ratio: float | None = None) -> ReloadReport:
-    """Fetch, validate and swap in the dump; refresh the mirror and announce the changes.
-    Raises DumpError (the registry unchanged) for an unusable dump."""
+RELOAD_JOB = "registry_reload"  # the job name /health lists its last run under (ticker.jobs)
+RELOAD_LOCK_SECS = 600  # longer than any load takes; a crashed loader's lock expires by itself
+
+
+def reload_instruments(app: Flask, progress: Progress | None = None, min_ratio: float | None = None,
+                       log_summary: bool = True) -> ReloadReport:
+    """Fetch, validate and swap in the dump; refresh the mirror and announce the changes, and
+    log them unless `log_summary` is False (a caller that prints them itself). Raises
+    DumpError (the registry unchanged) for an unusable dump."""
     config = app.config
     kwargs = {} if min_ratio is None else {"min_ratio": min_ratio}
     client = redis_client(config["REDIS_URL"])
@@ -91,7 +97,8 @@ def reload_instruments(app: Flask, progress: Progress | None = None, min_ratio: 
         report = replace_from_dump(session, dump_lines(config["KITE_API_ROOT"], progress), mirror, **kwargs)
     mirror.finish(report.symbols, report.fingerprint)  # exactly what was committed
     publish_reload(client, report)
-    log_report(report)
+    if log_summary:
+        log_report(report)
     return report
 
 

@@ -35,6 +35,11 @@ class Instrument(Base):
               postgresql_ops={"tradingsymbol": "varchar_pattern_ops"}),
         Index("ix_instruments_name_prefix", func.upper(literal_column("name")).label("upper_name"),
               postgresql_ops={"upper_name": "text_pattern_ops"}),
+        # A word inside a symbol or name (LIKE '%Q%'): trigram indexes (pg_trgm, migration 0005).
+        Index("ix_instruments_tradingsymbol_trgm", "tradingsymbol", postgresql_using="gin",
+              postgresql_ops={"tradingsymbol": "gin_trgm_ops"}),
+        Index("ix_instruments_name_trgm", func.upper(literal_column("name")).label("upper_name"),
+              postgresql_using="gin", postgresql_ops={"upper_name": "gin_trgm_ops"}),
     )
 
     instrument_token: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)

@@ -37,6 +37,12 @@ def index():
     return response
 
 
+@bp.get("/favicon.ico")
+def favicon():
+    """The page's icon where browsers and tools look for it first (the page links the same SVG)."""
+    return bp.send_static_file("favicon.svg")
+
+
 @bp.post("/dev/token")
 def dev_token():
     """A development JWT for a throwaway user; 404 outside TICKER_ENV=development."""

@@ -4,6 +4,7 @@
 const $ = (selector) => document.querySelector(selector);
 const SPARK_POINTS = 60; // the sparkline shows the last minute or so of prices
 const PING_EVERY_MS = 2000;
+const AGE_EVERY_MS = 1000; // ages keep counting between ticks (and after the connection is gone)
 const TOKEN_KEY = "ticker.jwt"; // sessionStorage: the token lives as long as the tab
 
 const state = { socket: null, rows: new Map(), labels: new Map(), results: [], searchAvailable: true, ages: [] };
@@ -30,19 +31,37 @@ function connect(token) {
   });
   socket.on("connected", (info) => setStatus("connected", `connected as ${info.user}`));
   socket.on("connect_error", (err) => {
+    markAll("stale");
     const code = err.data && err.data.code ? err.data.code : "connect_failed";
     setStatus("error", code);
     $("#connect-error").textContent = `${code}: ${err.message}`;
   });
   socket.on("disconnect", (reason) => {
     $("#subscribe").disabled = true;
+    markAll("stale");
     setStatus(socket.active ? "connecting" : "disconnected", socket.active ? `reconnecting (${reason})` : "disconnected");
   });
-  socket.on("error", (err) => { $("#subscribe-error").textContent = `${err.code}: ${err.message}`; });
+  socket.on("error", onError);
+  socket.on("upstream_restored", (event) => event.tokens.forEach((token) => mark(token, "")));
+  socket.on("unsubscribed", (event) => {
+    // The server dropped these (docs/API.md): they stay on the board, marked, with no more ticks.
+    const why = { not_entitled: "not entitled", capacity_exhausted: "no capacity upstream" }[event.reason];
+    if (why) event.tokens.forEach((token) => mark(token, why));
+  });
   socket.on("ticks", (ticks) => ticks.forEach(onTick));
 }
 
+function onError(err) {
+  if (err.code === "upstream_unavailable") {
+    (err.tokens || []).forEach((token) => mark(token, `stale (${err.reason})`));
+    return;
+  }
+  if (err.code === "capacity_exhausted") return; // told for each token by the unsubscribed that follows
+  $("#subscribe-error").textContent = `${err.code}: ${err.message}`;
+}
+
 function disconnect() {
+  markAll("stale");
   if (state.socket) {
     state.socket.disconnect();
     state.socket = null;
@@ -74,15 +93,27 @@ function subscribe(request, label) {
   $("#subscribe-error").textContent = "";
   socket.timeout(10000).emit("subscribe", request, (err, reply) => {
     if (err) { $("#subscribe-error").textContent = "no reply to subscribe (timed out)"; return; }
-    if (reply.code) { $("#subscribe-error").textContent = `${reply.code}: ${reply.message}`; return; }
+    if (reply.error) { $("#subscribe-error").textContent = `${reply.error.code}: ${reply.error.message}`; return; }
     reply.tokens.forEach((token) => {
       if (label && reply.tokens.length === 1) state.labels.set(token, label);
       addRow(token, reply.mode);
+      mark(token, ""); // held again: ticks (or a notice saying why not) follow
+      if (!state.labels.has(token)) lookUpLabel(token);
     });
     if (reply.rejected.length) {
       $("#subscribe-error").textContent = reply.rejected.map((r) => `${r.token}: ${r.code}`).join(", ");
     }
   });
+}
+
+// A token subscribed by number is labelled EXCHANGE:SYMBOL once the registry says which it is.
+async function lookUpLabel(token) {
+  const found = await searchInstruments(String(token), 5).catch(() => []);
+  const instrument = found.find((i) => i.instrument_token === token);
+  if (!instrument) return;
+  state.labels.set(token, `${instrument.exchange}:${instrument.tradingsymbol}`);
+  const row = state.rows.get(token);
+  if (row) row.cells.name.textContent = state.labels.get(token);
 }
 
 function resubscribe() {
@@ -98,15 +129,29 @@ function unsubscribe(token) {
   updateCount();
 }
 
-// What the search box names: token numbers and EXCHANGE:SYMBOL strings, or the first result.
+// What the search box names: token numbers and EXCHANGE:SYMBOL names, or the first result.
+// A symbol may hold spaces ("NSE:NIFTY 50"), so names are split at commas and before each
+// EXCHANGE: prefix, never at any space.
 function parseWanted(text) {
   const tokens = [];
   const instruments = [];
-  text.split(/[\s,]+/).filter(Boolean).forEach((part) => {
-    if (/^\d+$/.test(part)) tokens.push(Number(part));
-    else if (part.includes(":")) instruments.push(part.toUpperCase());
+  text.split(/\s*,\s*|\s+(?=[A-Za-z]+:)/).filter(Boolean).forEach((part) => {
+    if (/^[\d\s]+$/.test(part)) part.split(/\s+/).filter(Boolean).forEach((t) => tokens.push(Number(t)));
+    else if (/^[A-Za-z]+:/.test(part)) instruments.push(part.trim().toUpperCase());
   });
   return { tokens, instruments };
+}
+
+// Rows whose prices are not live: "stale" (disconnected, or upstream stopped), "not entitled", ….
+function mark(token, why) {
+  const row = state.rows.get(token);
+  if (!row) return;
+  row.cells.state.textContent = why;
+  row.tr.classList.toggle("stale", why !== "");
+}
+
+function markAll(why) {
+  state.rows.forEach((row, token) => mark(token, why));
 }
 
 // --- the board --------------------------------------------------------------------------------
@@ -124,7 +169,8 @@ function addRow(token, mode) {
     tr.dataset.token = token;
     const cells = {
       name: cell("name"), mode: cell("mode"), price: cell("num price"), change: cell("num change"),
-      volume: cell("num volume"), spark: cell("spark"), age: cell("num age"), actions: cell(),
+      volume: cell("num volume"), spark: cell("spark"), age: cell("num age"), state: cell("state"),
+      actions: cell(),
     };
     const remove = document.createElement("button");
     remove.className = "link";
@@ -138,10 +184,10 @@ function addRow(token, mode) {
     depthTr.className = "depth";
     depthTr.hidden = true;
     const depthTd = cell();
-    depthTd.colSpan = 8;
+    depthTd.colSpan = 9;
     depthTr.appendChild(depthTd);
     $("#board tbody").append(tr, depthTr);
-    row = { tr, depthTr, depthTd, cells, prices: [], seq: -1, mode };
+    row = { tr, depthTr, depthTd, cells, prices: [], seq: -1, mode, ingestedAt: null };
     state.rows.set(token, row);
   }
   row.mode = mode;
@@ -164,6 +210,7 @@ function onTick(tick) {
   if (!row || tick.seq <= row.seq) return; // a snapshot older than what is on screen
   row.seq = tick.seq;
   row.tr.dataset.seq = tick.seq;
+  mark(tick.instrument_token, "");
   const { cells } = row;
   cells.price.textContent = price(tick.last_price);
   cells.price.classList.remove("flash");
@@ -176,15 +223,32 @@ function onTick(tick) {
     cells.change.textContent = "–";
   }
   cells.volume.textContent = volume(tick.volume_traded);
-  if (tick.ingest_ts) {
-    const age = Math.max(0, Date.now() - tick.ingest_ts);
-    cells.age.textContent = `${age} ms`;
-    state.ages.push(age);
+  // A snapshot's age_ms is by the server's clock; a live tick's age is now − ingest_ts.
+  if (tick.age_ms !== undefined) row.ingestedAt = Date.now() - tick.age_ms;
+  else if (tick.ingest_ts) row.ingestedAt = tick.ingest_ts;
+  if (row.ingestedAt !== null) {
+    const age = Math.max(0, Date.now() - row.ingestedAt);
+    cells.age.textContent = formatAge(age);
+    if (!tick.snapshot) state.ages.push(age);
   }
   row.prices.push(tick.last_price);
   if (row.prices.length > SPARK_POINTS) row.prices.shift();
   drawSpark(cells.spark.querySelector("polyline"), row.prices);
   if (tick.depth) drawDepth(row.depthTd, tick.depth);
+}
+
+function formatAge(ms) {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)} s`;
+  if (ms < 3600000) return `${Math.floor(ms / 60000)} min`;
+  return `${(ms / 3600000).toFixed(1)} h`;
+}
+
+function refreshAges() {
+  const now = Date.now();
+  state.rows.forEach((row) => {
+    if (row.ingestedAt !== null) row.cells.age.textContent = formatAge(Math.max(0, now - row.ingestedAt));
+  });
 }
 
 function drawSpark(polyline, prices) {
@@ -223,24 +287,37 @@ function drawDepth(td, depth) {
 
 let searchTimer = null;
 
+class SearchFailed extends Error {}
+
+async function searchInstruments(query, limit) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const response = await fetch(`/instruments?q=${encodeURIComponent(query)}&limit=${limit}`, {
+    headers: token ? { Authorization: `Bearer ${token}` } : {},
+  });
+  if (response.status === 404) throw new Error("not available");
+  if (!response.ok) throw new SearchFailed(`search failed (${response.status})`);
+  const body = await response.json();
+  return Array.isArray(body) ? body : body.instruments || body.results || [];
+}
+
+function clearResults() {
+  state.results = [];
+  $("#results").replaceChildren();
+  $("#search-note").textContent = "";
+}
+
 async function search(query) {
-  const list = $("#results");
-  // Token numbers and lists of EXCHANGE:SYMBOL are subscribed as typed, not searched.
-  if (!query || !state.searchAvailable || /^[\d\s,]+$/.test(query) || /[\s,]/.test(query)) {
-    list.replaceChildren();
+  // Token numbers, and lists (a comma, or several EXCHANGE: names), are subscribed as typed.
+  const names = (query.match(/(^|\s)[A-Za-z]+:/g) || []).length;
+  if (!query || !state.searchAvailable || /^[\d\s,]+$/.test(query) || query.includes(",") || names > 1) {
+    clearResults();
     return;
   }
-  const token = sessionStorage.getItem(TOKEN_KEY);
   try {
-    const response = await fetch(`/instruments?q=${encodeURIComponent(query)}&limit=20`, {
-      headers: token ? { Authorization: `Bearer ${token}` } : {},
-    });
-    if (response.status === 404) throw new Error("not available");
-    if (!response.ok) { $("#search-note").textContent = `search failed (${response.status})`; return; }
-    const body = await response.json();
-    state.results = Array.isArray(body) ? body : body.instruments || body.results || [];
-    showResults(state.results);
+    state.results = await searchInstruments(query, 20);
+    if ($("#search").value.trim() === query) showResults(state.results); // not an answer overtaken by typing
   } catch (err) {
+    if (err instanceof SearchFailed) { $("#search-note").textContent = err.message; return; }
     state.searchAvailable = false;
     list.replaceChildren();
     $("#search-note").textContent =
@@ -254,14 +331,16 @@ function showResults(results) {
     const li = document.createElement("li");
     const label = `${instrument.exchange}:${instrument.tradingsymbol}`;
     const name = document.createElement("span");
+    name.className = "symbol";
     name.textContent = label;
     const detail = document.createElement("span");
-    detail.className = "muted";
-    detail.textContent = `${instrument.name || ""} ${instrument.segment || ""} ${instrument.instrument_token}`;
+    detail.className = "detail muted";
+    detail.textContent = [instrument.name, instrument.segment, instrument.instrument_token].filter(Boolean).join(" · ");
     li.append(name, detail);
     li.dataset.token = instrument.instrument_token;
     li.addEventListener("click", () => {
       subscribe({ tokens: [instrument.instrument_token], mode: $("#mode").value }, label);
+      doneWithSearch();
     });
     return li;
   }));
@@ -275,6 +354,14 @@ $("#connect-form").addEventListener("submit", (event) => {
   if (token) connect(token);
 });
 $("#disconnect").addEventListener("click", disconnect);
+
+// Once something is subscribed from the box, the box and its results make way for the next.
+function doneWithSearch() {
+  clearTimeout(searchTimer);
+  $("#search").value = "";
+  clearResults();
+}
+
 $("#subscribe-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const text = $("#search").value.trim();
@@ -287,7 +374,10 @@ $("#subscribe-form").addEventListener("submit", (event) => {
   } else if (state.results.length) {
     const first = state.results[0];
     subscribe({ tokens: [first.instrument_token], mode }, `${first.exchange}:${first.tradingsymbol}`);
+  } else {
+    return;
   }
+  doneWithSearch();
 });
 $("#search").addEventListener("input", (event) => {
   clearTimeout(searchTimer);
@@ -306,3 +396,4 @@ if (devButton) {
 $("#token").value = sessionStorage.getItem(TOKEN_KEY) || "";
 updateCount();
 setInterval(ping, PING_EVERY_MS);
+setInterval(refreshAges, AGE_EVERY_MS);

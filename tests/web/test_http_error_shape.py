@@ -1,0 +1,46 @@
+"""Every HTTP route answers its errors in one shape, `{"code", "message"}` (docs/API.md, HTTP errors)."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+# One failing request per route of the app: (method, path, query, headers, status).
+ERRORS = {
+    "/": ("POST", "/", {}, {}, 405),
+    "/favicon.ico": ("POST", "/favicon.ico", {}, {}, 405),
+    "/assets/<path:filename>": ("GET", "/assets/nothing.js", {}, {}, 404),
+    "/static/<path:filename>": ("GET", "/static/nothing.js", {}, {}, 404),
+    "/dev/token": ("POST", "/dev/token", {}, {}, 404),  # only in development
+    "/health": ("POST", "/health", {}, {}, 405),
+    "/health/ready": ("POST", "/health/ready", {}, {}, 405),
+    "/health/live": ("POST", "/health/live", {}, {}, 405),
+    "/ws/stats": ("GET", "/ws/stats", {}, {}, 401),
+    "/metrics": ("GET", "/metrics", {"scope": "everything"}, {}, 400),
+    "/instruments": ("GET", "/instruments", {"q": "INFY"}, {"Authorization": "Bearer not-a-jwt"}, 401),
+    "/kite/login/<api_key>": ("GET", "/kite/login/nobody", {}, {}, 401),
+    "/kite/callback/<api_key>": ("GET", "/kite/callback/nobody", {}, {}, 400),
+    "/kite/callback": ("GET", "/kite/callback", {}, {}, 400),
+}
+
+
+def test_every_route_is_covered(app):
+    assert {rule.rule for rule in app.url_map.iter_rules()} == set(ERRORS)
+
+
+@pytest.mark.parametrize("rule", sorted(ERRORS))
+def test_errors_are_code_and_message(stack, rule):
+    method, path, query, headers, status = ERRORS[rule]
+    reply = requests.request(method, f"{stack['url']}{path}", params=query, headers=headers, timeout=10)
+
+    body = reply.json()
+    assert reply.status_code == status, body
+    assert set(body) == {"code", "message"} and all(isinstance(v, str) and v for v in body.values()), body
+
+
+def test_stats_refuses_a_user_token_in_the_same_shape(stack, make_token):
+    reply = requests.get(f"{stack['url']}/ws/stats", headers={"Authorization": f"Bearer {make_token()}"}, timeout=10)
+
+    assert (reply.status_code, reply.json()) == (403, {"code": "admin_required", "message": reply.json()["message"]})
