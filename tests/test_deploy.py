@@ -3,8 +3,10 @@ processes run together by honcho (the Procfile runner) until a client gets ticks
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import signal
 import subprocess
 from pathlib import Path
 
@@ -121,18 +123,24 @@ def test_honcho_runs_the_procfile_until_a_client_gets_ticks(service_env, workdir
     redis_client(ISOLATED_REDIS_URL).flushdb()  # the registry mirror of another test's database
     release = ["honcho", "run", "-f", "Procfile", *_procfile_argv("release")]
     subprocess.run(release, cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
-    # honcho gives the first process (web) PORT = the base port.
+    # `make run`'s runner (scripts/run-local): honcho's Manager; the first process (web) gets PORT.
     honcho = Process("honcho", [
-        str(VENV_BIN / "honcho"), "start", "-f", "Procfile", "-p", str(web_port),
-        "web", "worker", "jobs", "beat", "sim",
+        str(VENV_BIN / "python"), "scripts/procfile_run.py", str(web_port), "web", "worker", "jobs", "beat", "sim",
     ], env, workdir)
     try:
         check_procfile_service(honcho, f"http://127.0.0.1:{web_port}", make_token)
+        os.killpg(honcho.pid, signal.SIGINT)  # Ctrl-C in the terminal: the foreground group
+        honcho.proc.wait(timeout=60)
     finally:
         honcho.stop()  # now, not at the end of the run: its worker and beat would outlive the test
     output = honcho.log_path.read_text(errors="replace")
     for name in ("web", "worker", "jobs", "beat", "sim"):
         assert f"{name}.1 " in output, f"honcho ran no {name}"
+    # A Ctrl-C is a normal stop: no lost pool worker, no tracebacks, no SIGKILL, exit 0.
+    stop = output[output.index("SIGINT received"):]
+    for trouble in ("WorkerLostError", "Traceback", "signal 15", "SIGKILL"):
+        assert trouble not in stop, f"{trouble!r} after Ctrl-C:\n{stop[-4000:]}"
+    assert honcho.proc.returncode == 0 and stop.rstrip().endswith("stopped"), stop[-2000:]
 
 
 def check_procfile_service(honcho: Process, url: str, make_token) -> None:
