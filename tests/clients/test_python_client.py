@@ -316,7 +316,7 @@ def test_policy_backoff_and_renewal():
     delays = [backoff_delay(attempt, 5) for attempt in range(1, 10)]
     assert 0.25 <= delays[0] <= 0.5 and all(2.5 <= d <= 5 for d in delays[5:])
     jwt = "x." + __import__("base64").urlsafe_b64encode(b'{"exp": 1000}').decode().rstrip("=") + ".y"
-    assert reauth_delay(jwt, now=0) == 800 and reauth_delay(jwt, now=900) == 40 and reauth_delay("junk") is None
+    assert reauth_delay(jwt, now=0) == 940 and reauth_delay(jwt, now=900) == 80 and reauth_delay("junk") is None
 
 
 # (5) The asyncio stream.

@@ -98,6 +98,7 @@ class KiteTicker:
         self._gaps = GapTracker()
         self._lock = threading.Lock()
         self._in_flight = False  # a subscribe/unsubscribe awaits its ack
+        self._refusals = 0  # requests refused for now in a row (`server_busy`…): their backoff grows
         self._retrying = True  # cleared by stop_retry()
         self._stopped = threading.Event()  # stop() / close(): no more connections
         self._reauth_timer: threading.Timer | None = None
@@ -221,6 +222,7 @@ class KiteTicker:
         self._subscriptions.connection_lost()
         with self._lock:
             self._in_flight = False
+            self._refusals = 0
         clean = self._stopped.is_set() or not self._retrying
         code = self._close_code or (CLOSE_NORMAL if clean else CLOSE_ABNORMAL)
         if code == CLOSE_ABNORMAL:
@@ -274,11 +276,11 @@ class KiteTicker:
     def _on_service_error(self, error: dict[str, Any]) -> None:
         self._raw("error", error)
         code, message = error.get("code"), error.get("message")
-        if code in policy.CLOSING_CODES:
-            self._close_code = code
         if code == "token_expired" and "grace_secs" in error and self.token_provider:
             self._reauth()  # the warning before the disconnect: a fresh token keeps the connection
             return
+        if code in policy.CLOSING_CODES:
+            self._close_code = code
         if code == "upstream_unavailable":
             self._call("on_upstream_unavailable", error.get("tokens", []), error.get("reason"))
         self._call("on_error", code, message)
@@ -315,16 +317,20 @@ class KiteTicker:
             with self._lock:
                 self._in_flight = False  # the connection is going: the next one resubscribes
 
-    def _on_ack(self, sio: socketio.Client, event: str, payload: dict[str, Any], reply: Any, attempt: int = 0) -> None:
+    def _on_ack(self, sio: socketio.Client, event: str, payload: dict[str, Any], reply: Any) -> None:
         if sio is not self.ws:
             return
         error = reply.get("error") if isinstance(reply, dict) else None
         for code, message in self._subscriptions.acked(event, payload, reply):
             self._call("on_error", code, message)
         if error and error.get("code") in policy.RETRY_REQUEST_CODES:
-            delay = policy.backoff_delay(attempt + 1, self.reconnect_max_delay)
-            threading.Timer(delay, self._retry_request, args=(sio,)).start()
+            with self._lock:
+                self._refusals += 1
+                attempt = self._refusals
+            self._later(policy.backoff_delay(attempt, self.reconnect_max_delay), self._retry_request, sio)
             return
+        with self._lock:
+            self._refusals = 0
         if error:
             if event == "subscribe":
                 self._subscriptions.refused(payload)
@@ -376,6 +382,13 @@ class KiteTicker:
         self._quietly(lambda: sio.emit("reauth", {"token": token}, callback=renewed))
 
     # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _later(delay: float, action: Callable[..., Any], *args: Any) -> None:
+        """Run `action(*args)` in `delay` seconds, in a daemon thread."""
+        timer = threading.Timer(delay, action, args=args)
+        timer.daemon = True
+        timer.start()
 
     def _call(self, name: str, *args: Any) -> None:
         callback = getattr(self, name, None)

@@ -65,10 +65,14 @@ def jwt_expiry(token: str) -> float | None:
 
 
 def reauth_delay(token: str, now: float | None = None) -> float | None:
-    """Seconds from now until a fresh JWT should be sent for `token`, or None when it never expires."""
+    """Seconds from now until a fresh JWT should be sent for `token`, or None when it never expires:
+    `REAUTH_MARGIN_SECS` before its `exp`, or at 80% of the life left when that margin would eat
+    more than a fifth of it (a 5-minute token is renewed after 4 minutes, a 5-second one after 4
+    seconds). 0 for a token already expired. Never 0 for a token with life left, so a provider of
+    short-lived tokens does not make the client renew in a loop."""
     exp = jwt_expiry(token)
     if exp is None:
         return None
     now = time.time() if now is None else now
     life = exp - now
-    return max(0.0, min(life - REAUTH_MARGIN_SECS, life * 0.8))
+    return max(0.0, life - REAUTH_MARGIN_SECS, life * 0.8)
