@@ -334,3 +334,34 @@ def test_asyncio_stream_yields_ticks_of_its_mode(stack, make_token, database):
     assert got["instrument_token"] == token and got["mode"] == "full"
     assert isinstance(got["last_trade_time"], datetime) and {"seq", "epoch", "ingest_ts"} <= set(got)
     assert time.monotonic() - started < 10
+
+
+def test_callbacks_run_one_at_a_time_in_the_order_ticks_arrived(ticker, database):
+    """kiteconnect calls back on one thread, in order. python-engineio's client handles each
+    incoming message on a thread of its own, so a slow `on_ticks` let later frames overtake it."""
+    tokens = equities(database, 8)
+    recorder = ticker(root=None)
+    kws = recorder.ticker
+    seen: dict[int, list[int]] = defaultdict(list)
+    inside, overlaps = [0], [0]
+    lock = threading.Lock()
+
+    def on_ticks(ws, ticks):
+        with lock:
+            inside[0] += 1
+            overlaps[0] += inside[0] > 1
+        time.sleep(0.03)  # strategy code that takes its time
+        with lock:
+            for tick in ticks:
+                seen[tick["instrument_token"]].append(tick["seq"])
+            inside[0] -= 1
+
+    kws.on_ticks = on_ticks
+    kws.on_connect = lambda ws, response: ws.subscribe(tokens)
+    kws.connect(threaded=True)
+    wait_for(lambda: all(len(seen[t]) >= 4 for t in tokens), 20, "four ticks of every token")
+    kws.close()
+    assert overlaps[0] == 0, f"on_ticks ran {overlaps[0]} times while another call was still running"
+    for token in tokens:
+        assert seen[token] == sorted(set(seen[token])), (token, seen[token])
+    assert not recorder.events["on_gap"], recorder.events["on_gap"]

@@ -2,8 +2,9 @@
 
 Strategy code written against `kiteconnect.KiteTicker` runs with only its import and constructor
 changed: the same callbacks with the same arguments, the same methods, the same tick dicts (plus
-`seq` and `epoch`). Underneath, one `socketio.Client` per connection (threads, no Twisted), and a
-reconnect loop of this module's own: each attempt asks `token_provider` for a fresh JWT.
+`seq` and `epoch`), called one at a time in the order the service sent them (`ordered`).
+Underneath, one `socketio.Client` per connection (threads, no Twisted), and a reconnect loop of
+this module's own: each attempt asks `token_provider` for a fresh JWT.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import socketio
 
 from . import policy
+from .ordered import Serial, serialize
 from .subscriptions import Subscriptions
 from .ticks import GapTracker, to_kite
 
@@ -199,9 +201,10 @@ class KiteTicker:
             self._call("on_error", "token_provider_failed", str(exc))
             return False, False
         sio = socketio.Client(reconnection=False, **options)
+        serial = serialize(sio)  # callbacks one at a time, in order, as kiteconnect makes them
         closed = threading.Event()
         refusal: dict[str, Any] = {}
-        self._register(sio, closed, refusal)
+        self._register(sio, closed, refusal, serial)
         self._close_code = None
         self.ws = sio  # before connecting: `connected` may arrive before connect() returns
         try:
@@ -211,10 +214,12 @@ class KiteTicker:
             code = refusal.get("code")
             self._call("on_error", code or CLOSE_ABNORMAL, refusal.get("message") or str(exc))
             self._quietly(sio.disconnect)
+            serial.stop()
             return False, policy.connect_refusal_is_final(code, self.token_provider is not None)
         self._call("on_open")
         closed.wait()
         self._end_session(sio)
+        serial.stop()
         return True, False
 
     def _end_session(self, sio: socketio.Client) -> None:
@@ -237,12 +242,13 @@ class KiteTicker:
 
     # -- events from the service -------------------------------------------------------------
 
-    def _register(self, sio: socketio.Client, closed: threading.Event, refusal: dict[str, Any]) -> None:
+    def _register(self, sio: socketio.Client, closed: threading.Event, refusal: dict[str, Any],
+                  serial: Serial) -> None:
         def on_connect_error(data: Any = None) -> None:
             refusal.update(refusal_of(data))
 
         def on_disconnect(*_reason: Any) -> None:
-            closed.set()
+            serial.after_pending(closed.set)  # `on_close` after the callbacks of what came before
 
         sio.on("connect_error", on_connect_error)
         sio.on("disconnect", on_disconnect)
