@@ -198,7 +198,13 @@ export class TickerClient extends Emitter<TickerEvents> {
   async reauth(): Promise<ReauthReply> {
     clearTimeout(this.reauthTimer);
     try {
-      const token = await this.options.getToken();
+      let token: string;
+      try {
+        token = await this.options.getToken();
+      } catch (err) {
+        this.tell({ code: "get_token_failed", message: String(err) });
+        throw err;
+      }
       const reply = await this.request<ReauthReply>("reauth", { token });
       this.jwt = token;
       this.emit("reauthed", reply);
@@ -277,8 +283,9 @@ export class TickerClient extends Emitter<TickerEvents> {
   private onDisconnect(reason: string): void {
     clearTimeout(this.reauthTimer);
     this.setReady(false);
-    // socket.io-client reconnects by itself unless the server closed the connection (slow_consumer,
-    // token_expired, connection_max_age): then it is this client's to do.
+    // socket.io-client reconnects by itself after a transport close (which is how the server ends
+    // a connection for slow_consumer, token_expired, connection_max_age), but not after a
+    // Socket.IO disconnect from the server ("io server disconnect"): that one is this client's.
     if (!this.socket.active && !this.closed) this.retryLater();
     this.emit("disconnect", { reason, reconnecting: !this.closed });
   }
