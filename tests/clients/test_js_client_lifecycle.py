@@ -1,20 +1,25 @@
 """The JavaScript client package (clients/js) through what renews or ends a connection, against
 real replicas: JWT renewal before `exp` and on the server's `token_expired` warning, and the
 server's `connection_max_age` cut, after which it reconnects with a fresh JWT and resubscribes
-exactly what it still holds (a name whose token was unsubscribed stays gone)."""
+exactly what it still holds (a name whose token was unsubscribed stays gone); and ticks the
+server conflated for a client that fell behind, reported as `seq` gaps."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.clients.test_js_client_package import built, symbol_of  # noqa: F401  (a fixture)
 from tests.conftest import start
-from tests.support.processes import free_port
+from tests.support.processes import free_port, wait_for
+from tests.support.proxy import TcpProxy
 from tests.web.webproc import Web, tokens_of, wait_until_healthy
 
 pytestmark = pytest.mark.integration
@@ -99,3 +104,82 @@ def test_connection_max_age_reconnects_with_a_fresh_jwt_and_resubscribes_what_is
     assert replies == {(ltp_token, "ltp"), (second, "full")}
     after = {(t["token"], t["mode"]) for t in seen["ticks"] if t["at"] > cut["at"]}
     assert after == {(ltp_token, "ltp"), (second, "full")}
+
+
+class HoldingProxy(TcpProxy):
+    """A TcpProxy that can hold the server's bytes: while held it reads nothing from the server,
+    whose connection has a receive buffer of a few KiB, so the server's writes soon wait."""
+
+    def __init__(self, target: tuple[str, int]):
+        super().__init__(target)
+        self.from_server: set[asyncio.StreamReader] = set()
+        self.flowing: asyncio.Event | None = None
+
+    def hold(self, held: bool) -> None:
+        self._call(self._hold(held))
+
+    async def _hold(self, held: bool) -> None:
+        if self.flowing is None:
+            self.flowing = asyncio.Event()
+        (self.flowing.clear if held else self.flowing.set)()
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, self.target)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        self.from_server.add(reader)
+        return reader, writer
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link) -> None:
+        if reader not in self.from_server:
+            return await super()._pipe(reader, writer, link)
+        while True:
+            if self.flowing is not None:
+                await self.flowing.wait()
+            data = await reader.read(4096)
+            if not data:
+                writer.write_eof()
+                return
+            writer.write(data)
+            await writer.drain()
+
+
+def conflated(url: str) -> float:
+    """The replica's ticker_ticks_conflated_total."""
+    metrics = requests.get(f"{url}/metrics", timeout=5).text
+    return sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith("ticker_ticks_conflated_total"))
+
+
+def test_ticks_conflated_for_a_client_that_fell_behind_are_reported_as_gaps(built, stack, service_env, database):  # noqa: F811
+    tokens = tokens_of(database, "NFO-OPT", 300, skip=2000)
+    proxy = HoldingProxy(("127.0.0.1", int(stack["url"].rsplit(":", 1)[1]))).start()
+    before = conflated(stack["url"])
+    wanted = {"tokens": tokens, "aud": service_env["JWT_AUDIENCE"], "iss": service_env["JWT_ISSUER"]}
+    argv = ["node", str(SESSION), "gap", f"http://{proxy.url_host}", service_env["JWT_PRIVATE_KEY_FILE"],
+            json.dumps(wanted)]
+    node = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in node.stdout:
+            lines.append(json.loads(line))
+            if lines[-1].get("step") == "hold":
+                proxy.hold(True)
+                wait_for(lambda: conflated(stack["url"]) > before, 8, "the server to conflate the held client")
+                proxy.hold(False)
+        assert node.wait(20) == 0, node.stderr.read() + json.dumps(lines)[-3000:]
+    finally:
+        if node.poll() is None:
+            node.kill()
+        proxy.stop()
+    seen = lines[-1]
+
+    # What the server documents: a conflated client sees a jump in `seq` (docs/API.md "Delivery").
+    assert seen["gaps"] and seen["disconnects"] == []
+    for gap in seen["gaps"]:
+        assert gap["missed"] == gap["seq"] - gap["after"] - 1 >= 1
+        seqs = [seq for seq, snapshot in seen["seqs"][str(gap["token"])] if not snapshot]
+        i = seqs.index(gap["seq"])
+        assert seqs[i - 1] == gap["after"]  # the jump is between two ticks the client received

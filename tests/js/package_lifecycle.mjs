@@ -2,7 +2,7 @@
 // connection, driven by tests/clients/test_js_client_lifecycle.py. The JWTs come from `getToken`,
 // signed here (RS256) with the test run's private key, so each one is fresh when asked for.
 // Prints one JSON line: what the session saw.
-// usage: node tests/js/package_lifecycle.mjs renew|max_age URL PRIVATE_KEY_FILE '{...}'
+// usage: node tests/js/package_lifecycle.mjs renew|max_age|gap URL PRIVATE_KEY_FILE '{...}'
 //   both: {"aud": ..., "iss": ...} (the service's JWT_AUDIENCE, JWT_ISSUER), and
 //   renew: {"tokens": [token]}; max_age: {"ltp": [token], "names": ["NSE:A", "NSE:B"]}
 import { createSign, randomUUID } from "node:crypto";
@@ -26,10 +26,15 @@ function sign(user, ttl) {
 }
 
 const seen = { calls: [], errors: [], reauthed: [], disconnects: [], connects: 0, ticks: [], sent: [], resubscribed: [] };
+let closing = false; // the session's own close is no disconnect to report
 const say = (code) => {
-  process.stdout.write(JSON.stringify(seen) + "\n");
+  if (scenario === "gap") {
+    seen.ticks = seen.ticks.length; // the seqs of the tokens with a gap say what matters
+    seen.seqs = Object.fromEntries(seen.gaps.map((gap) => [gap.token, seen.seqs[gap.token]]));
+  }
+  closing = true;
   client.close();
-  process.exit(code);
+  process.stdout.write(JSON.stringify(seen) + "\n", () => process.exit(code));
 };
 setTimeout(() => say(2), 15000);
 
@@ -55,17 +60,20 @@ client.socket.emitWithAck = (event, ...args) => {
 };
 client.on("error", (e) => seen.errors.push({ at: now(), ...e }));
 client.on("reauthed", (r) => seen.reauthed.push({ at: now(), ...r }));
-client.on("disconnect", (e) => seen.disconnects.push({ at: now(), ...e }));
+client.on("disconnect", (e) => closing || seen.disconnects.push({ at: now(), ...e }));
 client.on("resubscribed", (replies) => seen.resubscribed.push(...replies));
 client.on("connect", () => (seen.connects += 1));
 client.on("ticks", (ticks) => {
   for (const t of ticks) seen.ticks.push({ at: now(), token: t.instrument_token, mode: t.mode, connection: seen.connects });
+  if (seen.seqs) ticks.forEach((t) => (seen.seqs[t.instrument_token] ??= []).push([t.seq, t.snapshot === true]));
   if (done()) say(0);
 });
 const ticksSince = (at, token) => seen.ticks.filter((t) => t.at > at && t.token === token).length;
 
 let done = () => false;
-if (scenario === "renew") {
+if (scenario === "gap") {
+  seen.seqs = {}; // token -> [[seq, snapshot], ...] as received (the rest below)
+} else if (scenario === "renew") {
   await client.subscribe(wanted.tokens, "ltp");
   // Done once ticks flowed for a second after the renewal that followed the server's warning.
   done = () => {
@@ -84,4 +92,18 @@ if (scenario === "renew") {
     const held = [...wanted.ltp, ...seen.full.tokens.slice(1)];
     return cut !== undefined && seen.connects >= 2 && held.every((token) => ticksSince(cut.at, token) >= 2);
   };
+}
+
+// gap: {"tokens": [...]} streamed in full through a proxy; after {"step": "hold"} the test holds
+// the server's bytes until the server conflates, then lets them through: done at the first gap.
+if (scenario === "gap") {
+  seen.gaps = [];
+  client.on("gap", (gap) => seen.gaps.push(gap));
+  await client.subscribe(wanted.tokens, "full");
+  const held = new Promise((resolve) => {
+    done = () => seen.ticks.length >= wanted.tokens.length * 2 && resolve();
+  });
+  await held;
+  process.stdout.write(JSON.stringify({ step: "hold" }) + "\n");
+  done = () => seen.gaps.length > 0;
 }
