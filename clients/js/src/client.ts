@@ -21,6 +21,7 @@ import {
   type UnsubscribeReply,
   type UpstreamRestored,
 } from "./protocol.js";
+import { type Item, Subscriptions } from "./subscriptions.js";
 import type { Mode, Tick } from "./ticks.js";
 
 export interface TickerClientOptions {
@@ -88,12 +89,6 @@ export class TickerError extends Error implements ServerError {
   }
 }
 
-type Item = number | string;
-interface Named {
-  mode: Mode;
-  tokens: Set<number>;
-}
-
 const RESUBSCRIBE_ATTEMPTS = 5; // a busy server (server_busy, bus_unavailable) usually answers within these
 const REAUTH_RETRY_MS = 5000; // a failed renewal is tried again this much later, while the old JWT lasts
 
@@ -101,9 +96,7 @@ export class TickerClient extends Emitter<TickerEvents> {
   /** The underlying socket.io-client socket (for what this class does not cover). */
   readonly socket: Socket;
   private readonly options: Required<Omit<TickerClientOptions, "socketOptions">>;
-  private held = new Map<number, Mode>();
-  private names = new Map<string, Named>();
-  private renumbering: string[] = []; // names whose token a renumbering took, until the new one comes
+  private held = new Subscriptions();
   private seqs = new SeqTracker();
   private jwt: string | null = null;
   private tokenFailed = false;
@@ -157,7 +150,7 @@ export class TickerClient extends Emitter<TickerEvents> {
 
   /** Tokens held and their modes, as the server last confirmed them. */
   subscriptions(): Map<number, Mode> {
-    return new Map(this.held);
+    return this.held.tokens();
   }
 
   /**
@@ -175,15 +168,13 @@ export class TickerClient extends Emitter<TickerEvents> {
   }
 
   /**
-   * Unsubscribe tokens and/or names subscribed before. Resolves with `{tokens, total}`; rejects
-   * with a TickerError as `subscribe` does.
+   * Unsubscribe tokens and/or names subscribed before. Unsubscribing the token a name resolved
+   * to forgets the name too (it is not resubscribed after a reconnect). Resolves with
+   * `{tokens, total}`; rejects with a TickerError as `subscribe` does.
    */
   async unsubscribe(items: Item[]): Promise<UnsubscribeReply> {
     const { tokens, instruments } = split(items);
-    for (const name of instruments) {
-      for (const token of this.names.get(name)?.tokens ?? []) tokens.push(token);
-      this.names.delete(name);
-    }
+    tokens.push(...this.held.tokensOf(instruments));
     const reply = await this.request<UnsubscribeReply>("unsubscribe", { tokens });
     this.drop(tokens);
     return reply;
@@ -198,7 +189,13 @@ export class TickerClient extends Emitter<TickerEvents> {
   async reauth(): Promise<ReauthReply> {
     clearTimeout(this.reauthTimer);
     try {
-      const token = await this.options.getToken();
+      let token: string;
+      try {
+        token = await this.options.getToken();
+      } catch (err) {
+        this.tell({ code: "get_token_failed", message: String(err) });
+        throw err;
+      }
       const reply = await this.request<ReauthReply>("reauth", { token });
       this.jwt = token;
       this.emit("reauthed", reply);
@@ -253,21 +250,18 @@ export class TickerClient extends Emitter<TickerEvents> {
 
   private onSubscribed(reply: SubscribeReply): void {
     if (reply.reason === undefined) return; // the reply to a request of ours: its promise has it
-    for (const token of reply.tokens) this.held.set(token, reply.mode);
-    if (reply.reason === "instrument_renumbered") {
-      for (const name of this.renumbering.splice(0)) {
-        const named = this.names.get(name);
-        if (named) reply.tokens.forEach((token) => named.tokens.add(token));
-      }
-    }
+    this.held.serverSubscribed(reply);
     this.emit("subscribed", reply);
   }
 
   private onUnsubscribed(reply: UnsubscribeReply): void {
     if (reply.reason === undefined) return;
-    const renumbered = reply.reason === "instrument_renumbered";
-    if (renumbered) this.renumbering.push(...this.namesOf(reply.tokens));
-    this.drop(reply.tokens, renumbered);
+    if (reply.reason === "instrument_renumbered") {
+      this.seqs.forget(reply.tokens);
+      this.held.renumberedFrom(reply.tokens);
+    } else {
+      this.drop(reply.tokens);
+    }
     if (reply.reason === "not_entitled") {
       this.tell({ code: "not_entitled", message: "the JWT no longer covers these instruments", tokens: reply.tokens });
     }
@@ -277,8 +271,9 @@ export class TickerClient extends Emitter<TickerEvents> {
   private onDisconnect(reason: string): void {
     clearTimeout(this.reauthTimer);
     this.setReady(false);
-    // socket.io-client reconnects by itself unless the server closed the connection (slow_consumer,
-    // token_expired, connection_max_age): then it is this client's to do.
+    // socket.io-client reconnects by itself after a transport close (which is how the server ends
+    // a connection for slow_consumer, token_expired, connection_max_age), but not after a
+    // Socket.IO disconnect from the server ("io server disconnect"): that one is this client's.
     if (!this.socket.active && !this.closed) this.retryLater();
     this.emit("disconnect", { reason, reconnecting: !this.closed });
   }
@@ -326,16 +321,7 @@ export class TickerClient extends Emitter<TickerEvents> {
 
   /** Send what was held before the connection dropped, by mode, within the request limit. */
   private async resubscribe(): Promise<SubscribeReply[]> {
-    const byMode = new Map<Mode, Item[]>();
-    const add = (mode: Mode, item: Item) => byMode.set(mode, [...(byMode.get(mode) ?? []), item]);
-    const covered = new Set<number>();
-    for (const [name, named] of this.names) {
-      add(named.mode, name);
-      named.tokens.forEach((token) => covered.add(token));
-    }
-    for (const [token, mode] of this.held) if (!covered.has(token)) add(mode, token);
-    this.held.clear();
-    this.names.clear();
+    const byMode = this.held.takePlan();
     const size = this.limits?.max_tokens_per_request ?? 1000;
     const replies: SubscribeReply[] = [];
     for (const [mode, items] of byMode) {
@@ -364,32 +350,16 @@ export class TickerClient extends Emitter<TickerEvents> {
 
   /** Remember what the server accepted, so a reconnect can ask for it again; tell rejections. */
   private record(reply: SubscribeReply, tokens: number[], instruments: string[]): void {
-    for (const token of reply.tokens) this.held.set(token, reply.mode);
-    const refused = new Set(reply.rejected.map((r) => r.token));
-    const byName = reply.tokens.filter((token) => !tokens.includes(token));
-    for (const name of instruments) {
-      if (!refused.has(name)) this.names.set(name, { mode: reply.mode, tokens: new Set(byName) });
-    }
-    for (const named of this.names.values()) {
-      if (reply.tokens.some((token) => named.tokens.has(token))) named.mode = reply.mode;
-    }
+    this.held.record(reply, tokens, instruments);
     for (const r of reply.rejected) {
       this.tell({ code: r.code, message: r.message, token: r.token, tokens: typeof r.token === "number" ? [r.token] : [] });
     }
   }
 
-  /** Forget tokens no longer held (and names left with none, unless a renumbering is under way). */
-  private drop(tokens: number[], keepNames = false): void {
+  /** Forget tokens no longer held, and the names that resolved to them. */
+  private drop(tokens: number[]): void {
     this.seqs.forget(tokens);
-    for (const token of tokens) this.held.delete(token);
-    for (const [name, named] of this.names) {
-      const had = tokens.some((token) => named.tokens.delete(token));
-      if (had && named.tokens.size === 0 && !keepNames) this.names.delete(name);
-    }
-  }
-
-  private namesOf(tokens: number[]): string[] {
-    return [...this.names].filter(([, named]) => tokens.some((t) => named.tokens.has(t))).map(([name]) => name);
+    this.held.drop(tokens);
   }
 
   private tell(error: ServerError): void {

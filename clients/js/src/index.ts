@@ -4,6 +4,8 @@ export { TickerClient, TickerError } from "./client.js";
 export type { Refusal, TickerClientOptions, TickerEvents } from "./client.js";
 export { SeqTracker } from "./gaps.js";
 export type { EpochChange, Gap, SeqEvent } from "./gaps.js";
+export { Subscriptions } from "./subscriptions.js";
+export type { Item } from "./subscriptions.js";
 export { expiryOf, renewalDelayMs } from "./jwt.js";
 export { RETRYABLE_CODES } from "./protocol.js";
 export type {
