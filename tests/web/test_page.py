@@ -268,16 +268,20 @@ def test_upstream_and_entitlement_notices_show_on_the_board(browser, stack, make
     emitter = SocketIO(message_queue=REDIS_URL, channel=keys.SOCKETIO_CHANNEL)
     sid = browser.find_element("css selector", "#status").get_attribute("data-connection")
 
-    def send(event: str, payload: dict) -> None:
-        emitter.emit(event, payload, to=sid, namespace="/")
+    def shows_after(event: str, payload: dict, shown: str) -> None:
+        # Sent again until shown: a message-queue publish is fire-and-forget (each is idempotent).
+        def shows() -> bool:
+            if text_of(browser, f"{row} td.state") == shown:
+                return True
+            emitter.emit(event, payload, to=sid, namespace="/")
+            return False
 
-    send("error", {"code": "upstream_unavailable", "reason": "token_expired", "message": "Kite refused",
-                   "tokens": [token]})
-    on_screen(browser, lambda: text_of(browser, f"{row} td.state") == "stale (token_expired)", 5, "stale upstream")
-    send("upstream_restored", {"tokens": [token]})
-    on_screen(browser, lambda: text_of(browser, f"{row} td.state") == "", 5, "the stale mark cleared")
-    send("unsubscribed", {"tokens": [token], "total": 0, "reason": "not_entitled"})
-    on_screen(browser, lambda: text_of(browser, f"{row} td.state") == "not entitled", 5, "the lost entitlement")
+        on_screen(browser, shows, 5, f"{shown!r} on the row", interval=0.5)
+
+    shows_after("error", {"code": "upstream_unavailable", "reason": "token_expired", "message": "Kite refused",
+                          "tokens": [token]}, "stale (token_expired)")
+    shows_after("upstream_restored", {"tokens": [token]}, "")
+    shows_after("unsubscribed", {"tokens": [token], "total": 0, "reason": "not_entitled"}, "not entitled")
     assert text_of(browser, "#subscribe-error") == ""  # notices go to the rows, not the request's error line
 
 
