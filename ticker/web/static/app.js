@@ -66,7 +66,10 @@ function connect(token, devUser = null) {
     const held = client.subscriptions(); // resubscribed by the client before it said connect
     state.rows.forEach((row, token) => { if (held.has(token)) mark(token, ""); });
   });
-  on("resubscribed", (replies) => replies.forEach((reply) => reply.tokens.forEach((token) => addRow(token, reply.mode))));
+  on("resubscribed", (replies) => replies.forEach((reply) => reply.tokens.forEach((token) => {
+    addRow(token, reply.mode);
+    state.rows.get(token).withdrawn = false;
+  })));
   on("refused", (refusal) => {
     markAll("stale");
     setStatus("error", refusal.code);
@@ -95,7 +98,13 @@ function connect(token, devUser = null) {
       not_entitled: "not entitled", capacity_exhausted: "no capacity upstream",
       instrument_renumbered: "renumbered", instrument_removed: "instrument removed",
     }[event.reason];
-    if (why) event.tokens.forEach((token) => mark(token, why));
+    if (why) {
+      event.tokens.forEach((token) => {
+        mark(token, why);
+        const row = state.rows.get(token);
+        if (row) row.withdrawn = true; // a tick still in flight must not clear the mark
+      });
+    }
   });
   on("error", (err) => {
     if (ENDING.has(err.code) && err.grace_secs === undefined) state.endedBy = err.code;
@@ -153,6 +162,7 @@ async function subscribe(items, mode, label) {
   reply.tokens.forEach((token) => {
     if (label && reply.tokens.length === 1) state.labels.set(token, label);
     addRow(token, reply.mode);
+    state.rows.get(token).withdrawn = false;
     mark(token, ""); // held again: ticks (or a notice saying why not) follow
     if (!state.labels.has(token)) lookUpLabel(token);
   });
@@ -267,7 +277,7 @@ const volume = (value) => (value === undefined ? "–" : Number(value).toLocaleS
 function onTick(tick) {
   const row = state.rows.get(tick.instrument_token);
   // A snapshot older than what is on screen is dropped; a new epoch restarts seq at 1.
-  if (!row || (tick.epoch === row.epoch && tick.seq <= row.seq)) return;
+  if (!row || row.withdrawn || (tick.epoch === row.epoch && tick.seq <= row.seq)) return;
   row.seq = tick.seq;
   row.epoch = tick.epoch;
   row.tr.dataset.seq = tick.seq;
