@@ -5,7 +5,7 @@ PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help install services db run test lint browser bench-fanout bench-crowd bench-registry bench-ingest \
-	bench-recovery bench-ops chaos
+	bench-recovery bench-ops chaos vendor-client
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ clients/js/node_modules/.installed: clients/js/package.json clients/js/package-l
 clients/js/dist/index.js: clients/js/node_modules/.installed clients/js/tsconfig.json $(wildcard clients/js/src/*.ts)
 	cd clients/js && npm run --silent build
 	touch $@
+
+vendor-client: clients/js/dist/index.js ## Rebuild the JS client and copy it into the live page's static files (commit the result)
+	$(BIN)/python scripts/vendor_client.py
 
 services: ## Start the local Redis and PostgreSQL if they are down
 	scripts/ensure-services

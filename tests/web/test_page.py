@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from flask_socketio import SocketIO
 from sqlalchemy import text
 
+from tests.conftest import REDIS_URL
 from tests.support.processes import ROOT, wait_for
+from tests.web.webproc import start_web
+from ticker.bus import keys
 from ticker.db import engine_for
 
 pytestmark = pytest.mark.integration
@@ -147,12 +151,19 @@ def test_a_refused_token_shows_its_error_code(browser, stack):
 
 def test_the_page_loads_nothing_from_elsewhere(stack):
     page = requests.get(f"{stack['url']}/", timeout=5)
-    client = requests.get(f"{stack['url']}/assets/vendor/socket.io.min.js", timeout=5)
+    app = requests.get(f"{stack['url']}/assets/app.js", timeout=5)
+    client = requests.get(f"{stack['url']}/assets/vendor/ticker-client/client.js", timeout=5)
+    socket_io = requests.get(f"{stack['url']}/assets/vendor/socket.io.esm.min.js", timeout=5)
 
-    assert page.status_code == 200 and "default-src 'self'" in page.headers["Content-Security-Policy"]
+    policy = page.headers["Content-Security-Policy"]
+    assert page.status_code == 200 and "default-src 'self'" in policy and "script-src 'self';" in policy
     assert "http://" not in page.text.replace(stack["url"], "") and "https://" not in page.text
-    assert client.status_code == 200 and client.text.startswith("/*!\n * Socket.IO v4")
-    assert "Released under the MIT License" in client.text[:200]
+    assert '<script type="module"' in page.text and "<script>" not in page.text  # nothing inline
+    # The page runs on @ticker/client, which imports socket.io-client's ES module build by path.
+    assert 'from "./vendor/ticker-client/index.js"' in app.text
+    assert client.status_code == 200 and 'from "../socket.io.esm.min.js"' in client.text
+    assert socket_io.status_code == 200 and socket_io.text.startswith("/*!\n * Socket.IO v4")
+    assert "Released under the MIT License" in socket_io.text[:200]
 
 
 def test_development_tokens_exist_only_in_development(stack, workdir):
@@ -173,8 +184,11 @@ def test_development_tokens_exist_only_in_development(stack, workdir):
     client = app.test_client()
     assert 'id="dev-token"' in client.get("/").text
     reply = client.post("/dev/token").get_json()
+    renewed = client.post("/dev/token", json={"user": reply["user"]}).get_json()  # how the page renews
     with app.app_context():
         assert verify(reply["token"])["sub"] == reply["user"]
+        assert verify(renewed["token"])["sub"] == renewed["user"] == reply["user"]
+    assert client.post("/dev/token", json={"user": "page-user"}).status_code == 400  # only its own users
 
 
 def connected_page(browser, stack, make_token, user: str) -> None:
@@ -249,15 +263,28 @@ def test_upstream_and_entitlement_notices_show_on_the_board(browser, stack, make
     token = token_of(database, "NSE", "INFY")
     on_screen(browser, lambda: text_of(browser, f"{row} td.age") not in ("", "–"), 15, "a first tick")
 
-    # What the server sends (docs/API.md, Outages), handed to the page's own handlers.
-    emit = "arguments[0].forEach(([e, p]) => state.socket.listeners(e).forEach((f) => f(p)));"
-    browser.execute_script(emit, [["error", {"code": "upstream_unavailable", "reason": "token_expired",
-                                              "message": "Kite refused", "tokens": [token]}]])
-    on_screen(browser, lambda: text_of(browser, f"{row} td.state") == "stale (token_expired)", 5, "stale upstream")
-    browser.execute_script(emit, [["upstream_restored", {"tokens": [token]}]])
-    on_screen(browser, lambda: text_of(browser, f"{row} td.state") == "", 5, "the stale mark cleared")
-    browser.execute_script(emit, [["unsubscribed", {"tokens": [token], "total": 0, "reason": "not_entitled"}]])
-    on_screen(browser, lambda: text_of(browser, f"{row} td.state") == "not entitled", 5, "the lost entitlement")
+    # What the server sends (docs/API.md, Outages), sent to this page's connection through the
+    # replicas' message queue, as a replica's own notices travel to it.
+    emitter = SocketIO(message_queue=REDIS_URL, channel=keys.SOCKETIO_CHANNEL)
+    sid = browser.find_element("css selector", "#status").get_attribute("data-connection")
+
+    def shows_after(event: str, payload: dict, shown: str) -> None:
+        # Sent again each second until seen: a message-queue publish is fire-and-forget, and the
+        # simulator's next tick of a live token clears an outage mark (as real ticks would).
+        polls = iter(range(1000))
+
+        def shows() -> bool:
+            if next(polls) % 50 == 0:
+                emitter.emit(event, payload, to=sid, namespace="/")
+            return text_of(browser, f"{row} td.state") == shown
+
+        on_screen(browser, shows, 8, f"{shown!r} on the row", interval=0.02)
+
+    shows_after("error", {"code": "upstream_unavailable", "reason": "token_expired", "message": "Kite refused",
+                          "tokens": [token]}, "stale (token_expired)")
+    shows_after("upstream_restored", {"tokens": [token]}, "")
+    shows_after("unsubscribed", {"tokens": [token], "total": 0, "reason": "not_entitled"}, "not entitled")
+    assert text_of(browser, "#subscribe-error") == ""  # notices go to the rows, not the request's error line
 
 
 def test_the_search_placeholder_fits_its_box(browser, stack):
@@ -276,3 +303,39 @@ def test_the_page_has_an_icon(stack):
     icon = requests.get(f"{stack['url']}/favicon.ico", timeout=5)
 
     assert icon.status_code == 200 and icon.headers["Content-Type"].startswith("image/")
+
+
+MAX_AGE_SECS = 4  # MAX_CONNECTION_SECS of the replica that cuts every connection
+
+
+def test_a_connection_the_server_cuts_comes_back_with_its_subscriptions(
+        browser, stack, processes, service_env, workdir, make_token, database):
+    # The server ends the connection (connection_max_age) without a Socket.IO disconnect: the
+    # page's client says why, reconnects, resubscribes by name, and ticks resume on the same row.
+    web = start_web(processes, service_env, workdir, "web-page-aged", MAX_CONNECTION_SECS=str(MAX_AGE_SECS))
+    browser.get(f"http://127.0.0.1:{web.port}/")
+    fill(browser, "#token", make_token("cut-user"))
+    click(browser, "#connect")
+    on_screen(browser, lambda: text_of(browser, "#status-text") == "connected as cut-user", 10, "connecting")
+    first = browser.find_element("css selector", "#status").get_attribute("data-connection")
+    fill(browser, "#search", "NSE:INFY")
+    click(browser, "#subscribe")
+    row = row_of(database, "NSE", "INFY")
+    on_screen(browser, lambda: text_of(browser, f"{row} td.price") not in ("", "–"), 10, "a first price")
+
+    statuses: set[str] = set()
+
+    def back_on_a_new_connection() -> bool:
+        statuses.add(text_of(browser, "#status-text"))
+        connection = browser.find_element("css selector", "#status").get_attribute("data-connection")
+        return connection not in (None, first) and text_of(browser, "#status-text") == "connected as cut-user"
+
+    on_screen(browser, back_on_a_new_connection, MAX_AGE_SECS + 8, "a new connection", interval=0.05)
+    assert "reconnecting (connection_max_age)" in statuses, statuses
+    seq = int(browser.find_element("css selector", row).get_attribute("data-seq"))
+    on_screen(browser, lambda: int(browser.find_element("css selector", row).get_attribute("data-seq")) > seq,
+              10, "ticks on the resubscribed row")
+    assert text_of(browser, f"{row} td.state") == "" and text_of(browser, f"{row} td.name") == "NSE:INFY"
+    assert text_of(browser, "#subscribe-error") == ""
+    assert len(browser.find_elements("css selector", "#board tbody tr:not(.depth)")) == 1
+    click(browser, "#disconnect")

@@ -7,10 +7,11 @@ subscribe and watch a live board. Everything it loads is served by the app itsel
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import timedelta
 
-from flask import Blueprint, abort, current_app, jsonify, render_template
+from flask import Blueprint, abort, current_app, jsonify, render_template, request
 
 from ticker.web.auth import mint
 
@@ -43,10 +44,19 @@ def favicon():
     return bp.send_static_file("favicon.svg")
 
 
+DEV_USER = re.compile(r"dev-[0-9a-f]{6}")  # the throwaway users this endpoint makes, and no other
+
+
 @bp.post("/dev/token")
 def dev_token():
-    """A development JWT for a throwaway user; 404 outside TICKER_ENV=development."""
+    """A development JWT, `{token, user, expires_in}` (seconds): for a new throwaway user, or,
+    with a JSON body `{"user": "dev-…"}`, a fresh one for that user (the page renews its token
+    so; a JWT renewed on an open connection must name the same user). 400 for a user this
+    endpoint did not make; 404 outside TICKER_ENV=development."""
     if not dev_tokens_enabled():
         abort(404)
-    user = f"dev-{secrets.token_hex(3)}"
+    asked = (request.get_json(silent=True) or {}).get("user")
+    if asked is not None and not (isinstance(asked, str) and DEV_USER.fullmatch(asked)):
+        abort(400)
+    user = asked or f"dev-{secrets.token_hex(3)}"
     return jsonify({"token": mint(user, DEV_TOKEN_TTL), "user": user, "expires_in": int(DEV_TOKEN_TTL.total_seconds())})

@@ -1,13 +1,21 @@
-// The live board: one Socket.IO connection, the documented protocol (docs/API.md), no framework.
-"use strict";
+// The live board on the project's own client, @ticker/client (clients/js, vendored by
+// `make vendor-client`): it connects, resubscribes after every reconnect, renews the JWT,
+// reports seq gaps and turns each server code into an event (docs/API.md). No framework.
+import { TickerClient, TickerError, expiryOf } from "./vendor/ticker-client/index.js";
 
 const $ = (selector) => document.querySelector(selector);
 const SPARK_POINTS = 60; // the sparkline shows the last minute or so of prices
 const PING_EVERY_MS = 2000;
 const AGE_EVERY_MS = 1000; // ages keep counting between ticks (and after the connection is gone)
 const TOKEN_KEY = "ticker.jwt"; // sessionStorage: the token lives as long as the tab
+const DEV_RENEW_SECS = 600; // a development token this close to its exp is replaced by a fresh one
+// Codes with which the server ends a connection (the client reconnects): shown in the status.
+const ENDING = new Set(["slow_consumer", "connection_max_age", "token_expired"]);
 
-const state = { socket: null, rows: new Map(), labels: new Map(), results: [], searchAvailable: true, ages: [] };
+const state = {
+  client: null, token: "", devUser: null, endedBy: null,
+  rows: new Map(), labels: new Map(), results: [], searchAvailable: true, ages: [],
+};
 
 // --- connection -------------------------------------------------------------------------------
 
@@ -16,94 +24,151 @@ function setStatus(kind, text) {
   $("#status-text").textContent = text;
 }
 
-function connect(token) {
+// The client asks before every (re)connect and before renewing: a pasted JWT is what it is; a
+// development token close to its end is replaced by a fresh one for the same user.
+async function currentToken() {
+  const exp = expiryOf(state.token);
+  if (state.devUser && exp !== null && exp - Date.now() / 1000 < DEV_RENEW_SECS) {
+    const fresh = await devToken(state.devUser);
+    if (fresh) useToken(fresh.token);
+  }
+  return state.token;
+}
+
+function useToken(token) {
+  state.token = token;
+  $("#token").value = token;
+  sessionStorage.setItem(TOKEN_KEY, token);
+}
+
+function connect(token, devUser = null) {
   disconnect();
   $("#connect-error").textContent = "";
   setStatus("connecting", "connecting…");
-  sessionStorage.setItem(TOKEN_KEY, token);
-  const socket = io({ auth: { token }, transports: ["websocket", "polling"] });
-  state.socket = socket;
+  useToken(token);
+  state.devUser = devUser;
+  state.endedBy = null;
+  const client = new TickerClient({
+    url: location.origin,
+    getToken: currentToken,
+    socketOptions: { transports: ["websocket", "polling"] },
+  });
+  state.client = client;
+  // Events of a client this page has since closed are no longer news.
+  const on = (event, listener) => client.on(event, (payload) => { if (state.client === client) listener(payload); });
 
-  socket.on("connect", () => {
+  on("connect", (hello) => {
+    state.endedBy = null;
+    $("#status").dataset.connection = hello.connection_id;
+    setStatus("connected", `connected as ${hello.user}`);
     $("#subscribe").disabled = false;
     $("#disconnect").disabled = false;
-    resubscribe(); // a reconnected socket is a new connection: its subscriptions start empty
+    const held = client.subscriptions(); // resubscribed by the client before it said connect
+    state.rows.forEach((row, token) => { if (held.has(token)) mark(token, ""); });
   });
-  socket.on("connected", (info) => setStatus("connected", `connected as ${info.user}`));
-  socket.on("connect_error", (err) => {
+  on("resubscribed", (replies) => replies.forEach((reply) => reply.tokens.forEach((token) => {
+    addRow(token, reply.mode);
+    state.rows.get(token).withdrawn = false;
+  })));
+  on("refused", (refusal) => {
     markAll("stale");
-    const code = err.data && err.data.code ? err.data.code : "connect_failed";
-    setStatus("error", code);
-    $("#connect-error").textContent = `${code}: ${err.message}`;
+    setStatus("error", refusal.code);
+    $("#connect-error").textContent = `${refusal.code}: ${refusal.message}`;
+    if (!refusal.retrying) $("#disconnect").disabled = true;
   });
-  socket.on("disconnect", (reason) => {
+  on("disconnect", ({ reason, reconnecting }) => {
     $("#subscribe").disabled = true;
     markAll("stale");
-    setStatus(socket.active ? "connecting" : "disconnected", socket.active ? `reconnecting (${reason})` : "disconnected");
+    delete $("#status").dataset.connection;
+    setStatus(reconnecting ? "connecting" : "disconnected",
+      reconnecting ? `reconnecting (${state.endedBy || reason})` : "disconnected");
   });
-  socket.on("error", onError);
-  socket.on("upstream_restored", (event) => event.tokens.forEach((token) => mark(token, "")));
-  socket.on("unsubscribed", (event) => {
+  // A transport failure (server down, network gone): socket.io-client retries by itself.
+  client.socket.on("connect_error", (err) => {
+    if (state.client === client && client.socket.active) setStatus("connecting", `reconnecting (${err.message})`);
+  });
+  on("ticks", (ticks) => ticks.forEach(onTick));
+  on("gap", onGap);
+  on("upstream_unavailable", (err) => (err.tokens || []).forEach((token) => mark(token, `stale (${err.reason})`)));
+  on("upstream_restored", (event) => event.tokens.forEach((token) => mark(token, "")));
+  on("subscribed", (reply) => reply.tokens.forEach((token) => { addRow(token, reply.mode); lookUpLabel(token); }));
+  on("unsubscribed", (event) => {
     // The server dropped these (docs/API.md): they stay on the board, marked, with no more ticks.
-    const why = { not_entitled: "not entitled", capacity_exhausted: "no capacity upstream" }[event.reason];
-    if (why) event.tokens.forEach((token) => mark(token, why));
+    const why = {
+      not_entitled: "not entitled", capacity_exhausted: "no capacity upstream",
+      instrument_renumbered: "renumbered", instrument_removed: "instrument removed",
+    }[event.reason];
+    if (why) {
+      event.tokens.forEach((token) => {
+        mark(token, why);
+        const row = state.rows.get(token);
+        if (row) row.withdrawn = true; // a tick still in flight must not clear the mark
+      });
+    }
   });
-  socket.on("ticks", (ticks) => ticks.forEach(onTick));
+  on("error", (err) => {
+    if (ENDING.has(err.code) && err.grace_secs === undefined) state.endedBy = err.code;
+    // Told elsewhere: refusals (connect error), notices (the rows), rejections (the subscribe).
+    if (!client.connected || HANDLED.has(err.code) || err.token !== undefined) return;
+    $("#subscribe-error").textContent = `${err.code}: ${err.message}`;
+  });
 }
 
-function onError(err) {
-  if (err.code === "upstream_unavailable") {
-    (err.tokens || []).forEach((token) => mark(token, `stale (${err.reason})`));
-    return;
-  }
-  if (err.code === "capacity_exhausted") return; // told for each token by the unsubscribed that follows
-  $("#subscribe-error").textContent = `${err.code}: ${err.message}`;
-}
+const HANDLED = new Set([...ENDING, "upstream_unavailable", "capacity_exhausted", "not_entitled"]);
 
 function disconnect() {
   markAll("stale");
-  if (state.socket) {
-    state.socket.disconnect();
-    state.socket = null;
+  if (state.client) {
+    const client = state.client;
+    state.client = null;
+    client.close();
   }
   $("#subscribe").disabled = true;
   $("#disconnect").disabled = true;
+  delete $("#status").dataset.connection;
   setStatus("disconnected", "disconnected");
   $("#latency").textContent = "";
 }
 
-function ping() {
-  const socket = state.socket;
-  if (!socket || !socket.connected) return;
+async function ping() {
+  const client = state.client;
+  if (!client || !client.connected) return;
   const sent = performance.now();
-  socket.timeout(5000).emit("ping", null, (err) => {
-    if (err) return;
-    const rtt = Math.round(performance.now() - sent);
-    const ages = state.ages.splice(0).sort((a, b) => a - b);
-    const age = ages.length ? ` · tick age p50 ${ages[Math.floor(ages.length / 2)]} ms` : "";
-    $("#latency").textContent = `rtt ${rtt} ms${age}`;
-  });
+  try {
+    await client.ping();
+  } catch {
+    return;
+  }
+  const rtt = Math.round(performance.now() - sent);
+  const ages = state.ages.splice(0).sort((a, b) => a - b);
+  const age = ages.length ? ` · tick age p50 ${ages[Math.floor(ages.length / 2)]} ms` : "";
+  $("#latency").textContent = `rtt ${rtt} ms${age}`;
 }
 
 // --- subscriptions ----------------------------------------------------------------------------
 
-function subscribe(request, label) {
-  const socket = state.socket;
-  if (!socket || !socket.connected) return;
+async function subscribe(items, mode, label) {
+  const client = state.client;
+  if (!client || !client.connected) return;
   $("#subscribe-error").textContent = "";
-  socket.timeout(10000).emit("subscribe", request, (err, reply) => {
-    if (err) { $("#subscribe-error").textContent = "no reply to subscribe (timed out)"; return; }
-    if (reply.error) { $("#subscribe-error").textContent = `${reply.error.code}: ${reply.error.message}`; return; }
-    reply.tokens.forEach((token) => {
-      if (label && reply.tokens.length === 1) state.labels.set(token, label);
-      addRow(token, reply.mode);
-      mark(token, ""); // held again: ticks (or a notice saying why not) follow
-      if (!state.labels.has(token)) lookUpLabel(token);
-    });
-    if (reply.rejected.length) {
-      $("#subscribe-error").textContent = reply.rejected.map((r) => `${r.token}: ${r.code}`).join(", ");
-    }
+  let reply;
+  try {
+    reply = await client.subscribe(items, mode);
+  } catch (err) {
+    if (state.client !== client) return;
+    $("#subscribe-error").textContent = err instanceof TickerError ? `${err.code}: ${err.message}` : String(err);
+    return;
+  }
+  reply.tokens.forEach((token) => {
+    if (label && reply.tokens.length === 1) state.labels.set(token, label);
+    addRow(token, reply.mode);
+    state.rows.get(token).withdrawn = false;
+    mark(token, ""); // held again: ticks (or a notice saying why not) follow
+    if (!state.labels.has(token)) lookUpLabel(token);
   });
+  if (reply.rejected.length) {
+    $("#subscribe-error").textContent = reply.rejected.map((r) => `${r.token}: ${r.code}`).join(", ");
+  }
 }
 
 // A token subscribed by number is labelled EXCHANGE:SYMBOL once the registry says which it is.
@@ -116,14 +181,9 @@ async function lookUpLabel(token) {
   if (row) row.cells.name.textContent = state.labels.get(token);
 }
 
-function resubscribe() {
-  const byMode = {};
-  state.rows.forEach((row, token) => { (byMode[row.mode] = byMode[row.mode] || []).push(token); });
-  Object.entries(byMode).forEach(([mode, tokens]) => subscribe({ tokens, mode }));
-}
-
 function unsubscribe(token) {
-  if (state.socket && state.socket.connected) state.socket.emit("unsubscribe", { tokens: [token] });
+  // The client forgets the token (no resubscribe after a reconnect) and tells the server once connected.
+  if (state.client) state.client.unsubscribe([token]).catch(() => undefined);
   const row = state.rows.get(token);
   if (row) { row.tr.remove(); row.depthTr.remove(); state.rows.delete(token); }
   updateCount();
@@ -152,6 +212,15 @@ function mark(token, why) {
 
 function markAll(why) {
   state.rows.forEach((row, token) => mark(token, why));
+}
+
+// Ticks the service conflated or lost for a row (the client compares each tick's seq with the last).
+function onGap(gap) {
+  const row = state.rows.get(gap.token);
+  if (!row) return;
+  row.missed += gap.missed;
+  row.tr.dataset.missed = row.missed;
+  row.cells.age.title = `${row.missed} ticks missed (seq gaps) since subscribing`;
 }
 
 // --- the board --------------------------------------------------------------------------------
@@ -187,7 +256,7 @@ function addRow(token, mode) {
     depthTd.colSpan = 9;
     depthTr.appendChild(depthTd);
     $("#board tbody").append(tr, depthTr);
-    row = { tr, depthTr, depthTd, cells, prices: [], seq: -1, mode, ingestedAt: null };
+    row = { tr, depthTr, depthTd, cells, prices: [], seq: -1, epoch: null, missed: 0, mode, ingestedAt: null };
     state.rows.set(token, row);
   }
   row.mode = mode;
@@ -207,8 +276,10 @@ const volume = (value) => (value === undefined ? "–" : Number(value).toLocaleS
 
 function onTick(tick) {
   const row = state.rows.get(tick.instrument_token);
-  if (!row || tick.seq <= row.seq) return; // a snapshot older than what is on screen
+  // A snapshot older than what is on screen is dropped; a new epoch restarts seq at 1.
+  if (!row || row.withdrawn || (tick.epoch === row.epoch && tick.seq <= row.seq)) return;
   row.seq = tick.seq;
+  row.epoch = tick.epoch;
   row.tr.dataset.seq = tick.seq;
   mark(tick.instrument_token, "");
   const { cells } = row;
@@ -319,7 +390,7 @@ async function search(query) {
   } catch (err) {
     if (err instanceof SearchFailed) { $("#search-note").textContent = err.message; return; }
     state.searchAvailable = false;
-    list.replaceChildren();
+    $("#results").replaceChildren();
     $("#search-note").textContent =
       "Instrument search is not available here: enter token numbers or EXCHANGE:SYMBOL and press Subscribe.";
   }
@@ -339,7 +410,7 @@ function showResults(results) {
     li.append(name, detail);
     li.dataset.token = instrument.instrument_token;
     li.addEventListener("click", () => {
-      subscribe({ tokens: [instrument.instrument_token], mode: $("#mode").value }, label);
+      subscribe([instrument.instrument_token], $("#mode").value, label);
       doneWithSearch();
     });
     return li;
@@ -368,12 +439,12 @@ $("#subscribe-form").addEventListener("submit", (event) => {
   const wanted = parseWanted(text);
   const mode = $("#mode").value;
   if (wanted.tokens.length || wanted.instruments.length) {
-    if (wanted.tokens.length) subscribe({ tokens: wanted.tokens, mode });
+    if (wanted.tokens.length) subscribe(wanted.tokens, mode);
     // One request per symbol, so each row is labelled with the symbol it was asked for.
-    wanted.instruments.forEach((instrument) => subscribe({ instruments: [instrument], mode }, instrument));
+    wanted.instruments.forEach((instrument) => subscribe([instrument], mode, instrument));
   } else if (state.results.length) {
     const first = state.results[0];
-    subscribe({ tokens: [first.instrument_token], mode }, `${first.exchange}:${first.tradingsymbol}`);
+    subscribe([first.instrument_token], mode, `${first.exchange}:${first.tradingsymbol}`);
   } else {
     return;
   }
@@ -383,13 +454,19 @@ $("#search").addEventListener("input", (event) => {
   clearTimeout(searchTimer);
   searchTimer = setTimeout(() => search(event.target.value.trim()), 250);
 });
+// A development token (TICKER_ENV=development only): a new throwaway user, or a fresh token for `user`.
+async function devToken(user) {
+  const response = await fetch("/dev/token", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(user ? { user } : {}),
+  });
+  if (!response.ok) { $("#connect-error").textContent = `no development token (${response.status})`; return null; }
+  return response.json();
+}
 const devButton = $("#dev-token");
 if (devButton) {
   devButton.addEventListener("click", async () => {
-    const response = await fetch("/dev/token", { method: "POST" });
-    if (!response.ok) { $("#connect-error").textContent = `no development token (${response.status})`; return; }
-    $("#token").value = (await response.json()).token;
-    connect($("#token").value);
+    const reply = await devToken(null);
+    if (reply) connect(reply.token, reply.user);
   });
 }
 
