@@ -9,6 +9,7 @@ import { Emitter } from "./emitter.js";
 import { SeqTracker } from "./gaps.js";
 import { expiryOf, renewalDelayMs } from "./jwt.js";
 import { RETRYABLE_CODES, } from "./protocol.js";
+import { Subscriptions } from "./subscriptions.js";
 /** A request the server refused or did not answer: `code` and `message` as the server sent them. */
 export class TickerError extends Error {
     constructor(error) {
@@ -23,9 +24,7 @@ const REAUTH_RETRY_MS = 5000; // a failed renewal is tried again this much later
 export class TickerClient extends Emitter {
     constructor(options) {
         super();
-        this.held = new Map();
-        this.names = new Map();
-        this.renumbering = []; // names whose token a renumbering took, until the new one comes
+        this.held = new Subscriptions();
         this.seqs = new SeqTracker();
         this.jwt = null;
         this.tokenFailed = false;
@@ -71,7 +70,7 @@ export class TickerClient extends Emitter {
     }
     /** Tokens held and their modes, as the server last confirmed them. */
     subscriptions() {
-        return new Map(this.held);
+        return this.held.tokens();
     }
     /**
      * Subscribe to instrument tokens and/or `EXCHANGE:TRADINGSYMBOL` names in `mode` (default
@@ -87,16 +86,13 @@ export class TickerClient extends Emitter {
         return reply;
     }
     /**
-     * Unsubscribe tokens and/or names subscribed before. Resolves with `{tokens, total}`; rejects
-     * with a TickerError as `subscribe` does.
+     * Unsubscribe tokens and/or names subscribed before. Unsubscribing the token a name resolved
+     * to forgets the name too (it is not resubscribed after a reconnect). Resolves with
+     * `{tokens, total}`; rejects with a TickerError as `subscribe` does.
      */
     async unsubscribe(items) {
         const { tokens, instruments } = split(items);
-        for (const name of instruments) {
-            for (const token of this.names.get(name)?.tokens ?? [])
-                tokens.push(token);
-            this.names.delete(name);
-        }
+        tokens.push(...this.held.tokensOf(instruments));
         const reply = await this.request("unsubscribe", { tokens });
         this.drop(tokens);
         return reply;
@@ -109,7 +105,14 @@ export class TickerClient extends Emitter {
     async reauth() {
         clearTimeout(this.reauthTimer);
         try {
-            const token = await this.options.getToken();
+            let token;
+            try {
+                token = await this.options.getToken();
+            }
+            catch (err) {
+                this.tell({ code: "get_token_failed", message: String(err) });
+                throw err;
+            }
             const reply = await this.request("reauth", { token });
             this.jwt = token;
             this.emit("reauthed", reply);
@@ -166,24 +169,19 @@ export class TickerClient extends Emitter {
     onSubscribed(reply) {
         if (reply.reason === undefined)
             return; // the reply to a request of ours: its promise has it
-        for (const token of reply.tokens)
-            this.held.set(token, reply.mode);
-        if (reply.reason === "instrument_renumbered") {
-            for (const name of this.renumbering.splice(0)) {
-                const named = this.names.get(name);
-                if (named)
-                    reply.tokens.forEach((token) => named.tokens.add(token));
-            }
-        }
+        this.held.serverSubscribed(reply);
         this.emit("subscribed", reply);
     }
     onUnsubscribed(reply) {
         if (reply.reason === undefined)
             return;
-        const renumbered = reply.reason === "instrument_renumbered";
-        if (renumbered)
-            this.renumbering.push(...this.namesOf(reply.tokens));
-        this.drop(reply.tokens, renumbered);
+        if (reply.reason === "instrument_renumbered") {
+            this.seqs.forget(reply.tokens);
+            this.held.renumberedFrom(reply.tokens);
+        }
+        else {
+            this.drop(reply.tokens);
+        }
         if (reply.reason === "not_entitled") {
             this.tell({ code: "not_entitled", message: "the JWT no longer covers these instruments", tokens: reply.tokens });
         }
@@ -192,8 +190,9 @@ export class TickerClient extends Emitter {
     onDisconnect(reason) {
         clearTimeout(this.reauthTimer);
         this.setReady(false);
-        // socket.io-client reconnects by itself unless the server closed the connection (slow_consumer,
-        // token_expired, connection_max_age): then it is this client's to do.
+        // socket.io-client reconnects by itself after a transport close (which is how the server ends
+        // a connection for slow_consumer, token_expired, connection_max_age), but not after a
+        // Socket.IO disconnect from the server ("io server disconnect"): that one is this client's.
         if (!this.socket.active && !this.closed)
             this.retryLater();
         this.emit("disconnect", { reason, reconnecting: !this.closed });
@@ -242,18 +241,7 @@ export class TickerClient extends Emitter {
     }
     /** Send what was held before the connection dropped, by mode, within the request limit. */
     async resubscribe() {
-        const byMode = new Map();
-        const add = (mode, item) => byMode.set(mode, [...(byMode.get(mode) ?? []), item]);
-        const covered = new Set();
-        for (const [name, named] of this.names) {
-            add(named.mode, name);
-            named.tokens.forEach((token) => covered.add(token));
-        }
-        for (const [token, mode] of this.held)
-            if (!covered.has(token))
-                add(mode, token);
-        this.held.clear();
-        this.names.clear();
+        const byMode = this.held.takePlan();
         const size = this.limits?.max_tokens_per_request ?? 1000;
         const replies = [];
         for (const [mode, items] of byMode) {
@@ -283,35 +271,15 @@ export class TickerClient extends Emitter {
     }
     /** Remember what the server accepted, so a reconnect can ask for it again; tell rejections. */
     record(reply, tokens, instruments) {
-        for (const token of reply.tokens)
-            this.held.set(token, reply.mode);
-        const refused = new Set(reply.rejected.map((r) => r.token));
-        const byName = reply.tokens.filter((token) => !tokens.includes(token));
-        for (const name of instruments) {
-            if (!refused.has(name))
-                this.names.set(name, { mode: reply.mode, tokens: new Set(byName) });
-        }
-        for (const named of this.names.values()) {
-            if (reply.tokens.some((token) => named.tokens.has(token)))
-                named.mode = reply.mode;
-        }
+        this.held.record(reply, tokens, instruments);
         for (const r of reply.rejected) {
             this.tell({ code: r.code, message: r.message, token: r.token, tokens: typeof r.token === "number" ? [r.token] : [] });
         }
     }
-    /** Forget tokens no longer held (and names left with none, unless a renumbering is under way). */
-    drop(tokens, keepNames = false) {
+    /** Forget tokens no longer held, and the names that resolved to them. */
+    drop(tokens) {
         this.seqs.forget(tokens);
-        for (const token of tokens)
-            this.held.delete(token);
-        for (const [name, named] of this.names) {
-            const had = tokens.some((token) => named.tokens.delete(token));
-            if (had && named.tokens.size === 0 && !keepNames)
-                this.names.delete(name);
-        }
-    }
-    namesOf(tokens) {
-        return [...this.names].filter(([, named]) => tokens.some((t) => named.tokens.has(t))).map(([name]) => name);
+        this.held.drop(tokens);
     }
     tell(error) {
         this.emit("error", error);

@@ -1,0 +1,99 @@
+/** What a connection holds, so a reconnect can ask for it again (pure logic, no I/O). */
+/**
+ * The tokens held and their modes, and which were subscribed by name. A name is resubscribed by
+ * name (so it follows a renumbering); a token by token. Each name is tied to the token it
+ * resolved to, read from the subscribe reply: the reply lists the tokens the request named
+ * first, then the tokens of its names in their order, each once; when the reply cannot be read
+ * that way (a name's token also asked by token or by another name, or refused by token), a name
+ * is tied to every token the names of that request resolved to. Unsubscribing a token forgets
+ * every name tied to it; a token still held without its name is then resubscribed by token.
+ */
+export class Subscriptions {
+    constructor() {
+        this.held = new Map();
+        this.names = new Map();
+        this.renumbering = []; // names whose token a renumbering took, until the new one comes
+    }
+    /** Tokens held and their modes. */
+    tokens() {
+        return new Map(this.held);
+    }
+    /** Each name held and the tokens it is tied to. */
+    named() {
+        return new Map([...this.names].map(([name, named]) => [name, [...named.tokens]]));
+    }
+    /** Note what the server accepted of a subscribe of `tokens` and (upper-cased) `instruments`. */
+    record(reply, tokens, instruments) {
+        for (const token of reply.tokens)
+            this.held.set(token, reply.mode);
+        const refusedNames = new Set(reply.rejected.map((r) => r.token).filter((t) => typeof t === "string"));
+        const refusedTokens = reply.rejected.map((r) => r.token).filter((t) => typeof t === "number");
+        const asked = new Set(tokens);
+        const resolved = [...new Set(instruments)].filter((name) => !refusedNames.has(name));
+        const byName = reply.tokens.filter((token) => !asked.has(token));
+        const exact = byName.length === resolved.length && refusedTokens.every((t) => asked.has(t));
+        resolved.forEach((name, i) => {
+            this.names.set(name, { mode: reply.mode, tokens: new Set(exact ? [byName[i]] : byName) });
+        });
+        for (const named of this.names.values()) {
+            if (reply.tokens.some((token) => named.tokens.has(token)))
+                named.mode = reply.mode;
+        }
+    }
+    /** Tokens `names` is tied to (for an unsubscribe by name); forgets those names. */
+    tokensOf(names) {
+        const tokens = names.flatMap((name) => [...(this.names.get(name)?.tokens ?? [])]);
+        names.forEach((name) => this.names.delete(name));
+        return tokens;
+    }
+    /** Forget `tokens` (unsubscribed, or withdrawn by the server) and every name tied to one. */
+    drop(tokens) {
+        for (const token of tokens)
+            this.held.delete(token);
+        for (const [name, named] of this.names) {
+            if (tokens.some((token) => named.tokens.has(token)))
+                this.names.delete(name);
+        }
+    }
+    /** The server moved these tokens' names to new tokens (`unsubscribed`, instrument_renumbered). */
+    renumberedFrom(tokens) {
+        for (const [name, named] of this.names) {
+            if (!tokens.some((token) => named.tokens.has(token)))
+                continue;
+            this.renumbering.push(name);
+            tokens.forEach((token) => named.tokens.delete(token));
+        }
+        tokens.forEach((token) => this.held.delete(token));
+    }
+    /** The server subscribed by itself (`subscribed` with a reason); the new tokens of a renumbering. */
+    serverSubscribed(reply) {
+        for (const token of reply.tokens)
+            this.held.set(token, reply.mode);
+        if (reply.reason !== "instrument_renumbered")
+            return;
+        for (const name of this.renumbering.splice(0)) {
+            const named = this.names.get(name);
+            if (named)
+                reply.tokens.forEach((token) => named.tokens.add(token));
+        }
+    }
+    /**
+     * What to ask for after a reconnect, by mode: names by name, tokens held without a name by
+     * token. Forgets everything: the replies are recorded afresh.
+     */
+    takePlan() {
+        const byMode = new Map();
+        const add = (mode, item) => byMode.set(mode, [...(byMode.get(mode) ?? []), item]);
+        const covered = new Set();
+        for (const [name, named] of this.names) {
+            add(named.mode, name);
+            named.tokens.forEach((token) => covered.add(token));
+        }
+        for (const [token, mode] of this.held)
+            if (!covered.has(token))
+                add(mode, token);
+        this.held.clear();
+        this.names.clear();
+        return byMode;
+    }
+}
