@@ -132,7 +132,7 @@ def test_honcho_runs_the_procfile_until_a_client_gets_ticks(service_env, workdir
         os.killpg(honcho.pid, signal.SIGINT)  # Ctrl-C in the terminal: the foreground group
         honcho.proc.wait(timeout=60)
     finally:
-        honcho.stop()  # now, not at the end of the run: its worker and beat would outlive the test
+        honcho.stop(timeout=40)  # now: its worker and beat would outlive the test (it waits 30 s for them)
     output = honcho.log_path.read_text(errors="replace")
     for name in ("web", "worker", "jobs", "beat", "sim"):
         assert f"{name}.1 " in output, f"honcho ran no {name}"
