@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 
+from celery import signals
 from celery.schedules import crontab
 from flask import current_app
 
 from tasks import celery
 from ticker.bus.connection import redis_client
 from ticker.db import session_for
-from ticker.jobs import run_job
+from ticker.jobs import TOKEN_CHECK, run_job
 from ticker.registry.tokens import check_all
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def check_tokens() -> str:
         with session_for(config["DATABASE_URL"]) as session:
             return check_all(session, config)
 
-    result = run_job(client, config["DATABASE_URL"], "token_check", body, LOCK_SECS, describe=_describe)
+    result = run_job(client, config["DATABASE_URL"], TOKEN_CHECK, body, LOCK_SECS, describe=_describe)
     return result if isinstance(result, str) else _describe(result)
 
 
@@ -44,3 +45,9 @@ def schedule(sender, **_):
     sender.add_periodic_task(crontab(hour=6, minute=5), check_tokens.s(), name="check tokens after expiry")
     # And every quarter hour, for tokens killed early (a logout, a second login).
     sender.add_periodic_task(CHECK_EVERY_SECS, check_tokens.s(), name="check tokens")
+
+
+@signals.worker_ready.connect
+def check_on_start(**_):
+    # An operator starting the service learns each token's state now, not a quarter hour later.
+    check_tokens.delay()

@@ -13,7 +13,8 @@ from celery import Celery
 from tests.conftest import REDIS_URL
 from tests.support.processes import wait_for
 from ticker.db import session_for
-from ticker.jobs import BUSY, FAILED, OK, job_statuses, run_job
+from ticker.jobs import BUSY, FAILED, KNOWN_JOBS, NEVER_RUN, OK, job_statuses, run_job
+from ticker.web import jobs_health
 
 
 def statuses(database: str) -> dict[str, dict]:
@@ -57,6 +58,25 @@ def test_a_failed_job_is_recorded_with_its_reason_and_raised(redis, database):
     with pytest.raises(RuntimeError):
         run_job(redis, database, "test_failure", body, 30)
     assert statuses(database)["test_failure"]["last_ok"] == succeeded["last_ok"]  # a failure keeps it
+
+
+def test_health_lists_a_known_job_that_has_not_run_yet(app, monkeypatch):
+    monkeypatch.setattr(jobs_health, "job_statuses", lambda _session: {})
+    with app.app_context():
+        jobs = jobs_health.check_jobs()["jobs"]
+    assert set(jobs) == set(KNOWN_JOBS)
+    assert {job["outcome"] for job in jobs.values()} == {NEVER_RUN}
+    assert all(job["last_run"] is None and "runs" in job["detail"] for job in jobs.values())
+
+
+@pytest.mark.integration
+def test_a_starting_worker_checks_the_tokens_at_once(stack):
+    """Beat's next token check may be a quarter hour away: the worker's start runs one."""
+    def checked():
+        job = requests.get(f"{stack['url']}/health", timeout=5).json()["checks"]["jobs"]["jobs"]["token_check"]
+        return job if job["outcome"] == OK else None
+
+    assert "sim_key: valid" in wait_for(checked, 30, "the token check of the worker's start")["detail"]
 
 
 @pytest.mark.integration

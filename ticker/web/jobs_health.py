@@ -14,7 +14,7 @@ from typing import Any
 from flask import current_app
 
 from ticker.db import session_for
-from ticker.jobs import FAILED, job_statuses
+from ticker.jobs import FAILED, KNOWN_JOBS, NEVER_RUN, job_statuses
 from ticker.registry.accounts import account_summaries
 
 
@@ -39,9 +39,13 @@ def _accounts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def check_jobs() -> dict[str, Any]:
-    """{ok: True, jobs: {name: last run}, accounts: [token state], reasons: [failures]}."""
+    """{ok: True, jobs: {name: last run}, accounts: [token state], reasons: [failures]}; every
+    job of ticker.jobs.KNOWN_JOBS is listed, with the outcome `never_run` before its first run."""
     with session_for(current_app.config["DATABASE_URL"]) as session:
         jobs, accounts = job_statuses(session), _accounts(account_summaries(session))
+    for name, when in KNOWN_JOBS.items():  # a job that has not run yet is listed, not missing
+        jobs.setdefault(name, {"outcome": NEVER_RUN, "detail": f"no run recorded yet; runs {when}",
+                               "last_run": None, "last_ok": None, "duration_secs": None})
     reasons = [f"job {name} failed: {job['detail']}" for name, job in jobs.items() if job["outcome"] == FAILED]
     reasons += [f"Kite account {a['api_key']}: token invalid ({a['reason']})" for a in accounts if not a["token_valid"]]
     return {"ok": True, "jobs": jobs, "accounts": accounts, "reasons": reasons}
