@@ -307,7 +307,9 @@ def test_malformed_frames_from_kite_neither_stop_a_shard_nor_cost_a_reconnect(po
 
     reply = requests.post(f"{pool.sim}/_sim/frames", params={"api_key": api_key}, json={"frames": MALFORMED},
                           timeout=10)
-    assert reply.json()["data"]["connections"] == len(slots)
+    # Every busy slot's connection got them; beat also keeps one spare slot connected, which may
+    # be this key's (then it gets them too).
+    assert len(slots) <= reply.json()["data"]["connections"] <= len(slots) + 1
     requests.post(f"{pool.sim}/_sim/order", params={"api_key": api_key}, json={"tradingsymbol": "INFY"}, timeout=5)
     order = wait_for(lambda: orders.get_message(timeout=0.2), 10, "the order update after the malformed frames")
     orders.close()
