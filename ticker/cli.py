@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
@@ -74,6 +75,38 @@ def sim_run(host: str, port: int, seed: int, tick_rate: float) -> None:
     from ticker.sim.server import run
 
     run(host=host, port=port, seed=seed, tick_rate=tick_rate)
+
+
+@sim_cli.command("make-day")
+@click.option("--out", "directory", default="instance/recordings", show_default=True, type=click.Path())
+@click.option("--date", "day", default=None, help="YYYY-MM-DD (IST); default today.")
+@click.option("--instruments", default="NSE:INFY,NSE:RELIANCE,NFO:NIFTY26DECFUT,NSE:NIFTY 50",
+              show_default=True, help="Comma-separated EXCHANGE:TRADINGSYMBOL streamed from the open.")
+@click.option("--illiquid", default="BSE:INFY", show_default=True, help="One rarely traded instrument ('' for none).")
+@click.option("--late-starter", default="NSE:TCS", show_default=True,
+              help="One instrument that starts streaming mid-session ('' for none).")
+@click.option("--start", default="09:15", show_default=True)
+@click.option("--end", default="15:30", show_default=True)
+@click.option("--seed", default=7, show_default=True)
+def sim_make_day(directory: str, day: str | None, instruments: str, illiquid: str, late_starter: str,
+                 start: str, end: str, seed: int) -> None:
+    """Write a simulated trading day's recording (full-mode frames with a feed's quirks)."""
+    from datetime import date, time
+
+    from ticker.sim.day import DayPlan, instruments_by_symbol, make_day
+    from ticker.sim.universe import ist_today
+
+    trading_date = date.fromisoformat(day) if day else ist_today()
+    symbols = [s.strip() for s in instruments.split(",") if s.strip()]
+    extra = [s for s in (illiquid, late_starter) if s]
+    found = instruments_by_symbol(seed, trading_date, symbols + extra)
+    plan = DayPlan(trading_date, found[:len(symbols)], seed=seed,
+                   start=time.fromisoformat(start), end=time.fromisoformat(end),
+                   illiquid=found[len(symbols)] if illiquid else None,
+                   late_starter=found[-1] if late_starter else None)
+    report = make_day(Path(directory), plan)
+    click.echo(f"{report.path}: {report.frames} frames, {report.ticks} ticks, "
+               f"{report.late_packets} late packets, gap {report.gap}, volume reset {report.reset}")
 
 
 def register(app: Flask) -> None:
