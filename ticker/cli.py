@@ -13,6 +13,7 @@ db_cli = AppGroup("db", help="Database migrations (Alembic).")
 instruments_cli = AppGroup("instruments", help="The instrument registry.")
 jwt_cli = AppGroup("jwt", help="Development JWTs.")
 sim_cli = AppGroup("sim", help="The bundled Kite simulator.")
+candles_cli = AppGroup("candles", help="Candles built from the tick bus.")
 
 
 @db_cli.command("create")
@@ -109,8 +110,26 @@ def sim_make_day(directory: str, day: str | None, instruments: str, illiquid: st
                f"{report.late_packets} late packets, gap {report.gap}, volume reset {report.reset}")
 
 
+@candles_cli.command("run")
+def candles_run() -> None:
+    """Run the candle builder until SIGTERM or SIGINT (the Procfile's `candles`)."""
+    import signal
+
+    from ticker.bus.connection import redis_client
+    from ticker.candles.builder import CandleService
+    from ticker.db import engine_for
+
+    config = current_app.config
+    stopping: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: stopping.append(number))
+    service = CandleService(redis_client(config["REDIS_URL"]), engine_for(config["DATABASE_URL"]),
+                            config["CANDLE_CLOSE_GRACE_SECS"])
+    service.run(lambda: bool(stopping))
+
+
 def register(app: Flask) -> None:
-    for group in (db_cli, instruments_cli, jwt_cli, sim_cli):
+    for group in (db_cli, instruments_cli, jwt_cli, sim_cli, candles_cli):
         app.cli.add_command(group)
     from ticker.registry.commands import accounts_cli
 

@@ -90,6 +90,12 @@ class Config:
     WATCHLIST_TOKENS = [int(t) for t in _list("WATCHLIST_TOKENS")]
     UNSUBSCRIBE_GRACE_SECS = _float("UNSUBSCRIBE_GRACE_SECS", 60.0)
 
+    # Candles (ticker.candles): a forming candle closes this long after its bucket's end when no
+    # later tick closed it first (ticks arriving later are dropped); completed candles are kept
+    # in PostgreSQL this many IST days, today included.
+    CANDLE_CLOSE_GRACE_SECS = _float("CANDLE_CLOSE_GRACE_SECS", 3.0)
+    CANDLE_RETENTION_DAYS = _int("CANDLE_RETENTION_DAYS", 30)
+
     # Socket.IO server.
     ASYNC_MODE = _env("ASYNC_MODE", "gevent")  # measured faster than eventlet: README, BENCHMARKS.md
     WEB_HOST = _env("WEB_HOST", "127.0.0.1")

@@ -1,0 +1,106 @@
+"""The candle builder as the Procfile runs it (`flask candles run`), against a Redis of its own
+and the test PostgreSQL: ticks published on the bus as shards publish them become live candle
+updates, forming candles in Redis, completed candles in PostgreSQL; a builder killed mid-candle
+is replaced and the next one continues the same candle; partitions are kept by retention."""
+
+import signal
+import time
+from datetime import datetime, timedelta
+
+import orjson
+import pytest
+
+from tests.support.processes import VENV_BIN, Process, wait_for
+from ticker.bus import keys
+from ticker.bus.ticks import encode_all, pack
+from ticker.candles import store
+from ticker.candles.build import bucket_start
+from ticker.clock import IST
+from ticker.config import Config
+from ticker.db import engine_for
+
+TOKEN = 99_901_001  # no simulator instrument: the session's own builder never touches it
+SECS = {"second": 1, "60minute": 3600}
+
+
+@pytest.fixture
+def builder_env(service_env, private_redis, database):
+    port = private_redis.connection_pool.connection_kwargs["port"]
+    return {**service_env, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "DATABASE_URL": database,
+            "TICKER_CHANNEL_NAMESPACE": Config.CHANNEL_NAMESPACE, "CANDLE_CLOSE_GRACE_SECS": "1"}
+
+
+def start_builder(processes, env, workdir, name):
+    process = Process(name, [str(VENV_BIN / "flask"), "--app", "ticker", "candles", "run"], env, workdir)
+    processes.append(process)  # stopped by PID at the end of the run, whatever happens here
+    return process
+
+
+def publish(client, price: float, volume: int) -> None:
+    tick = {"tradable": True, "mode": "full", "instrument_token": TOKEN, "last_price": price,
+            "volume_traded": volume, "oi": 0, "exchange_timestamp": datetime.now(IST).isoformat(timespec="seconds"),
+            "seq": volume, "epoch": 1, "ingest_ts": int(time.time() * 1000)}
+    client.publish(keys.channel_for(TOKEN), pack([tick], encode_all([tick])))
+
+
+def hour_candle(client):
+    raw = client.hget(keys.CANDLE_STATE, TOKEN)
+    series = orjson.loads(raw).get("60minute") if raw else None
+    return series[3] if series else None
+
+
+def hour_volume(client) -> int | None:
+    candle = hour_candle(client)
+    return candle[5] if candle else None
+
+
+def listening(client) -> bool:
+    return dict(client.pubsub_numsub(keys.channel_for(TOKEN)))[keys.channel_for(TOKEN)] == 1
+
+
+def test_ticks_become_live_stored_candles_and_a_killed_builder_is_continued(processes, builder_env, workdir,
+                                                                           private_redis, database):
+    now = time.time()
+    if bucket_start(int(now), 3600) + 3600 - now < 40:  # keep the hour's candle open for the test
+        time.sleep(bucket_start(int(now), 3600) + 3601 - now)
+    client = private_redis
+    first = start_builder(processes, builder_env, workdir, "candles-1")
+    wait_for(lambda: listening(client), 20, "the builder to listen to the tick channels")
+    live = client.pubsub(ignore_subscribe_messages=True)
+    live.subscribe(keys.CANDLE_CHANNELS[keys.bucket_of(TOKEN)])
+    publish(client, 100.0, 1000)  # a mid-session first tick: the baseline only
+    publish(client, 101.0, 1010)
+    publish(client, 99.0, 1030)
+    wait_for(lambda: hour_volume(client) == 30, 10, "the forming hour candle")
+    assert hour_candle(client)[1:6] == [101.0, 101.0, 99.0, 99.0, 30]
+    updates = []
+    wait_for(lambda: updates.extend(orjson.loads(m["data"]) for m in iter(live.get_message, None)) or any(
+        u[0] == TOKEN and u[1] == "60minute" and u[2][5] == 30 and u[3] is False for batch in updates for u in batch),
+        5, "a live update of the forming candle")
+
+    first.kill(signal.SIGKILL)
+    second = start_builder(processes, builder_env, workdir, "candles-2")
+    wait_for(lambda: (client.hget(keys.CANDLE_BUILDER, "owner") or "").endswith(f"-{second.pid}"), 20,
+             "the next builder to take over")  # it reports only once it listens
+    publish(client, 102.0, 1050)
+    wait_for(lambda: hour_volume(client) == 50, 10, "the hour candle to continue")
+    assert hour_candle(client)[1:6] == [101.0, 102.0, 99.0, 102.0, 50]
+
+    engine = engine_for(database)
+    since, until = datetime.now(IST) - timedelta(minutes=2), datetime.now(IST) + timedelta(minutes=1)
+    wait_for(lambda: sum(r[5] for r in store.read(engine, TOKEN, "second", since, until)) == 50, 10,
+             "the second candles in PostgreSQL")
+    rows = store.read(engine, TOKEN, "second", since, until)
+    assert rows[-1][4] == 102.0 and min(r[3] for r in rows) == 99.0
+    second.terminate()
+
+
+def test_partitions_are_created_ahead_and_dropped_after_retention(database):
+    engine = engine_for(database)
+    today = datetime.now(IST).date()
+    expired = today - timedelta(days=40)
+    store.ensure_partitions(engine, [expired])
+    assert expired in store.partitions(engine)
+    store.maintain_partitions(engine, today, retention_days=30)
+    days = store.partitions(engine)
+    assert expired not in days and all(today + timedelta(days=n) in days for n in range(4))

@@ -1,0 +1,180 @@
+"""Where candles live: today's in Redis (the builder's state, each day's completed candles, live
+updates on the candle channels) and completed ones in PostgreSQL (`candles`, partitioned by day).
+
+Redis (ticker.bus.keys):
+- `CANDLE_STATE`: token -> JSON `{interval: [day, last_ts, baseline, forming candle or null]}`,
+  what a restarted builder resumes from (`CandleBuilder.state`), and where readers find the
+  forming candle;
+- `candles_of(day, interval, token)`: that IST day's completed candles, oldest first, kept
+  `DAY_LIST_TTL_SECS` (subscribe-time history, and reads before PostgreSQL has them);
+- `candle_channel(bucket)`: live updates, one message per bucket per flush: a JSON list of
+  `[token, interval, [start, open, high, low, close, volume, oi], closed]`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta
+
+import orjson
+import redis
+from psycopg2.extras import execute_values
+from sqlalchemy import Engine
+
+from ticker.bus import keys
+from ticker.candles.build import DAY_SECS, IST_OFFSET_SECS, Candle, day_of
+from ticker.candles.models import PARTITION_SCHEMA
+from ticker.clock import IST
+
+DAY_LIST_TTL_SECS = 2 * 86_400  # today's candles stay until tomorrow's are well under way
+PARTITIONS_AHEAD_DAYS = 3  # created ahead, so a missed beat run costs nothing
+
+_UPSERT = """
+INSERT INTO candles (instrument_token, interval, ts, open, high, low, close, volume, oi) VALUES %s
+ON CONFLICT (instrument_token, interval, ts) DO UPDATE SET
+  open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
+  volume = EXCLUDED.volume, oi = EXCLUDED.oi
+"""
+
+
+def day_name(day: int) -> str:
+    """`YYYY-MM-DD` of an IST day number (`build.day_of`)."""
+    return date.fromordinal(date(1970, 1, 1).toordinal() + day).isoformat()
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis
+
+
+def save(pipe: redis.client.Pipeline, tokens: Iterable[int], states: dict[int, dict], closed: list[Candle]) -> None:
+    """Queue on `pipe` the states of `tokens` and the `closed` candles (appended to their day's
+    list). The caller executes the pipeline."""
+    fields = {token: orjson.dumps(states[token]) for token in tokens}
+    if fields:
+        pipe.hset(keys.CANDLE_STATE, mapping=fields)
+    lists: dict[str, list[bytes]] = defaultdict(list)
+    for candle in closed:
+        lists[keys.candles_of(day_name(day_of(candle.start)), candle.interval, candle.token)].append(
+            orjson.dumps(candle.values()))
+    for key, rows in lists.items():
+        pipe.rpush(key, *rows)
+        pipe.expire(key, DAY_LIST_TTL_SECS)
+
+
+def publish(pipe: redis.client.Pipeline, candles: Iterable[Candle]) -> int:
+    """Queue one live-update message per candle channel bucket; returns the messages queued."""
+    batches: dict[int, list] = defaultdict(list)
+    for c in candles:
+        batches[keys.bucket_of(c.token)].append([c.token, c.interval, c.values(), c.closed])
+    for bucket, batch in batches.items():
+        pipe.publish(keys.CANDLE_CHANNELS[bucket], orjson.dumps(batch))
+    return len(batches)
+
+
+def load_states(client: redis.Redis) -> dict[int, dict]:
+    """Every token's stored series state (for a restarted builder)."""
+    return {int(token): orjson.loads(raw) for token, raw in client.hgetall(keys.CANDLE_STATE).items()}
+
+
+def today(client: redis.Redis, token: int, interval: str, now: float) -> list[list]:
+    """Today's (IST) candles of a series as `[start, o, h, l, c, v, oi, closed]`, oldest first:
+    the completed ones, then the forming one if it is today's."""
+    day = day_of(int(now))
+    rows = [[*orjson.loads(raw), True] for raw in client.lrange(keys.candles_of(day_name(day), interval, token), 0, -1)]
+    forming = forming_candle(client, token, interval)
+    if forming is not None and day_of(forming[0]) == day and (not rows or forming[0] > rows[-1][0]):
+        rows.append([*forming, False])
+    return rows
+
+
+def forming_candle(client: redis.Redis, token: int, interval: str) -> list | None:
+    """The series' forming candle `[start, o, h, l, c, v, oi]`, or None."""
+    raw = client.hget(keys.CANDLE_STATE, token)
+    if raw is None:
+        return None
+    series = orjson.loads(raw).get(interval)
+    return series[3] if series else None
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def partition_name(day: date) -> str:
+    return f"candles_{day:%Y%m%d}"
+
+
+def ensure_partitions(engine: Engine, days: Iterable[date]) -> list[str]:
+    """Create the day partitions of `days` that do not exist yet; returns those created."""
+    created = []
+    with engine.begin() as connection:
+        cursor = connection.connection.cursor()
+        for day in sorted(set(days)):
+            name = partition_name(day)
+            cursor.execute("SELECT to_regclass(%s)", (f"{PARTITION_SCHEMA}.{name}",))
+            if cursor.fetchone()[0] is not None:
+                continue
+            start = datetime.combine(day, datetime.min.time(), IST)
+            cursor.execute(
+                f'CREATE TABLE IF NOT EXISTS {PARTITION_SCHEMA}."{name}" PARTITION OF candles '
+                "FOR VALUES FROM (%s) TO (%s)", (start, start + timedelta(days=1)))
+            created.append(name)
+    return created
+
+
+def partitions(engine: Engine) -> list[date]:
+    """The days that have a partition, ascending."""
+    with engine.begin() as connection:
+        cursor = connection.connection.cursor()
+        cursor.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'candles'")
+        names = [row[0] for row in cursor.fetchall()]
+    return sorted(datetime.strptime(n.removeprefix("candles_"), "%Y%m%d").date() for n in names)
+
+
+def maintain_partitions(engine: Engine, today_: date, retention_days: int,
+                        ahead: int = PARTITIONS_AHEAD_DAYS) -> str:
+    """Create today's and the next `ahead` days' partitions; drop those older than
+    `retention_days` (today counts as one). Returns a one-line summary (the beat job's detail)."""
+    created = ensure_partitions(engine, (today_ + timedelta(days=n) for n in range(ahead + 1)))
+    oldest_kept = today_ - timedelta(days=max(1, retention_days) - 1)
+    dropped = []
+    with engine.begin() as connection:
+        cursor = connection.connection.cursor()
+        for day in partitions(engine):
+            if day < oldest_kept:
+                cursor.execute(f'DROP TABLE IF EXISTS {PARTITION_SCHEMA}."{partition_name(day)}"')
+                dropped.append(partition_name(day))
+    return f"created {len(created)} partitions, dropped {len(dropped)} (keeping from {oldest_kept})"
+
+
+def write(engine: Engine, candles: list[Candle]) -> int:
+    """Upsert completed candles (idempotent: a replay after a restart writes the same rows),
+    creating their days' partitions first. Raises sqlalchemy/psycopg2 errors."""
+    if not candles:
+        return 0
+    ensure_partitions(engine, {_ist_date(c.start) for c in candles})
+    rows = [(c.token, c.interval, datetime.fromtimestamp(c.start, IST), c.open, c.high, c.low, c.close,
+             c.volume, c.oi) for c in candles]
+    with engine.begin() as connection:
+        execute_values(connection.connection.cursor(), _UPSERT, rows, page_size=1000)
+    return len(rows)
+
+
+def read(engine: Engine, token: int, interval: str, start: datetime, end: datetime) -> list[list]:
+    """Completed candles of a series with `start <= ts <= end`, oldest first, as
+    `[start epoch s, o, h, l, c, v, oi]`."""
+    with engine.begin() as connection:
+        cursor = connection.connection.cursor()
+        cursor.execute(
+            "SELECT extract(epoch FROM ts)::bigint, open, high, low, close, volume, oi FROM candles "
+            "WHERE instrument_token = %s AND interval = %s AND ts BETWEEN %s AND %s ORDER BY ts",
+            (token, interval, start, end))
+        return [list(row) for row in cursor.fetchall()]
+
+
+def _ist_date(ts: int) -> date:
+    return date.fromordinal(date(1970, 1, 1).toordinal() + (ts + IST_OFFSET_SECS) // DAY_SECS)
+
