@@ -153,9 +153,12 @@ def on_subscribe(client: Client, data: Any) -> dict:
     state.subscribe(client, accepted, wanted.mode, names)
     reply = {"tokens": accepted, "mode": wanted.mode, "total": len(client.subscriptions),
              "rejected": rejected + refused}
+    if wanted.candles:
+        reply["candles"] = wanted.candles
     _send("subscribed", reply)
     state.tell_if_unavailable(client, accepted)
     state.send_snapshot(client, accepted, wanted.mode)
+    state.subscribe_candles(client, accepted, wanted.candles)
     return reply
 
 

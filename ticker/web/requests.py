@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ticker.bus.ticks import DEFAULT_MODE, MODES
+from ticker.candles.build import INTERVALS
 from ticker.web.errors import BAD_REQUEST, TOO_MANY_TOKENS, ClientError
 
 MAX_TOKEN = 2**32 - 1  # Kite's instrument tokens are unsigned 32-bit integers
@@ -18,6 +19,13 @@ class Subscribe:
     tokens: list[int]
     instruments: list[str]
     mode: str
+    candles: list[str]  # candle intervals (ticker.candles.build.INTERVALS) to stream live
+
+
+def _candles(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v in INTERVALS for v in value):
+        raise ClientError(BAD_REQUEST, f"'candles' must be a list of intervals: {', '.join(INTERVALS)}")
+    return list(dict.fromkeys(value))
 
 
 def _tokens(value: Any, limit: int) -> list[int]:
@@ -60,7 +68,7 @@ def _payload(data: Any) -> dict:
 
 
 def parse_subscribe(data: Any, limit: int) -> Subscribe:
-    """`{tokens: [int], instruments: ["NSE:INFY"], mode: "ltp"|"quote"|"full"}`."""
+    """`{tokens: [int], instruments: ["NSE:INFY"], mode: "ltp"|"quote"|"full", candles: ["minute"]}`."""
     data = _payload(data)
     if "tokens" not in data and "instruments" not in data:
         raise ClientError(BAD_REQUEST, "name what to subscribe to in 'tokens' or 'instruments'")
@@ -69,7 +77,7 @@ def parse_subscribe(data: Any, limit: int) -> Subscribe:
         raise ClientError(BAD_REQUEST, f"'mode' must be one of {', '.join(MODES)}")
     tokens = _tokens(data.get("tokens", []), limit)
     instruments = _instruments(data.get("instruments", []), limit - len(tokens))
-    return Subscribe(tokens, instruments, mode)
+    return Subscribe(tokens, instruments, mode, _candles(data.get("candles", [])))
 
 
 def parse_unsubscribe(data: Any, limit: int) -> list[int]:
