@@ -124,7 +124,7 @@ def candles_run() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, _frame: stopping.append(number))
     service = CandleService(redis_client(config["REDIS_URL"]), engine_for(config["DATABASE_URL"]),
-                            config["CANDLE_CLOSE_GRACE_SECS"])
+                            config["CANDLE_CLOSE_GRACE_SECS"], config["CANDLE_INTERVALS"])
     service.run(lambda: bool(stopping))
 
 

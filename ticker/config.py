@@ -94,6 +94,9 @@ class Config:
     # later tick closed it first (ticks arriving later are dropped); completed candles are kept
     # in PostgreSQL this many IST days, today included.
     CANDLE_CLOSE_GRACE_SECS = _float("CANDLE_CLOSE_GRACE_SECS", 3.0)
+    # The intervals built (ticker.candles.build.INTERVALS); each costs the builder CPU per tick
+    # (BENCHMARKS.md, "Candles"), `second` the most.
+    CANDLE_INTERVALS = _list("CANDLE_INTERVALS", "second,minute,5minute,15minute,60minute")
     CANDLE_RETENTION_DAYS = _int("CANDLE_RETENTION_DAYS", 30)
 
     # Socket.IO server.

@@ -36,9 +36,10 @@ def start_builder(processes, env, workdir, name):
     return process
 
 
-def publish(client, price: float, volume: int) -> None:
+def publish(client, price: float, volume: int, ahead_secs: int = 0) -> None:
+    stamp = (datetime.now(IST) + timedelta(seconds=ahead_secs)).isoformat(timespec="seconds")
     tick = {"tradable": True, "mode": "full", "instrument_token": TOKEN, "last_price": price,
-            "volume_traded": volume, "oi": 0, "exchange_timestamp": datetime.now(IST).isoformat(timespec="seconds"),
+            "volume_traded": volume, "oi": 0, "exchange_timestamp": stamp,
             "seq": volume, "epoch": 1, "ingest_ts": int(time.time() * 1000)}
     client.publish(keys.channel_for(TOKEN), pack([tick], encode_all([tick])))
 
@@ -61,10 +62,13 @@ def listening(client) -> bool:
 def test_ticks_become_live_stored_candles_and_a_killed_builder_is_continued(processes, builder_env, workdir,
                                                                            private_redis, database):
     now = time.time()
-    if bucket_start(int(now), 3600) + 3600 - now < 40:  # keep the hour's candle open for the test
+    if bucket_start(int(now), 3600) + 3600 - now < 100:  # keep the hour's candle open for the test
         time.sleep(bucket_start(int(now), 3600) + 3601 - now)
     client = private_redis
     first = start_builder(processes, builder_env, workdir, "candles-1")
+    now = time.time()
+    if bucket_start(int(now), 60) + 60 - now < 35:  # and the minute's, until the next minute closes it
+        time.sleep(bucket_start(int(now), 60) + 61 - now)
     wait_for(lambda: listening(client), 20, "the builder to listen to the tick channels")
     live = client.pubsub(ignore_subscribe_messages=True)
     live.subscribe(keys.CANDLE_CHANNELS[keys.bucket_of(TOKEN)])
@@ -86,12 +90,18 @@ def test_ticks_become_live_stored_candles_and_a_killed_builder_is_continued(proc
     wait_for(lambda: hour_volume(client) == 50, 10, "the hour candle to continue")
     assert hour_candle(client)[1:6] == [101.0, 102.0, 99.0, 102.0, 50]
 
+    wait_for(lambda: sum(r[5] for r in store.today(client, TOKEN, "second", time.time()) if r[7]) == 50, 10,
+             "the second candles closed (in Redis only)")
+    seconds = [r for r in store.today(client, TOKEN, "second", time.time()) if r[7]]
+    assert seconds[-1][4] == 102.0 and min(r[3] for r in seconds) == 99.0
+
+    publish(client, 103.0, 1060, ahead_secs=60)  # a tick of the next minute closes this one
     engine = engine_for(database)
-    since, until = datetime.now(IST) - timedelta(minutes=2), datetime.now(IST) + timedelta(minutes=1)
-    wait_for(lambda: sum(r[5] for r in store.read(engine, TOKEN, "second", since, until)) == 50, 10,
-             "the second candles in PostgreSQL")
-    rows = store.read(engine, TOKEN, "second", since, until)
-    assert rows[-1][4] == 102.0 and min(r[3] for r in rows) == 99.0
+    since, until = datetime.now(IST) - timedelta(minutes=2), datetime.now(IST) + timedelta(minutes=2)
+    wait_for(lambda: store.read(engine, TOKEN, "minute", since, until), 10, "the minute candle in PostgreSQL")
+    [row] = store.read(engine, TOKEN, "minute", since, until)
+    assert row[1:6] == [101.0, 102.0, 99.0, 102.0, 50]
+    assert store.read(engine, TOKEN, "second", since, until) == []
     second.terminate()
 
 

@@ -135,6 +135,7 @@ class Series:
     """One (token, interval)'s fold state: the forming candle, today's volume baseline, the latest
     accepted tick's time and the IST day they belong to."""
 
+    interval: str
     secs: int
     day: int = -1
     last_ts: int = -1
@@ -153,7 +154,7 @@ class CandleBuilder:
     def __init__(self, intervals: Iterable[str] = INTERVALS, grace_secs: float = DEFAULT_GRACE_SECS):
         self.intervals = {name: INTERVALS[name] for name in intervals}
         self.grace_secs = grace_secs
-        self.series: dict[tuple[int, str], Series] = {}
+        self.series: dict[int, list[Series]] = {}  # token -> its series, one per interval
         self._closing: list[tuple[float, int, str, int]] = []  # heap of (close at, token, interval, start)
         self._changed: dict[tuple[int, str], Candle] = {}
         self._closed: list[Candle] = []
@@ -168,24 +169,27 @@ class CandleBuilder:
         price = tick["last_price"]
         volume = tick.get("volume_traded")
         oi = tick.get("oi")
-        for name, secs in self.intervals.items():
-            series = self.series.get((token, name))
-            if series is None:
-                series = self.series[(token, name)] = Series(secs)
-            self._fold(series, token, name, ts, price, volume, oi, now)
+        series_list = self.series.get(token)
+        if series_list is None:
+            series_list = self.series[token] = [Series(name, secs) for name, secs in self.intervals.items()]
+        day = (ts + IST_OFFSET_SECS) // DAY_SECS
+        anchor = day * DAY_SECS - IST_OFFSET_SECS + OPEN_SECS  # 09:15 IST of the tick's day
+        for series in series_list:
+            self._fold(series, token, ts, day, anchor, price, volume, oi, now)
 
-    def _fold(self, series: Series, token: int, name: str, ts: int, price: float,
+    def _fold(self, series: Series, token: int, ts: int, day: int, anchor: int, price: float,
               volume: int | None, oi: int | None, now: float) -> None:
-        start = bucket_start(ts, series.secs)
-        if (ts < series.last_ts or start + series.secs + self.grace_secs <= now
+        secs = series.secs
+        start = anchor + (ts - anchor) // secs * secs
+        if (ts < series.last_ts or start + secs + self.grace_secs <= now
                 or (ts == series.last_ts and volume is not None and volume < series.baseline)):
             self.late_ticks += 1
             return
-        day = day_of(ts)
+        name = series.interval
         if day != series.day:
             self._close(series)
             series.day = day
-            opening = ts - (day * DAY_SECS - IST_OFFSET_SECS) < OPEN_SECS + OPENING_WINDOW_SECS
+            opening = ts < anchor + OPENING_WINDOW_SECS
             series.baseline = 0 if opening or volume is None else volume
         series.last_ts = ts
         traded = self._volume_growth(series, volume)
@@ -240,9 +244,15 @@ class CandleBuilder:
         closing = self._closing
         while closing and closing[0][0] <= now:
             _, token, name, start = heapq.heappop(closing)
-            series = self.series.get((token, name))
+            series = self._series(token, name)
             if series is not None and series.candle is not None and series.candle.start == start:
                 self._close(series)
+
+    def _series(self, token: int, name: str) -> Series | None:
+        for series in self.series.get(token, ()):
+            if series.interval == name:
+                return series
+        return None
 
     def take_updates(self) -> tuple[list[Candle], list[Candle]]:
         """`(forming, closed)` since the last call: each forming candle that changed, once (its
@@ -253,27 +263,26 @@ class CandleBuilder:
 
     def forming(self, token: int, name: str) -> Candle | None:
         """The series' forming candle, if any."""
-        series = self.series.get((token, name))
+        series = self._series(token, name)
         return series.candle if series is not None else None
 
     def state(self, token: int) -> dict[str, list]:
         """Everything `restore` needs to continue a token's series: interval ->
         `[day, last_ts, baseline, candle values or None]`."""
         out = {}
-        for name in self.intervals:
-            series = self.series.get((token, name))
-            if series is not None:
-                candle = series.candle.values() if series.candle is not None else None
-                out[name] = [series.day, series.last_ts, series.baseline, candle]
+        for series in self.series.get(token, ()):
+            candle = series.candle.values() if series.candle is not None else None
+            out[series.interval] = [series.day, series.last_ts, series.baseline, candle]
         return out
 
     def restore(self, token: int, state: Mapping[str, list]) -> None:
         """Continue a token's series from `state()` (a restart); unknown intervals are ignored."""
-        for name, (day, last_ts, baseline, values) in state.items():
-            secs = self.intervals.get(name)
-            if secs is None:
+        series_list = self.series[token] = [Series(name, secs) for name, secs in self.intervals.items()]
+        for series in series_list:
+            if series.interval not in state:
                 continue
-            series = self.series[(token, name)] = Series(secs, day, last_ts, baseline)
+            name, secs = series.interval, series.secs
+            series.day, series.last_ts, series.baseline, values = state[name]
             if values is not None:
                 start = values[0]
                 series.candle = Candle(token, name, *values)

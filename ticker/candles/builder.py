@@ -24,7 +24,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import orjson
 import redis
@@ -61,11 +61,12 @@ class CandleService:
     """The builder's loop: `run(should_stop)` until `should_stop()` is true."""
 
     def __init__(self, client: redis.Redis, engine: Engine, grace_secs: float,
-                 clock: Callable[[], float] = time.time):
+                 intervals: Iterable[str] = INTERVALS, clock: Callable[[], float] = time.time):
         self.redis = client
         self.engine = engine
         self.clock = clock
-        self.builder = CandleBuilder(INTERVALS, grace_secs)
+        self.builder = CandleBuilder(intervals, grace_secs)
+        self.writer = store.CandleWriter(client)
         self.owner = f"{socket.gethostname()}-{os.getpid()}"
         self.pending: deque = deque()
         self.ticks = 0
@@ -106,7 +107,7 @@ class CandleService:
             for token, state in store.load_states(self.redis).items():
                 self.builder.restore(token, state)
             self._restored = True
-            log.info("candle builder %s resumed %d series", self.owner, len(self.builder.series))
+            log.info("candle builder %s resumed the candles of %d tokens", self.owner, len(self.builder.series))
         return True
 
     def _renew_lease(self) -> int:
@@ -162,10 +163,7 @@ class CandleService:
         if not forming and not closed:
             return
         tokens = {c.token for c in forming} | {c.token for c in closed}
-        pipe = self.redis.pipeline(transaction=False)
-        store.save(pipe, tokens, {t: builder.state(t) for t in tokens}, closed)
-        store.publish(pipe, [*forming, *closed])
-        pipe.execute()
+        self.writer.write({t: builder.state(t) for t in tokens}, closed, [*forming, *closed])
         self.pending.extend(closed)
         while len(self.pending) > PENDING_MAX:
             self.pending.popleft()

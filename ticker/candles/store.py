@@ -6,7 +6,8 @@ Redis (ticker.bus.keys):
   what a restarted builder resumes from (`CandleBuilder.state`), and where readers find the
   forming candle;
 - `candles_of(day, interval, token)`: that IST day's completed candles, oldest first, kept
-  `DAY_LIST_TTL_SECS` (subscribe-time history, and reads before PostgreSQL has them);
+  `DAY_LIST_TTL_SECS` (subscribe-time history, and reads before PostgreSQL has them); of
+  `second` candles only the last hour, and those never go to PostgreSQL (REDIS_ONLY);
 - `candle_channel(bucket)`: live updates, one message per bucket per flush: a JSON list of
   `[token, interval, [start, open, high, low, close, volume, oi], closed]`.
 """
@@ -29,6 +30,11 @@ from ticker.clock import IST
 
 DAY_LIST_TTL_SECS = 2 * 86_400  # today's candles stay until tomorrow's are well under way
 PARTITIONS_AHEAD_DAYS = 3  # created ahead, so a missed beat run costs nothing
+# `second` candles close on nearly every tick: 22,500 a day per instrument would swamp
+# PostgreSQL, so they live in Redis only, the last hour of them.
+REDIS_ONLY = frozenset({"second"})
+SECOND_CANDLES_KEPT = 3600
+_partitioned: set[date] = set()  # days this process has seen a partition for
 
 _UPSERT = """
 INSERT INTO candles (instrument_token, interval, ts, open, high, low, close, volume, oi) VALUES %s
@@ -47,29 +53,63 @@ def day_name(day: int) -> str:
 # Redis
 
 
-def save(pipe: redis.client.Pipeline, tokens: Iterable[int], states: dict[int, dict], closed: list[Candle]) -> None:
-    """Queue on `pipe` the states of `tokens` and the `closed` candles (appended to their day's
-    list). The caller executes the pipeline."""
-    fields = {token: orjson.dumps(states[token]) for token in tokens}
-    if fields:
-        pipe.hset(keys.CANDLE_STATE, mapping=fields)
-    lists: dict[str, list[bytes]] = defaultdict(list)
-    for candle in closed:
-        lists[keys.candles_of(day_name(day_of(candle.start)), candle.interval, candle.token)].append(
-            orjson.dumps(candle.values()))
-    for key, rows in lists.items():
-        pipe.rpush(key, *rows)
-        pipe.expire(key, DAY_LIST_TTL_SECS)
+# One round trip, one command: the builder's process pays per Redis command far more than
+# Redis does (redis-py packs and parses each in Python), so a flush's writes travel as one JSON
+# argument and this script applies them: the touched tokens' states, the completed candles
+# appended to their day's lists (TTL set once; `second` lists trimmed), the live updates.
+_SAVE = """
+local p = cjson.decode(ARGV[1])
+local state = p.state
+for i = 1, #state, 200 do
+  redis.call('hset', KEYS[1], unpack(state, i, math.min(i + 199, #state)))
+end
+for _, list in ipairs(p.lists) do
+  local key = list[1]
+  for i = 3, #list, 200 do
+    redis.call('rpush', key, unpack(list, i, math.min(i + 199, #list)))
+  end
+  if list[2] == 1 then redis.call('ltrim', key, -tonumber(ARGV[3]), -1) end
+  if redis.call('ttl', key) < 0 then redis.call('expire', key, ARGV[2]) end
+end
+local pub = p.pub
+for i = 1, #pub, 2 do redis.call('publish', pub[i], pub[i + 1]) end
+return 1
+"""
 
 
-def publish(pipe: redis.client.Pipeline, candles: Iterable[Candle]) -> int:
-    """Queue one live-update message per candle channel bucket; returns the messages queued."""
+class CandleWriter:
+    """Saves a builder's flush in Redis (`write`): one script call per flush."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._save = client.register_script(_SAVE)
+
+    def write(self, states: dict[int, dict], closed: list[Candle], updates: Iterable[Candle]) -> None:
+        """Store `states` (token -> `CandleBuilder.state`), append `closed` to their day lists
+        and publish `updates` (forming and closed candles) on the candle channels. Raises
+        redis.RedisError."""
+        state: list[str] = []
+        for token, series in states.items():
+            state += (str(token), orjson.dumps(series).decode())
+        lists: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for candle in closed:
+            key = keys.candles_of(day_name(day_of(candle.start)), candle.interval, candle.token)
+            lists[(key, candle.interval)].append(orjson.dumps(candle.values()).decode())
+        payload = {"state": state, "lists": [[key, int(interval in REDIS_ONLY), *rows]
+                                             for (key, interval), rows in lists.items()],
+                   "pub": live_messages(updates)}
+        self._save(keys=[keys.CANDLE_STATE], args=[orjson.dumps(payload), DAY_LIST_TTL_SECS, SECOND_CANDLES_KEPT])
+
+
+def live_messages(candles: Iterable[Candle]) -> list[str]:
+    """`[channel, message, ...]`: one live-update message per candle channel bucket."""
     batches: dict[int, list] = defaultdict(list)
     for c in candles:
         batches[keys.bucket_of(c.token)].append([c.token, c.interval, c.values(), c.closed])
+    out: list[str] = []
     for bucket, batch in batches.items():
-        pipe.publish(keys.CANDLE_CHANNELS[bucket], orjson.dumps(batch))
-    return len(batches)
+        out += (keys.CANDLE_CHANNELS[bucket], orjson.dumps(batch).decode())
+    return out
 
 
 def load_states(client: redis.Redis) -> dict[int, dict]:
@@ -108,18 +148,23 @@ def partition_name(day: date) -> str:
 def ensure_partitions(engine: Engine, days: Iterable[date]) -> list[str]:
     """Create the day partitions of `days` that do not exist yet; returns those created."""
     created = []
+    days = set(days) - _partitioned
+    if not days:
+        return created
     with engine.begin() as connection:
         cursor = connection.connection.cursor()
-        for day in sorted(set(days)):
+        for day in sorted(days):
             name = partition_name(day)
             cursor.execute("SELECT to_regclass(%s)", (f"{PARTITION_SCHEMA}.{name}",))
             if cursor.fetchone()[0] is not None:
+                _partitioned.add(day)
                 continue
             start = datetime.combine(day, datetime.min.time(), IST)
             cursor.execute(
                 f'CREATE TABLE IF NOT EXISTS {PARTITION_SCHEMA}."{name}" PARTITION OF candles '
                 "FOR VALUES FROM (%s) TO (%s)", (start, start + timedelta(days=1)))
             created.append(name)
+    _partitioned.update(days)
     return created
 
 
@@ -147,12 +192,15 @@ def maintain_partitions(engine: Engine, today_: date, retention_days: int,
             if day < oldest_kept:
                 cursor.execute(f'DROP TABLE IF EXISTS {PARTITION_SCHEMA}."{partition_name(day)}"')
                 dropped.append(partition_name(day))
+                _partitioned.discard(day)
     return f"created {len(created)} partitions, dropped {len(dropped)} (keeping from {oldest_kept})"
 
 
 def write(engine: Engine, candles: list[Candle]) -> int:
     """Upsert completed candles (idempotent: a replay after a restart writes the same rows),
-    creating their days' partitions first. Raises sqlalchemy/psycopg2 errors."""
+    creating their days' partitions first; `second` candles are not stored (REDIS_ONLY).
+    Returns the rows written. Raises sqlalchemy/psycopg2 errors."""
+    candles = [c for c in candles if c.interval not in REDIS_ONLY]
     if not candles:
         return 0
     ensure_partitions(engine, {_ist_date(c.start) for c in candles})

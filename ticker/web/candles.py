@@ -64,8 +64,9 @@ def _flag(name: str) -> bool:
 
 
 def _interval(raw: str) -> str:
-    if raw not in INTERVALS:
-        raise _bad(f"invalid interval {raw[:20]!r}: one of {', '.join(INTERVALS)}")
+    built = [name for name in INTERVALS if name in current_app.config["CANDLE_INTERVALS"]]
+    if raw not in built:
+        raise _bad(f"invalid interval {raw[:20]!r}: one of {', '.join(built)}")
     return raw
 
 

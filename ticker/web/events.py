@@ -146,7 +146,7 @@ def client_event(name: str) -> Callable:
 
 @client_event("subscribe")
 def on_subscribe(client: Client, data: Any) -> dict:
-    wanted = parse_subscribe(data, current_app.config["MAX_TOKENS_PER_REQUEST"])
+    wanted = parse_subscribe(data, current_app.config["MAX_TOKENS_PER_REQUEST"], current_app.config["CANDLE_INTERVALS"])
     names, rejected = _resolve(client, wanted.instruments, wanted.tokens)
     accepted, refused = _admit(client, wanted.tokens)
     state = replica()

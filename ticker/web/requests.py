@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,10 @@ class Subscribe:
     candles: list[str]  # candle intervals (ticker.candles.build.INTERVALS) to stream live
 
 
-def _candles(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v in INTERVALS for v in value):
-        raise ClientError(BAD_REQUEST, f"'candles' must be a list of intervals: {', '.join(INTERVALS)}")
+def _candles(value: Any, built: Iterable[str]) -> list[str]:
+    built = [name for name in INTERVALS if name in built]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v in built for v in value):
+        raise ClientError(BAD_REQUEST, f"'candles' must be a list of intervals: {', '.join(built)}")
     return list(dict.fromkeys(value))
 
 
@@ -67,8 +69,9 @@ def _payload(data: Any) -> dict:
     return data
 
 
-def parse_subscribe(data: Any, limit: int) -> Subscribe:
-    """`{tokens: [int], instruments: ["NSE:INFY"], mode: "ltp"|"quote"|"full", candles: ["minute"]}`."""
+def parse_subscribe(data: Any, limit: int, intervals: Iterable[str] = INTERVALS) -> Subscribe:
+    """`{tokens: [int], instruments: ["NSE:INFY"], mode: "ltp"|"quote"|"full", candles: ["minute"]}`;
+    `intervals`: the candle intervals the service builds (CANDLE_INTERVALS)."""
     data = _payload(data)
     if "tokens" not in data and "instruments" not in data:
         raise ClientError(BAD_REQUEST, "name what to subscribe to in 'tokens' or 'instruments'")
@@ -77,7 +80,7 @@ def parse_subscribe(data: Any, limit: int) -> Subscribe:
         raise ClientError(BAD_REQUEST, f"'mode' must be one of {', '.join(MODES)}")
     tokens = _tokens(data.get("tokens", []), limit)
     instruments = _instruments(data.get("instruments", []), limit - len(tokens))
-    return Subscribe(tokens, instruments, mode, _candles(data.get("candles", [])))
+    return Subscribe(tokens, instruments, mode, _candles(data.get("candles", []), intervals))
 
 
 def parse_unsubscribe(data: Any, limit: int) -> list[int]:
