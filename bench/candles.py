@@ -68,17 +68,20 @@ def shard_cpu_per_tick(publisher: TickPublisher, batch: list[bytes], seconds: fl
     return (time.process_time() - cpu0) / ticks
 
 
-def restamp(steps: list[list[bytes]], day: int) -> list[list[bytes]]:
-    """The captured batches moved `day` days on: step n's ticks stamped FIRST_SECOND + n that
-    day (exchange_timestamp in full mode, ingest_ts, which places quote-mode ticks)."""
+def restamp(steps: list[list[bytes]], round_: int) -> list[list[bytes]]:
+    """The captured batches as the `round_`th run of them in a continuous session: step n of
+    round r is the second FIRST_SECOND + r * len(steps) + n (exchange_timestamp in full mode,
+    ingest_ts, which places quote-mode ticks), with each token's volume growing on."""
     out = []
     for step, messages in enumerate(steps):
-        second = FIRST_SECOND + day * 86_400 + step
+        elapsed = round_ * len(steps) + step
+        second = FIRST_SECOND + elapsed
         restamped = []
         for message in messages:
             ticks = [decode(encoded) for _, encoded in unpack(message)]
             for tick in ticks:
                 tick["ingest_ts"] = second * 1000
+                tick["volume_traded"] = 100_000 + elapsed * 13  # bench.ingest's frames: 13 a step
                 if "exchange_timestamp" in tick:
                     tick["exchange_timestamp"] = ist_isoformat(second)
             restamped.append(pack(ticks, encode_all(ticks)))
@@ -88,21 +91,21 @@ def restamp(steps: list[list[bytes]], day: int) -> list[list[bytes]]:
 
 def builder_cpu_per_tick(client, engine, steps: list[list[bytes]], seconds: float, intervals) -> tuple[float, int]:
     """CPU seconds per tick of fold + flush + PostgreSQL writes, and the candles closed. Each
-    round replays the frames a day later (restamped outside the timing), so it folds fresh
-    candles; the timing covers only the builder's calls."""
+    round replays the frames as the session's next seconds (restamped outside the timing), one
+    flush per frame (a second); the timing covers only the builder's calls."""
     service = CandleService(client, engine, 3.0, intervals)
-    ticks, cpu, day = 0, 0.0, 0
+    ticks, cpu, round_ = 0, 0.0, 0
     while cpu < seconds:
-        batches = restamp(steps, day)
+        batches = restamp(steps, round_)
         started = time.process_time()
         for step, messages in enumerate(batches):
-            now = FIRST_SECOND + day * 86_400 + step + 0.5
+            now = FIRST_SECOND + round_ * len(batches) + step + 0.5
             for message in messages:
                 ticks += service.fold(message, now)
             service.flush(now)
         service._write_pending()
         cpu += time.process_time() - started
-        day += 1
+        round_ += 1
     return cpu / ticks, service.builder.candles_closed
 
 

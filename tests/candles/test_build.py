@@ -32,7 +32,7 @@ def feed(builder: CandleBuilder, ticks: list[dict], lag: float = 0.1) -> None:
 
 
 def closed(builder: CandleBuilder, name: str = "minute") -> list[list]:
-    return [c.values() for c in builder.take_updates()[1] if c.interval == name]
+    return [c.values for c in builder.take_updates()[1] if c.interval == name]
 
 
 def test_buckets_align_to_the_open_in_ist():
@@ -48,13 +48,13 @@ def test_ohlcv_from_volume_growth_and_the_first_tick_at_the_open_counts_whole():
              tick(at("09:15:40"), 99.0, 5030), tick(at("09:15:59"), 100.5, 5031),
              tick(at("09:16:02"), 100.0, 5040)])
     assert closed(b) == [[at("09:15:00"), 100.0, 101.5, 99.0, 100.5, 5031, 0]]
-    assert b.forming(TOKEN, "minute").values() == [at("09:16:00"), 100.0, 100.0, 100.0, 100.0, 9, 0]
+    assert b.forming(TOKEN, "minute").values == [at("09:16:00"), 100.0, 100.0, 100.0, 100.0, 9, 0]
 
 
 def test_a_mid_session_first_tick_is_only_the_baseline():
     b = CandleBuilder(["minute"])
     feed(b, [tick(at("11:00:05"), 100.0, 90_000), tick(at("11:00:30"), 101.0, 90_100)])
-    assert b.forming(TOKEN, "minute").values() == [at("11:00:00"), 101.0, 101.0, 101.0, 101.0, 100, 0]
+    assert b.forming(TOKEN, "minute").values == [at("11:00:00"), 101.0, 101.0, 101.0, 101.0, 100, 0]
 
 
 def test_no_candle_for_a_minute_without_a_trade_but_oi_moves_the_forming_one():
@@ -94,7 +94,7 @@ def test_a_volume_reset_becomes_the_baseline():
              tick(at("09:15:20"), 99.0, 3),  # the counter restarted: no volume, no price
              tick(at("09:15:30"), 101.0, 8)])
     assert b.volume_resets == 1
-    assert b.forming(TOKEN, "minute").values() == [at("09:15:00"), 100.0, 101.0, 100.0, 101.0, 1105, 0]
+    assert b.forming(TOKEN, "minute").values == [at("09:15:00"), 100.0, 101.0, 100.0, 101.0, 1105, 0]
 
 
 def test_a_feed_gap_puts_the_gaps_volume_in_the_first_candle_after_it():
@@ -119,14 +119,14 @@ def test_the_day_rolls_over():
     feed(b, [tick(at("15:14:00", 27), 99.0, 4000), tick(at("15:29:50", 27), 100.0, 5000),
              tick(at("09:15:02", 30), 98.0, 40)])  # a new day's volume counts from zero again
     assert closed(b, "60minute")[-1] == [at("15:15:00", 27), 100.0, 100.0, 100.0, 100.0, 1000, 0]
-    assert b.forming(TOKEN, "60minute").values() == [at("09:15:00", 30), 98.0, 98.0, 98.0, 98.0, 40, 0]
+    assert b.forming(TOKEN, "60minute").values == [at("09:15:00", 30), 98.0, 98.0, 98.0, 98.0, 40, 0]
 
 
 def test_ticks_without_volume_count_each_with_volume_zero_and_quote_ticks_use_ingest_time():
     b = CandleBuilder(["minute"])
     b.add({"instrument_token": 256265, "last_price": 26150.5, "ingest_ts": at("09:20:10") * 1000}, at("09:20:10"))
     b.add({"instrument_token": 256265, "last_price": 26149.0, "ingest_ts": at("09:20:20") * 1000}, at("09:20:20"))
-    assert b.forming(256265, "minute").values() == [at("09:20:00"), 26150.5, 26150.5, 26149.0, 26149.0, 0, 0]
+    assert b.forming(256265, "minute").values == [at("09:20:00"), 26150.5, 26150.5, 26149.0, 26149.0, 0, 0]
 
 
 def test_each_forming_candle_is_reported_once_per_take_with_its_latest_state():
@@ -152,6 +152,6 @@ def test_a_restart_mid_minute_resumes_from_the_stored_state(cut):
     second = CandleBuilder()
     second.restore(TOKEN, first.state(TOKEN))
     feed(second, ticks[cut:])
-    expect = [(c.interval, c.values()) for c in whole.take_updates()[1]]
-    assert [(c.interval, c.values()) for c in closed_before + second.take_updates()[1]] == expect
-    assert second.forming(TOKEN, "minute").values() == whole.forming(TOKEN, "minute").values()
+    expect = [(c.interval, c.values) for c in whole.take_updates()[1]]
+    assert [(c.interval, c.values) for c in closed_before + second.take_updates()[1]] == expect
+    assert second.forming(TOKEN, "minute").values == whole.forming(TOKEN, "minute").values

@@ -15,6 +15,7 @@ from ticker.bus import keys
 from ticker.bus.ticks import encode_all, pack
 from ticker.candles import store
 from ticker.candles.build import bucket_start
+from ticker.candles.builder import CandleService, builder_report
 from ticker.clock import IST
 from ticker.config import Config
 from ticker.db import engine_for
@@ -114,3 +115,27 @@ def test_partitions_are_created_ahead_and_dropped_after_retention(database):
     store.maintain_partitions(engine, today, retention_days=30)
     days = store.partitions(engine)
     assert expired not in days and all(today + timedelta(days=n) in days for n in range(4))
+
+
+def test_candles_wait_in_memory_while_postgresql_fails_and_are_written_after(private_redis, database):
+    dead = engine_for("postgresql://postgres@127.0.0.1:9/nowhere")  # nothing listens on port 9
+    service = CandleService(private_redis, dead, 3.0, ["minute"])
+    second = int(time.time())
+    for offset, volume in ((0, 10), (1, 15), (60, 20)):  # a baseline, a trade, the next minute
+        stamp = datetime.fromtimestamp(bucket_start(second, 60) + offset, IST).isoformat()
+        tick = {"instrument_token": TOKEN + 1, "last_price": 50.0 + offset, "volume_traded": volume,
+                "exchange_timestamp": stamp, "mode": "full", "seq": 1, "epoch": 1, "ingest_ts": 0}
+        service.fold(pack([tick], encode_all([tick])), bucket_start(second, 60) + offset + 0.5)
+        service.flush(bucket_start(second, 60) + offset + 0.5)
+    service._write_pending()
+    service._report(time.time())
+    report = builder_report(private_redis, time.time())
+    assert (report["rows_pending"], report["write_failures"], report["rows_written"]) == (1, 1, 0)
+    assert "OperationalError" in report["last_error"]
+    service.engine = engine_for(database)  # PostgreSQL is back
+    service._write_pending()
+    service._report(time.time())
+    report = builder_report(private_redis, time.time())
+    assert (report["rows_pending"], report["rows_written"], report["last_error"]) == (0, 1, "")
+    start = datetime.fromtimestamp(bucket_start(second, 60), IST)
+    assert store.read(engine_for(database), TOKEN + 1, "minute", start, start)[0][1:6] == [51.0, 51.0, 51.0, 51.0, 5]

@@ -89,7 +89,7 @@ def reference(stream, interval: str, secs: int) -> dict[tuple[int, int], list]:
 def test_every_candle_of_the_day_equals_the_reference_fold(day):
     report, stream, (builder, closed) = day
     for interval, secs in INTERVALS.items():
-        got = {(c.token, c.start): c.values() for c in closed if c.interval == interval}
+        got = {(c.token, c.start): c.values for c in closed if c.interval == interval}
         expected = reference(stream, interval, secs)
         assert len(got) == sum(1 for c in closed if c.interval == interval)  # one candle per bucket
         assert got == expected, interval

@@ -111,3 +111,11 @@ def test_bad_requests_get_kites_errors(stack, make_token):
                                                             "to": str(end)},
                          headers={"Authorization": f"Bearer {make_token()}"}, timeout=5)
     assert reply.status_code == 400 and reply.json()["code"] == "unknown_instrument"
+
+
+def test_health_and_metrics_show_the_builder(stack):
+    health = requests.get(f"{stack['url']}/health", timeout=5).json()["checks"]["candles"]
+    assert health["ok"] and health["builder"]["up"] and health["builder"]["ticks"] > 0, health
+    assert "reasons" not in health
+    scrape = requests.get(f"{stack['url']}/metrics", params={"scope": "cluster"}, timeout=10).text
+    assert "ticker_candles_builder_up 1.0" in scrape and "ticker_candles_ticks_total" in scrape

@@ -105,29 +105,37 @@ def tick_time(tick: Mapping[str, Any], received: float) -> int:
     return ingest_ms // 1000 if ingest_ms else int(received)
 
 
-@dataclass(slots=True)
-class Candle:
-    """One candle of a series. `start` is epoch seconds; prices as the ticks carry them (rupees);
-    `volume` and `oi` are quantities. `closed` once no tick can change it any more."""
+START, OPEN, HIGH, LOW, CLOSE, VOLUME, OI = range(7)  # a candle's `values` list
 
-    token: int
-    interval: str
-    start: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: int
-    oi: int
-    closed: bool = False
+
+class Candle:
+    """One candle of a series: `values` is `[start, open, high, low, close, volume, oi]`, `start`
+    in epoch seconds, prices as the ticks carry them (rupees), `volume` and `oi` quantities.
+    `closed` once no tick can change it any more. The fold updates `values` in place and
+    storage encodes that list as it is, so a candle's update costs no copy."""
+
+    __slots__ = ("token", "interval", "values", "closed")
+
+    def __init__(self, token: int, interval: str, values: list[Any], closed: bool = False):
+        self.token = token
+        self.interval = interval
+        self.values = values
+        self.closed = closed
+
+    start = property(lambda self: self.values[START])
+    open = property(lambda self: self.values[OPEN])
+    high = property(lambda self: self.values[HIGH])
+    low = property(lambda self: self.values[LOW])
+    close = property(lambda self: self.values[CLOSE])
+    volume = property(lambda self: self.values[VOLUME])
+    oi = property(lambda self: self.values[OI])
 
     def row(self) -> list[Any]:
         """Kite's historical candle: `[time, open, high, low, close, volume, oi]`."""
-        return [kite_time(self.start), self.open, self.high, self.low, self.close, self.volume, self.oi]
+        return [kite_time(self.values[START]), *self.values[OPEN:]]
 
-    def values(self) -> list[Any]:
-        """`[start, open, high, low, close, volume, oi]` with `start` in epoch seconds (storage)."""
-        return [self.start, self.open, self.high, self.low, self.close, self.volume, self.oi]
+    def __repr__(self) -> str:
+        return f"Candle({self.token}, {self.interval!r}, {self.values}, closed={self.closed})"
 
 
 @dataclass(slots=True)
@@ -194,26 +202,27 @@ class CandleBuilder:
         series.last_ts = ts
         traded = self._volume_growth(series, volume)
         candle = series.candle
-        if candle is not None and candle.start != start:
+        if candle is not None and candle.values[START] != start:
             self._close(series)
             candle = None
         if traded is None:  # no trade: only the open interest of the forming candle moves
-            if candle is not None and oi is not None and oi != candle.oi:
-                candle.oi = oi
+            if candle is not None and oi is not None and oi != candle.values[OI]:
+                candle.values[OI] = oi
                 self._changed[(token, name)] = candle
             return
         if candle is None:
-            candle = series.candle = Candle(token, name, start, price, price, price, price, traded, oi or 0)
+            candle = series.candle = Candle(token, name, [start, price, price, price, price, traded, oi or 0])
             heapq.heappush(self._closing, (start + series.secs + self.grace_secs, token, name, start))
         else:
-            if price > candle.high:
-                candle.high = price
-            elif price < candle.low:
-                candle.low = price
-            candle.close = price
-            candle.volume += traded
+            values = candle.values
+            if price > values[HIGH]:
+                values[HIGH] = price
+            elif price < values[LOW]:
+                values[LOW] = price
+            values[CLOSE] = price
+            values[VOLUME] += traded
             if oi is not None:
-                candle.oi = oi
+                values[OI] = oi
         self._changed[(token, name)] = candle
 
     def _volume_growth(self, series: Series, volume: int | None) -> int | None:
@@ -245,7 +254,7 @@ class CandleBuilder:
         while closing and closing[0][0] <= now:
             _, token, name, start = heapq.heappop(closing)
             series = self._series(token, name)
-            if series is not None and series.candle is not None and series.candle.start == start:
+            if series is not None and series.candle is not None and series.candle.values[START] == start:
                 self._close(series)
 
     def _series(self, token: int, name: str) -> Series | None:
@@ -271,7 +280,7 @@ class CandleBuilder:
         `[day, last_ts, baseline, candle values or None]`."""
         out = {}
         for series in self.series.get(token, ()):
-            candle = series.candle.values() if series.candle is not None else None
+            candle = series.candle.values if series.candle is not None else None
             out[series.interval] = [series.day, series.last_ts, series.baseline, candle]
         return out
 
@@ -285,5 +294,5 @@ class CandleBuilder:
             series.day, series.last_ts, series.baseline, values = state[name]
             if values is not None:
                 start = values[0]
-                series.candle = Candle(token, name, *values)
+                series.candle = Candle(token, name, list(values))
                 heapq.heappush(self._closing, (start + secs + self.grace_secs, token, name, start))

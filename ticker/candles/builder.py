@@ -181,6 +181,7 @@ class CandleService:
             event(log, "candles_write_failed", logging.WARNING, rows=len(batch), error=self.last_error)
             return
         self.pending.clear()
+        self.last_error = ""
 
     def _report(self, now: float) -> None:
         b = self.builder
@@ -191,3 +192,22 @@ class CandleService:
             "rows_dropped": self.rows_dropped, "write_failures": self.write_failures,
             "last_error": self.last_error,
         })
+
+
+REPORT_STALE_SECS = 5.0  # the builder reports every second: silent this long, it is down
+COUNTERS = ("ticks", "late_ticks", "volume_resets", "candles_closed", "rows_written", "rows_dropped",
+            "write_failures")
+
+
+def builder_report(client: redis.Redis, now: float) -> dict | None:
+    """The builder's last report (`CANDLE_BUILDER`) with `up` (reported within
+    REPORT_STALE_SECS), or None when no builder ever reported to this Redis."""
+    fields = client.hgetall(keys.CANDLE_BUILDER)
+    if not fields:
+        return None
+    heartbeat = float(fields.get("heartbeat") or 0)
+    report: dict = {"up": now - heartbeat < REPORT_STALE_SECS, "owner": fields.get("owner", ""),
+                    "age_secs": round(now - heartbeat, 1), "rows_pending": int(fields.get("rows_pending") or 0),
+                    "last_error": fields.get("last_error", "")}
+    report.update({name: int(float(fields.get(name) or 0)) for name in COUNTERS})
+    return report

@@ -94,7 +94,7 @@ class CandleWriter:
         lists: dict[tuple[str, str], list[str]] = defaultdict(list)
         for candle in closed:
             key = keys.candles_of(day_name(day_of(candle.start)), candle.interval, candle.token)
-            lists[(key, candle.interval)].append(orjson.dumps(candle.values()).decode())
+            lists[(key, candle.interval)].append(orjson.dumps(candle.values).decode())
         payload = {"state": state, "lists": [[key, int(interval in REDIS_ONLY), *rows]
                                              for (key, interval), rows in lists.items()],
                    "pub": live_messages(updates)}
@@ -105,7 +105,7 @@ def live_messages(candles: Iterable[Candle]) -> list[str]:
     """`[channel, message, ...]`: one live-update message per candle channel bucket."""
     batches: dict[int, list] = defaultdict(list)
     for c in candles:
-        batches[keys.bucket_of(c.token)].append([c.token, c.interval, c.values(), c.closed])
+        batches[keys.bucket_of(c.token)].append([c.token, c.interval, c.values, c.closed])
     out: list[str] = []
     for bucket, batch in batches.items():
         out += (keys.CANDLE_CHANNELS[bucket], orjson.dumps(batch).decode())
