@@ -128,6 +128,20 @@ def candles_run() -> None:
     service.run(lambda: bool(stopping))
 
 
+@candles_cli.command("check")
+def candles_check() -> None:
+    """Exit 0 when a candle builder reported in the last seconds, 1 otherwise (a health check)."""
+    import time
+
+    from ticker.bus.connection import redis_client
+    from ticker.candles.builder import builder_report
+
+    report = builder_report(redis_client(current_app.config["REDIS_URL"], "probe"), time.time())
+    click.echo(report or "no candle builder has reported")
+    if not report or not report["up"]:
+        raise SystemExit(1)
+
+
 def register(app: Flask) -> None:
     for group in (db_cli, instruments_cli, jwt_cli, sim_cli, candles_cli):
         app.cli.add_command(group)

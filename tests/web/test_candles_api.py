@@ -119,3 +119,11 @@ def test_health_and_metrics_show_the_builder(stack):
     assert "reasons" not in health
     scrape = requests.get(f"{stack['url']}/metrics", params={"scope": "cluster"}, timeout=10).text
     assert "ticker_candles_builder_up 1.0" in scrape and "ticker_candles_ticks_total" in scrape
+
+
+def test_a_starting_worker_creates_the_coming_days_partitions(stack):
+    def done():
+        job = requests.get(f"{stack['url']}/health", timeout=5).json()["checks"]["jobs"]["jobs"]["candle_partitions"]
+        return job if job["outcome"] == "ok" else None
+
+    assert "partitions" in wait_for(done, 30, "the partition job of the worker's start")["detail"]

@@ -120,21 +120,29 @@ def load_states(client: redis.Redis) -> dict[int, dict]:
 def today(client: redis.Redis, token: int, interval: str, now: float) -> list[list]:
     """Today's (IST) candles of a series as `[start, o, h, l, c, v, oi, closed]`, oldest first:
     the completed ones, then the forming one if it is today's."""
+    return today_many(client, [(token, interval)], now)[(token, interval)]
+
+
+def today_many(client: redis.Redis, series: list[tuple[int, str]], now: float) -> dict[tuple[int, str], list[list]]:
+    """`today` of many `(token, interval)` series, in one round trip."""
     day = day_of(int(now))
-    rows = [[*orjson.loads(raw), True] for raw in client.lrange(keys.candles_of(day_name(day), interval, token), 0, -1)]
-    forming = forming_candle(client, token, interval)
-    if forming is not None and day_of(forming[0]) == day and (not rows or forming[0] > rows[-1][0]):
-        rows.append([*forming, False])
-    return rows
-
-
-def forming_candle(client: redis.Redis, token: int, interval: str) -> list | None:
-    """The series' forming candle `[start, o, h, l, c, v, oi]`, or None."""
-    raw = client.hget(keys.CANDLE_STATE, token)
-    if raw is None:
-        return None
-    series = orjson.loads(raw).get(interval)
-    return series[3] if series else None
+    tokens = sorted({token for token, _ in series})
+    pipe = client.pipeline(transaction=False)
+    for token, interval in series:
+        pipe.lrange(keys.candles_of(day_name(day), interval, token), 0, -1)
+    if tokens:
+        pipe.hmget(keys.CANDLE_STATE, tokens)
+    replies = pipe.execute()
+    states = dict(zip(tokens, replies[-1], strict=True)) if tokens else {}
+    out = {}
+    for (token, interval), raws in zip(series, replies, strict=False):
+        rows = [[*orjson.loads(raw), True] for raw in raws]
+        state = orjson.loads(states[token]).get(interval) if states.get(token) else None
+        forming = state[3] if state else None
+        if forming is not None and day_of(forming[0]) == day and (not rows or forming[0] > rows[-1][0]):
+            rows.append([*forming, False])
+        out[(token, interval)] = rows
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -298,10 +298,8 @@ class Replica:
         self.candles.begin_history(client.sid, set(pairs))
         history: list[dict] = []
         try:
-            now = time.time()
-            for token, interval in pairs:
-                history += [candle_json(token, interval, row[:7], row[7])
-                            for row in candle_store.today(self.redis, token, interval, now)]
+            for (token, interval), rows in candle_store.today_many(self.redis, pairs, time.time()).items():
+                history += [candle_json(token, interval, row[:7], row[7]) for row in rows]
         except redis.RedisError as exc:  # the live updates still follow; only the day so far is lost
             log.warning("no candle history for %d series of %s: %s", len(pairs), client.sid, exc)
         finally:
