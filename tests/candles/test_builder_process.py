@@ -27,8 +27,9 @@ SECS = {"second": 1, "60minute": 3600}
 @pytest.fixture
 def builder_env(service_env, private_redis, database):
     port = private_redis.connection_pool.connection_kwargs["port"]
+    # A long grace: the test's ticks all carry one second, and stay on time however slow it runs.
     return {**service_env, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "DATABASE_URL": database,
-            "TICKER_CHANNEL_NAMESPACE": Config.CHANNEL_NAMESPACE, "CANDLE_CLOSE_GRACE_SECS": "1"}
+            "TICKER_CHANNEL_NAMESPACE": Config.CHANNEL_NAMESPACE, "CANDLE_CLOSE_GRACE_SECS": "120"}
 
 
 def start_builder(processes, env, workdir, name):
@@ -37,22 +38,21 @@ def start_builder(processes, env, workdir, name):
     return process
 
 
-def publish(client, price: float, volume: int, ahead_secs: int = 0) -> None:
-    stamp = (datetime.now(IST) + timedelta(seconds=ahead_secs)).isoformat(timespec="seconds")
+def publish(client, second: int, price: float, volume: int) -> None:
     tick = {"tradable": True, "mode": "full", "instrument_token": TOKEN, "last_price": price,
-            "volume_traded": volume, "oi": 0, "exchange_timestamp": stamp,
+            "volume_traded": volume, "oi": 0, "exchange_timestamp": datetime.fromtimestamp(second, IST).isoformat(),
             "seq": volume, "epoch": 1, "ingest_ts": int(time.time() * 1000)}
     client.publish(keys.channel_for(TOKEN), pack([tick], encode_all([tick])))
 
 
-def hour_candle(client):
+def minute_candle(client) -> list | None:
     raw = client.hget(keys.CANDLE_STATE, TOKEN)
-    series = orjson.loads(raw).get("60minute") if raw else None
+    series = orjson.loads(raw).get("minute") if raw else None
     return series[3] if series else None
 
 
-def hour_volume(client) -> int | None:
-    candle = hour_candle(client)
+def minute_volume(client) -> int | None:
+    candle = minute_candle(client)
     return candle[5] if candle else None
 
 
@@ -62,48 +62,39 @@ def listening(client) -> bool:
 
 def test_ticks_become_live_stored_candles_and_a_killed_builder_is_continued(processes, builder_env, workdir,
                                                                            private_redis, database):
-    now = time.time()
-    if bucket_start(int(now), 3600) + 3600 - now < 100:  # keep the hour's candle open for the test
-        time.sleep(bucket_start(int(now), 3600) + 3601 - now)
     client = private_redis
     first = start_builder(processes, builder_env, workdir, "candles-1")
-    now = time.time()
-    if bucket_start(int(now), 60) + 60 - now < 35:  # and the minute's, until the next minute closes it
-        time.sleep(bucket_start(int(now), 60) + 61 - now)
     wait_for(lambda: listening(client), 20, "the builder to listen to the tick channels")
     live = client.pubsub(ignore_subscribe_messages=True)
     live.subscribe(keys.CANDLE_CHANNELS[keys.bucket_of(TOKEN)])
-    publish(client, 100.0, 1000)  # a mid-session first tick: the baseline only
-    publish(client, 101.0, 1010)
-    publish(client, 99.0, 1030)
-    wait_for(lambda: hour_volume(client) == 30, 10, "the forming hour candle")
-    assert hour_candle(client)[1:6] == [101.0, 101.0, 99.0, 99.0, 30]
+    second = int(time.time())
+    publish(client, second, 100.0, 1000)  # a mid-session first tick: the baseline only
+    publish(client, second, 101.0, 1010)
+    publish(client, second, 99.0, 1030)
+    wait_for(lambda: minute_volume(client) == 30, 10, "the forming minute candle")
+    assert minute_candle(client)[1:6] == [101.0, 101.0, 99.0, 99.0, 30]
     updates = []
     wait_for(lambda: updates.extend(orjson.loads(m["data"]) for m in iter(live.get_message, None)) or any(
-        u[0] == TOKEN and u[1] == "60minute" and u[2][5] == 30 and u[3] is False for batch in updates for u in batch),
+        u[0] == TOKEN and u[1] == "minute" and u[2][5] == 30 and u[3] is False for batch in updates for u in batch),
         5, "a live update of the forming candle")
 
     first.kill(signal.SIGKILL)
-    second = start_builder(processes, builder_env, workdir, "candles-2")
-    wait_for(lambda: (client.hget(keys.CANDLE_BUILDER, "owner") or "").endswith(f"-{second.pid}"), 20,
+    successor = start_builder(processes, builder_env, workdir, "candles-2")
+    wait_for(lambda: (client.hget(keys.CANDLE_BUILDER, "owner") or "").endswith(f"-{successor.pid}"), 20,
              "the next builder to take over")  # it reports only once it listens
-    publish(client, 102.0, 1050)
-    wait_for(lambda: hour_volume(client) == 50, 10, "the hour candle to continue")
-    assert hour_candle(client)[1:6] == [101.0, 102.0, 99.0, 102.0, 50]
+    publish(client, second, 102.0, 1050)
+    wait_for(lambda: minute_volume(client) == 50, 10, "the minute candle to continue")
+    assert minute_candle(client)[1:6] == [101.0, 102.0, 99.0, 102.0, 50]
 
-    wait_for(lambda: sum(r[5] for r in store.today(client, TOKEN, "second", time.time()) if r[7]) == 50, 10,
-             "the second candles closed (in Redis only)")
-    seconds = [r for r in store.today(client, TOKEN, "second", time.time()) if r[7]]
-    assert seconds[-1][4] == 102.0 and min(r[3] for r in seconds) == 99.0
-
-    publish(client, 103.0, 1060, ahead_secs=60)  # a tick of the next minute closes this one
+    publish(client, second + 60, 103.0, 1060)  # a tick of the next minute closes this one
     engine = engine_for(database)
-    since, until = datetime.now(IST) - timedelta(minutes=2), datetime.now(IST) + timedelta(minutes=2)
-    wait_for(lambda: store.read(engine, TOKEN, "minute", since, until), 10, "the minute candle in PostgreSQL")
-    [row] = store.read(engine, TOKEN, "minute", since, until)
-    assert row[1:6] == [101.0, 102.0, 99.0, 102.0, 50]
-    assert store.read(engine, TOKEN, "second", since, until) == []
-    second.terminate()
+    start = datetime.fromtimestamp(bucket_start(second, 60), IST)
+    wait_for(lambda: store.read(engine, TOKEN, "minute", start, start), 10, "the minute candle in PostgreSQL")
+    assert store.read(engine, TOKEN, "minute", start, start)[0][1:6] == [101.0, 102.0, 99.0, 102.0, 50]
+    closed_seconds = [r for r in store.today(client, TOKEN, "second", time.time()) if r[7]]
+    assert [r[:6] for r in closed_seconds] == [[second, 101.0, 102.0, 99.0, 102.0, 50]]  # in Redis only
+    assert store.read(engine, TOKEN, "second", start, start + timedelta(minutes=2)) == []
+    successor.terminate()
 
 
 def test_partitions_are_created_ahead_and_dropped_after_retention(database):
