@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = Path(os.environ.get("TICKER_INSTANCE_DIR", ROOT / "instance"))
@@ -29,6 +30,20 @@ def _read(path: str) -> str | None:
     return Path(path).read_text() if path else None
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """A setting with a few allowed values: a typo fails every process at start, not at the
+    first connection."""
+    value = os.environ.get(name, default).strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def _redis_database(url: str) -> str:
+    """The database number of a Redis URL (`0` when it names none, as platforms' URLs do)."""
+    return urlsplit(url).path.strip("/") or "0"
+
+
 # The bundled simulator's defaults, so a local run needs no Kite credentials.
 SIM_URL = "http://127.0.0.1:8765"
 SIM_API_KEY = "sim_key"
@@ -49,7 +64,15 @@ class Config:
     REDIS_URL = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
     # Pub/sub channels are global to a Redis server, not per database: this keeps deployments
     # (and test runs) that share a server on different database numbers apart.
-    CHANNEL_NAMESPACE = _env("TICKER_CHANNEL_NAMESPACE") or "db" + (REDIS_URL.rsplit("/", 1)[-1] or "0")
+    CHANNEL_NAMESPACE = _env("TICKER_CHANNEL_NAMESPACE") or "db" + _redis_database(REDIS_URL)
+    # A `rediss://` REDIS_URL (managed Redis over TLS), for every client of the service (redis-py,
+    # the Celery broker, the Socket.IO queue): whether the server's certificate must verify
+    # (Heroku Redis presents a self-signed one: `none`), the CA bundle it must verify against
+    # (else the system's), and a client certificate and key for servers that require one.
+    REDIS_SSL_CERT_REQS = _choice("REDIS_SSL_CERT_REQS", "required", ("required", "optional", "none"))
+    REDIS_SSL_CA_CERTS = _env("REDIS_SSL_CA_CERTS")
+    REDIS_SSL_CERTFILE = _env("REDIS_SSL_CERTFILE")
+    REDIS_SSL_KEYFILE = _env("REDIS_SSL_KEYFILE")
     # A process's Redis connections for serving others (a replica's requests): at most this many
     # at once; a caller finding them all busy waits up to the wait, then gets `server_busy`.
     REDIS_MAX_CONNECTIONS = _int("REDIS_MAX_CONNECTIONS", 64)
@@ -92,7 +115,10 @@ class Config:
 
     # Socket.IO server.
     ASYNC_MODE = _env("ASYNC_MODE", "gevent")  # measured faster than eventlet: README, BENCHMARKS.md
-    WEB_HOST = _env("WEB_HOST", "127.0.0.1")
+    # A platform's router (Heroku, Render, Railway, Cloud Run, ...) hands the process its port in
+    # PORT and connects from outside the process's host: every interface then. Without PORT (a
+    # local run), this host only. WEB_HOST, when set, wins either way.
+    WEB_HOST = _env("WEB_HOST") or ("0.0.0.0" if "PORT" in os.environ else "127.0.0.1")
     WEB_PORT = _int("PORT", 5000)
     CORS_ALLOWED_ORIGINS = _list("CORS_ALLOWED_ORIGINS", "*" if ENV == "development" else "")
     MAX_TOKENS_PER_CONNECTION = _int("MAX_TOKENS_PER_CONNECTION", 3000)
