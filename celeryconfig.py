@@ -7,10 +7,13 @@ Everything else (supervision, token checks, registry reloads) runs on `default`.
 
 from kombu import Queue
 
-from ticker.bus.connection import connection_options
+from ticker.bus.connection import connection_options, tls_options
 from ticker.config import Config
 
 broker_url = Config.REDIS_URL
+# A `rediss://` broker verifies the server's certificate as every other client of the service
+# does (kombu alone would fall back to not verifying it at all); False for plain `redis://`.
+broker_use_ssl = tls_options(broker_url) or False
 result_backend = None
 task_ignore_result = True
 

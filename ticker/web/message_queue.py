@@ -28,7 +28,7 @@ import redis
 import socketio
 
 from ticker import metrics
-from ticker.bus.connection import WaitingConnectionPool, connection_options
+from ticker.bus.connection import WaitingConnectionPool, connection_options, tls_options
 from ticker.bus.liveness import PING_EVERY_SECS, ConnectionSilent, Liveness
 from ticker.config import Config
 
@@ -43,7 +43,7 @@ class LiveRedisManager(socketio.RedisManager):
     """A `socketio.RedisManager` whose listener survives a connection that went silent."""
 
     def __init__(self, url: str, channel: str, write_only: bool = False):
-        options = {**connection_options(), "health_check_interval": 0}  # liveness is checked here
+        options = {**connection_options(), **tls_options(url), "health_check_interval": 0}  # liveness: here
         super().__init__(url, channel=channel, write_only=write_only, redis_options=options)
 
     def _redis_connect(self) -> None:
