@@ -277,7 +277,8 @@ class Registry:
         is (then the caller reads PostgreSQL)."""
         if self.redis.exists(keys.REGISTRY_TOKENS):
             return True
-        lock = self.redis.lock(keys.REGISTRY_LOCK, timeout=REBUILD_LOCK_SECS, blocking=False)
+        # Not thread-local: with `spawn`, another greenlet (or thread) rebuilds and releases it.
+        lock = self.redis.lock(keys.REGISTRY_LOCK, timeout=REBUILD_LOCK_SECS, blocking=False, thread_local=False)
         if not lock.acquire():
             return False  # another replica, or a reload, is writing it
         if self.spawn is None:
