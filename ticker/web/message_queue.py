@@ -8,7 +8,9 @@ other processes) is lost without a word. `LiveRedisManager` keeps everything of 
 manager but its listening loop, which reads with a timeout, pings when the connection has been
 quiet and reconnects when even the pings go unanswered (`ticker.bus.liveness`).
 
-Its connections come from a bounded pool that waits, as the rest of the service's do.
+Its connections come from a bounded pool that waits, as the rest of the service's do, and speak
+TLS to a `rediss://` URL with the service's certificate settings (`ticker.bus.connection.tls_options`).
+Processes that hold no sockets post through a write-only one (`ticker.registry.tokens`).
 
 Relies on python-socketio 5.x internals (checked with 5.18.1): `RedisManager._redis_connect`
 sets `self.redis`, `self.pubsub` and `self.connected` (this replaces it: plain `redis://` and
@@ -43,7 +45,8 @@ class LiveRedisManager(socketio.RedisManager):
     """A `socketio.RedisManager` whose listener survives a connection that went silent."""
 
     def __init__(self, url: str, channel: str, write_only: bool = False):
-        options = {**connection_options(), **tls_options(url), "health_check_interval": 0}  # liveness: here
+        # Liveness is checked here, not by redis-py's health checks.
+        options = {**connection_options(), **tls_options(url), "health_check_interval": 0}
         super().__init__(url, channel=channel, write_only=write_only, redis_options=options)
 
     def _redis_connect(self) -> None:
