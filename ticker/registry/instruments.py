@@ -300,7 +300,9 @@ class Registry:
                 lock.release()
             except redis.exceptions.RedisError:  # LockError included
                 log.warning("the registry mirror's lock was lost during its rebuild (%ss)", REBUILD_LOCK_SECS)
-        log.info("registry mirrored to Redis from the database: %d instruments", count)
+        # An empty registry (before the first load) is tried again at each lookup: not worth a line each time.
+        level = logging.INFO if count else logging.DEBUG
+        log.log(level, "registry mirrored to Redis from the database: %d instruments", count)
         return count
 
 
