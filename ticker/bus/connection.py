@@ -15,19 +15,28 @@ retried on a fresh connection; idle connections are checked before use
 Long-lived pub/sub connections need an application-level check on top of this, since a
 subscribed connection legitimately receives nothing for long stretches:
 `ticker.bus.liveness.PubSubLiveness`.
+
+`REDIS_URL` names one server or a Redis Sentinel deployment (`ticker.config.SentinelUrl`). Behind
+Sentinel, every new connection asks the sentinels where the master is now (redis-py's
+`SentinelConnectionPool`), so after a failover the service reconnects to the promoted replica by
+itself: a connection to the old master fails (it is dead, or answers READONLY once demoted) and
+its replacement goes to the new one. `connection_pool(url, ...)` is where a URL becomes a pool
+of either kind; `pool_like(pool, ...)` gives another pool to wherever a pool connects.
 """
 
 from __future__ import annotations
 
 import socket
 from functools import lru_cache
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from ticker.config import Config
+from ticker.config import Config, SentinelUrl
 
 SOCKET_CONNECT_TIMEOUT_SECS = 2.0
 SOCKET_TIMEOUT_SECS = 5.0  # no command of ours takes this long; a dead peer costs this much at most
@@ -72,6 +81,60 @@ class WaitingConnectionPool(redis.BlockingConnectionPool):
             raise
 
 
+class WaitingSentinelConnectionPool(SentinelConnectionPool, WaitingConnectionPool):
+    """redis-py's SentinelConnectionPool (each new connection goes to the master the sentinels
+    name now; idle connections to a master that changed are dropped, a demoted one's READONLY
+    reply drops the connection) with `WaitingConnectionPool`'s bounded wait and `PoolExhausted`."""
+
+
+def connection_pool(url: str, max_connections: int, timeout: float, **options) -> WaitingConnectionPool:
+    """A bounded pool of connections to what `url` names (`Config.REDIS_URL`'s forms): one
+    server (`redis://`, `rediss://`, `unix://`, read by redis-py's `from_url`), or the master of
+    a Sentinel deployment (`redis+sentinel://`). A caller finding `max_connections` busy waits
+    up to `timeout` seconds, then gets `PoolExhausted`. `options` are connection options
+    (`connection_options()` and the like); behind Sentinel, their `socket_*` ones apply to the
+    sentinels too. Raises ValueError for a malformed URL."""
+    sentinel = SentinelUrl.parse(url)
+    if sentinel is None:
+        return WaitingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout, **options)
+    # Each sentinel is asked once per lookup: the next sentinel is the retry. (redis-py's default
+    # of three retries per sentinel would let one silent sentinel cost four connect timeouts.)
+    sentinel_options = {key: value for key, value in options.items() if key.startswith("socket_")}
+    manager = Sentinel(sentinel.sentinels, sentinel_kwargs={**sentinel_options, "retry": Retry(NoBackoff(), 0)})
+    credentials = {"username": sentinel.username, "password": sentinel.password}
+    return WaitingSentinelConnectionPool(sentinel.master_name, manager, max_connections=max_connections,
+                                         timeout=timeout, db=sentinel.db, **credentials, **options)
+
+
+def pool_like(pool: WaitingConnectionPool, max_connections: int, **overrides) -> WaitingConnectionPool:
+    """A new pool of at most `max_connections` to wherever `pool`'s connections go (the same
+    server, or the same Sentinel deployment's master), with `pool`'s connection options but for
+    `overrides`; callers wait for a connection as long as `pool`'s do."""
+    options = {**pool.connection_kwargs, **overrides}
+    options.pop("connection_pool", None)  # a Sentinel pool's own back-reference: the new pool sets its own
+    sizes = {"max_connections": max_connections, "timeout": pool.timeout, "connection_class": pool.connection_class}
+    if isinstance(pool, SentinelConnectionPool):
+        return WaitingSentinelConnectionPool(pool.service_name, pool.sentinel_manager, **sizes, **options)
+    return WaitingConnectionPool(**sizes, **options)
+
+
+def celery_broker(url: str) -> tuple[str, dict]:
+    """Celery's `broker_url` for `url` (a `Config.REDIS_URL`), and the transport options it
+    needs beside the others: the URL itself and none for one server; for a Sentinel deployment
+    kombu's form, `sentinel://[[username]:password@]host:port/<db>` once per sentinel joined by
+    `;`, with the master's name in `master_name` (kombu's redis transport, "sentinel")."""
+    sentinel = SentinelUrl.parse(url)
+    if sentinel is None:
+        return url, {}
+    credentials = ""
+    if sentinel.username or sentinel.password:
+        credentials = f"{quote(sentinel.username or '', safe='')}:{quote(sentinel.password or '', safe='')}@"
+    hosts = (f"[{host}]" if ":" in host else host for host, _ in sentinel.sentinels)
+    urls = [f"sentinel://{credentials}{host}:{port}/{sentinel.db}"
+            for host, (_, port) in zip(hosts, sentinel.sentinels, strict=True)]
+    return ";".join(urls), {"master_name": sentinel.master_name}
+
+
 def connection_options() -> dict:
     """The socket options every connection of the service gets (also the tick listener's own)."""
     return {
@@ -90,7 +153,8 @@ PURPOSES = ("requests", "background", "probe")
 
 @lru_cache(maxsize=16)
 def redis_client(url: str, purpose: str = "requests") -> redis.Redis:
-    """A client per URL, purpose and process, decoding replies to `str`.
+    """A client per URL (`Config.REDIS_URL`'s forms: `connection_pool`), purpose and process,
+    decoding replies to `str`.
 
     `purpose` "requests" (the default) shares `Config.REDIS_MAX_CONNECTIONS` connections among
     everything a process does on behalf of others; "background" gets a small pool of its own for
@@ -110,5 +174,4 @@ def redis_client(url: str, purpose: str = "requests") -> redis.Redis:
         size, wait = BACKGROUND_MAX_CONNECTIONS, PROBE_TIMEOUT_SECS
         options.update(socket_connect_timeout=PROBE_TIMEOUT_SECS, socket_timeout=PROBE_TIMEOUT_SECS,
                        retry_on_timeout=False, retry=Retry(NoBackoff(), 0))
-    pool = WaitingConnectionPool.from_url(url, max_connections=size, timeout=wait, decode_responses=True, **options)
-    return redis.Redis(connection_pool=pool)
+    return redis.Redis(connection_pool=connection_pool(url, size, wait, decode_responses=True, **options))

@@ -26,6 +26,7 @@ import redis
 
 from ticker import metrics
 from ticker.bus import keys
+from ticker.bus.connection import pool_like
 from ticker.bus.liveness import ConnectionSilent, Liveness
 from ticker.bus.ticks import unpack
 
@@ -59,10 +60,9 @@ class TickListener:
         self.redis = client
         # Batches are read as bytes and their ticks forwarded as they are: a connection of its
         # own that does not decode replies, and whose liveness this listener checks itself.
-        pool = client.connection_pool
-        options = {**pool.connection_kwargs, "decode_responses": False, "health_check_interval": 0}
-        self.raw = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
-                                                                    max_connections=4, **options))
+        # (The same server, or behind Sentinel the same master, as the client's: pool_like.)
+        self.raw = redis.Redis(connection_pool=pool_like(client.connection_pool, max_connections=4,
+                                                         decode_responses=False, health_check_interval=0))
         self.wake_channel = wake_channel
         self.needed_buckets = needed_buckets
         self.deliver = deliver
