@@ -13,8 +13,18 @@ import redis
 from kombu import Connection
 
 from tests.support.processes import wait_for
-from tests.support.sentinel import MASTER_NAME, SentinelDeployment
-from ticker.bus.connection import PoolExhausted, celery_broker, connection_pool, pool_like, redis_client
+from tests.support.sentinel import MASTER_NAME, UNDEMOTABLE, SentinelDeployment
+from ticker.bus.connection import (
+    MASTER_CHECK_SECS,
+    MasterMoved,
+    PoolExhausted,
+    celery_broker,
+    check_master,
+    connection_pool,
+    master_moved,
+    pool_like,
+    redis_client,
+)
 from ticker.config import SentinelUrl, _channel_namespace
 
 
@@ -120,5 +130,43 @@ def test_after_a_failover_the_same_client_writes_to_the_promoted_replica(deploym
         return promoted.get("after") == value.encode()
 
     wait_for(written_to_the_promoted_replica, 15, "writes to reach the promoted replica", interval=0.2)
-    assert redis.Redis(port=deployment.master_port).info("replication")["role"] == "slave"
+    demoted = redis.Redis(port=deployment.master_port)
+    wait_for(lambda: demoted.info("replication")["role"] == "slave", 15, "the old master demoted")
+    assert written_to_the_promoted_replica()
     assert client.connection_pool is pool  # the same client and pool: nothing was rebuilt
+
+
+@pytest.mark.integration
+def test_clients_leave_an_old_master_that_stays_up(tmp_path):
+    deployment = SentinelDeployment(tmp_path, master_args=UNDEMOTABLE).start()
+    try:
+        deployment.wait_ready()
+        client = redis_client(deployment.url(2), "background")
+        client.set("where", "old")  # its connection to the old master waits, idle, in the pool
+        # A subscriber like the tick listener's and the message queue's, on a connection never given back.
+        pubsub = redis.Redis(connection_pool=pool_like(client.connection_pool, 4)).pubsub()
+        pubsub.subscribe("sentinel-test-channel")
+        assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+        assert not master_moved(pubsub.connection)
+
+        redis.Redis(port=deployment.sentinel_ports[0]).sentinel_failover(MASTER_NAME)
+        wait_for(lambda: deployment.master_address() == ("127.0.0.1", deployment.replica_port), 15,
+                 "the sentinels to name the replica master")
+        old = redis.Redis(port=deployment.master_port, db=2)
+        promoted = redis.Redis(port=deployment.replica_port, db=2)
+        attempts = iter(range(1000))
+
+        def written_to_the_promoted_replica() -> bool:
+            value = str(next(attempts))
+            client.set("where", value)
+            return promoted.get("where") == value.encode()
+
+        wait_for(written_to_the_promoted_replica, 2 * MASTER_CHECK_SECS + 1, "writes to reach the promoted replica",
+                 interval=0.2)
+        assert old.info("replication")["role"] == "master"  # still up, still taking writes: not for us
+        assert master_moved(pubsub.connection)  # the subscriber knows to subscribe again, at the new master
+        with pytest.raises(MasterMoved):
+            check_master(pubsub.connection)
+        pubsub.close()
+    finally:
+        deployment.stop()

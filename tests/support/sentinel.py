@@ -12,6 +12,9 @@ from tests.support.processes import Process, free_port, port_open, stop_all, wai
 MASTER_NAME = "ticker"
 DOWN_AFTER_MS = 1000  # a master silent this long is down for a sentinel (the default is 30 s)
 FAILOVER_TIMEOUT_MS = 5000
+# Arguments for a master the sentinels cannot demote: what a master cut off from them (but not
+# from every client) looks like to those clients. It stays up, a master, taking writes that are lost.
+UNDEMOTABLE = ("--rename-command", "REPLICAOF", "", "--rename-command", "SLAVEOF", "")
 
 
 def _redis_server(name: str, port: int, workdir: Path, *extra: str) -> Process:
@@ -38,8 +41,10 @@ def _sentinel_config(path: Path, port: int, master_port: int) -> Path:
 class SentinelDeployment:
     """Start with `start()`; `url(db)` is the REDIS_URL naming it; `stop()` stops every server."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, master_args: tuple[str, ...] = ()):
+        """`master_args`: more redis-server arguments for the master."""
         self.workdir = workdir
+        self.master_args = master_args
         self.master_port, self.replica_port = free_port(), free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.servers: dict[str, Process] = {}
@@ -49,7 +54,7 @@ class SentinelDeployment:
         return f"redis+sentinel://{hosts}/{db}/{MASTER_NAME}"
 
     def start(self) -> SentinelDeployment:
-        self.servers["master"] = _redis_server("master", self.master_port, self.workdir)
+        self.servers["master"] = _redis_server("master", self.master_port, self.workdir, *self.master_args)
         self.servers["replica"] = _redis_server("replica", self.replica_port, self.workdir,
                                                 "--replicaof", "127.0.0.1", str(self.master_port))
         for number, port in enumerate(self.sentinel_ports, 1):

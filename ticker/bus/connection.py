@@ -27,6 +27,7 @@ of either kind; `pool_like(pool, ...)` gives another pool to wherever a pool con
 from __future__ import annotations
 
 import socket
+import time
 from functools import lru_cache
 from urllib.parse import quote
 
@@ -43,6 +44,8 @@ SOCKET_TIMEOUT_SECS = 5.0  # no command of ours takes this long; a dead peer cos
 HEALTH_CHECK_SECS = 15  # an idle pooled connection gets a PING before it is used again
 BACKGROUND_MAX_CONNECTIONS = 8  # a replica's own loops: a handful at a time, never the crowd's
 PROBE_TIMEOUT_SECS = 1.0  # a health probe answers quickly or reports Redis unreachable
+MASTER_CHECK_SECS = 1.0  # behind Sentinel: how often a pool in use asks where the master is
+MASTER_STALE_SECS = 5.0  # an answer older than this says nothing about where the master is now
 
 # Linux TCP options: probes after 5 s of silence, every 2 s, 3 unanswered means dead; and data
 # sent but unacknowledged for 10 s ends the connection (TCP_USER_TIMEOUT, in milliseconds).
@@ -81,10 +84,69 @@ class WaitingConnectionPool(redis.BlockingConnectionPool):
             raise
 
 
+# The master each Sentinel deployment's pools last heard of in this process, and when:
+# (service name, sentinel addresses) -> ((host, port), monotonic time). Read by `master_moved`.
+_MASTERS: dict[tuple, tuple[tuple[str, int], float]] = {}
+
+
 class WaitingSentinelConnectionPool(SentinelConnectionPool, WaitingConnectionPool):
     """redis-py's SentinelConnectionPool (each new connection goes to the master the sentinels
     name now; idle connections to a master that changed are dropped, a demoted one's READONLY
-    reply drops the connection) with `WaitingConnectionPool`'s bounded wait and `PoolExhausted`."""
+    reply drops the connection) with `WaitingConnectionPool`'s bounded wait and `PoolExhausted`.
+
+    redis-py asks the sentinels only when it opens a connection, so a busy pool would keep
+    reusing its connections to an old master that is still up (cut off from the sentinels, not
+    yet demoted) for as long as that lasts, and lose every write made there. This pool also asks
+    at most once every MASTER_CHECK_SECS when a connection is taken: after a failover its
+    connections move within about that, whatever became of the old master."""
+
+    def __init__(self, service_name, sentinel_manager, **kwargs):
+        super().__init__(service_name, sentinel_manager, **kwargs)
+        sentinels = (client.connection_pool.connection_kwargs for client in sentinel_manager.sentinels)
+        self.deployment = (service_name, tuple(sorted((kw["host"], kw["port"]) for kw in sentinels)))
+        self.master_checked = float("-inf")
+
+    def get_connection(self, *args, **kwargs):
+        self.check_master()
+        return super().get_connection(*args, **kwargs)
+
+    def check_master(self) -> None:
+        """Ask the sentinels where the master is, unless asked within MASTER_CHECK_SECS. When it
+        moved, idle connections are dropped now and busy ones when given back (redis-py)."""
+        now = time.monotonic()
+        if now - self.master_checked < MASTER_CHECK_SECS:
+            return
+        self.master_checked = now
+        try:
+            address = self.get_master_address()
+        except redis.ConnectionError:  # no sentinel can say now: a dead master shows itself anyway
+            return
+        _MASTERS[self.deployment] = (tuple(address), now)
+
+
+class MasterMoved(redis.ConnectionError):
+    """A long-lived connection's server is no longer its Sentinel deployment's master."""
+
+
+def check_master(connection: redis.Connection) -> None:
+    """Raise MasterMoved when `master_moved(connection)`."""
+    if master_moved(connection):
+        raise MasterMoved(f"{connection.host}:{connection.port} is no longer the master the sentinels name")
+
+
+def master_moved(connection: redis.Connection) -> bool:
+    """True when `connection` goes to a server that is no longer its Sentinel deployment's master,
+    as this process's pools last heard (within MASTER_STALE_SECS); False otherwise, and always for
+    a connection to one server. No I/O: for long-lived (pub/sub) connections, which are never
+    given back to their pool, to be given up and opened again at the new master."""
+    proxy = getattr(connection, "connection_pool", None)  # a Sentinel-managed connection's pool
+    pool = proxy.connection_pool_ref() if proxy is not None else None
+    if pool is None or connection.host is None:
+        return False
+    known = _MASTERS.get(pool.deployment)
+    if known is None or time.monotonic() - known[1] > MASTER_STALE_SECS:
+        return False
+    return known[0] != (connection.host, int(connection.port))
 
 
 def connection_pool(url: str, max_connections: int, timeout: float, **options) -> WaitingConnectionPool:

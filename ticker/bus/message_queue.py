@@ -31,7 +31,7 @@ import socketio
 from flask_socketio import SocketIO
 
 from ticker import metrics
-from ticker.bus.connection import connection_options, connection_pool
+from ticker.bus.connection import MasterMoved, check_master, connection_options, connection_pool
 from ticker.bus.liveness import PING_EVERY_SECS, ConnectionSilent, Liveness
 from ticker.config import Config
 
@@ -74,6 +74,8 @@ class LiveRedisManager(socketio.RedisManager):
                 yield from self._messages()
             except ConnectionSilent as exc:
                 self._lost("silent", exc)
+            except MasterMoved as exc:
+                self._lost("failover", exc)
             except Exception as exc:  # noqa: BLE001  (any failure: a new connection, after a pause)
                 self._lost("error", exc)
 
@@ -97,6 +99,7 @@ class LiveRedisManager(socketio.RedisManager):
                     yield message
                 continue
             liveness.check()
+            check_master(self.pubsub.connection)  # behind Sentinel: the master may have moved
             if liveness.ping_due():
                 self.pubsub.ping()
                 liveness.pinged()
