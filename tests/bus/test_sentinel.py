@@ -49,7 +49,8 @@ def test_the_channel_namespace_is_the_database_number_whatever_the_form():
 def test_celery_gets_kombus_spelling_of_the_same_deployment():
     url, options = celery_broker("redis+sentinel://:p%40ss@h1:26380,[::1]:26381/2/ticker")
     assert url == "sentinel://:p%40ss@h1:26380/2;sentinel://:p%40ss@[::1]:26381/2"
-    assert options == {"master_name": "ticker"}
+    assert options["master_name"] == "ticker"
+    assert options["sentinel_kwargs"]["retry"].get_retries() == 0  # the next sentinel is the retry
     assert celery_broker("redis://h:6379/1") == ("redis://h:6379/1", {})
 
 

@@ -184,7 +184,8 @@ def celery_broker(url: str) -> tuple[str, dict]:
     """Celery's `broker_url` for `url` (a `Config.REDIS_URL`), and the transport options it
     needs beside the others: the URL itself and none for one server; for a Sentinel deployment
     kombu's form, `sentinel://[[username]:password@]host:port/<db>` once per sentinel joined by
-    `;`, with the master's name in `master_name` (kombu's redis transport, "sentinel")."""
+    `;`, with the master's name in `master_name` (kombu's redis transport, "sentinel"), and the
+    options kombu (and Flower) ask the sentinels with: each once per lookup, as `connection_pool`."""
     sentinel = SentinelUrl.parse(url)
     if sentinel is None:
         return url, {}
@@ -194,7 +195,9 @@ def celery_broker(url: str) -> tuple[str, dict]:
     hosts = (f"[{host}]" if ":" in host else host for host, _ in sentinel.sentinels)
     urls = [f"sentinel://{credentials}{host}:{port}/{sentinel.db}"
             for host, (_, port) in zip(hosts, sentinel.sentinels, strict=True)]
-    return ";".join(urls), {"master_name": sentinel.master_name}
+    asking = {"socket_connect_timeout": SOCKET_CONNECT_TIMEOUT_SECS, "socket_timeout": SOCKET_TIMEOUT_SECS,
+              "retry": Retry(NoBackoff(), 0)}
+    return ";".join(urls), {"master_name": sentinel.master_name, "sentinel_kwargs": asking}
 
 
 def connection_options() -> dict:
