@@ -20,8 +20,11 @@ subscribed connection legitimately receives nothing for long stretches:
 Sentinel, every new connection asks the sentinels where the master is now (redis-py's
 `SentinelConnectionPool`), so after a failover the service reconnects to the promoted replica by
 itself: a connection to the old master fails (it is dead, or answers READONLY once demoted) and
-its replacement goes to the new one. `connection_pool(url, ...)` is where a URL becomes a pool
-of either kind; `pool_like(pool, ...)` gives another pool to wherever a pool connects.
+its replacement goes to the new one. A pool in use also asks once a second, so an old master that
+stays up (cut off from the sentinels) is left too; long-lived subscribers, whose connections are
+never given back, call `check_master` on their own. `connection_pool(url, ...)` is where a URL
+becomes a pool of either kind; `pool_like(pool, ...)` gives another pool to wherever a pool
+connects; `celery_broker(url)` is kombu's spelling of the same.
 """
 
 from __future__ import annotations
