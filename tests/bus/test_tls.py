@@ -15,9 +15,9 @@ import redis
 from tests.support.processes import ROOT, free_port
 from tests.support.tls import CertificateAuthority, start_tls_redis
 from ticker.bus.connection import redis_client, tls_options
+from ticker.bus.message_queue import LiveRedisManager
 from ticker.config import Config
 from ticker.web.listener import TickListener
-from ticker.web.message_queue import LiveRedisManager
 
 
 @pytest.fixture(scope="module")

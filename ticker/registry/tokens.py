@@ -16,14 +16,15 @@ from typing import Any
 
 import redis
 import requests
+from flask_socketio import SocketIO
 from kiteconnect import KiteConnect
 from kiteconnect.exceptions import KiteException, NetworkException, TokenException
 from sqlalchemy.orm import Session
 
 from ticker.bus import keys
+from ticker.bus.message_queue import LiveRedisManager
 from ticker.registry import accounts
 from ticker.registry.calendar import next_token_expiry
-from ticker.web.message_queue import LiveRedisManager
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,9 @@ def kite(config: Any, api_key: str, access_token: str | None = None) -> KiteConn
 
 
 @lru_cache(maxsize=4)
-def _emitter(redis_url: str) -> LiveRedisManager:
-    # Write-only: this process holds no sockets, it only posts to the replicas' message queue,
-    # through the manager the replicas listen with (python-socketio's way for an external
-    # process), so it connects as they do (bounded pool, TLS).
-    return LiveRedisManager(redis_url, channel=keys.SOCKETIO_CHANNEL, write_only=True)
+def _emitter(redis_url: str) -> SocketIO:
+    # Write-only: this process holds no sockets, it only posts to the replicas' message queue.
+    return LiveRedisManager.emitter(redis_url, keys.SOCKETIO_CHANNEL)
 
 
 def announce(config: Any, state: dict[str, Any]) -> None:
