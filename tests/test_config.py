@@ -4,6 +4,7 @@ configuration module each time, since the service reads them once, at import).""
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 
@@ -24,6 +25,7 @@ def config(monkeypatch):
             monkeypatch.setenv(name, value)
         spec = importlib.util.spec_from_file_location("fresh_config", ROOT / "ticker" / "config.py")
         module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
         spec.loader.exec_module(module)
         return module.Config
 
