@@ -31,6 +31,15 @@ def _read(path: str) -> str | None:
     return Path(path).read_text() if path else None
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """A setting with a few allowed values: a typo fails every process at start, not at the
+    first connection."""
+    value = os.environ.get(name, default).strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379  # Redis Sentinel's default port
 SENTINEL_FORM = f"{SENTINEL_SCHEME}://[[username]:password@]host[:port][,host[:port]...]/<db>/<master_name>"
@@ -78,10 +87,11 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 def _channel_namespace(redis_url: str) -> str:
-    # The database number the URL names: the last path part of redis://host:port/<db>, the
-    # first of a Sentinel URL's (so moving a deployment behind Sentinel keeps its channels).
+    # The database number the URL names: the path of redis://host:port/<db> (0 when it names
+    # none, as platforms' URLs do, which must not make their password part of channel names),
+    # the first part of a Sentinel URL's (so moving a deployment behind Sentinel keeps its channels).
     sentinel = SentinelUrl.parse(redis_url)
-    return "db" + (str(sentinel.db) if sentinel else redis_url.rsplit("/", 1)[-1] or "0")
+    return "db" + (str(sentinel.db) if sentinel else urlsplit(redis_url).path.strip("/") or "0")
 
 
 # The bundled simulator's defaults, so a local run needs no Kite credentials.
@@ -107,6 +117,14 @@ class Config:
     # Pub/sub channels are global to a Redis server, not per database: this keeps deployments
     # (and test runs) that share a server on different database numbers apart.
     CHANNEL_NAMESPACE = _env("TICKER_CHANNEL_NAMESPACE") or _channel_namespace(REDIS_URL)
+    # A `rediss://` REDIS_URL (managed Redis over TLS), for every client of the service (redis-py,
+    # the Celery broker, the Socket.IO queue): whether the server's certificate must verify
+    # (Heroku Redis presents a self-signed one: `none`), the CA bundle it must verify against
+    # (else the system's), and a client certificate and key for servers that require one.
+    REDIS_SSL_CERT_REQS = _choice("REDIS_SSL_CERT_REQS", "required", ("required", "optional", "none"))
+    REDIS_SSL_CA_CERTS = _env("REDIS_SSL_CA_CERTS")
+    REDIS_SSL_CERTFILE = _env("REDIS_SSL_CERTFILE")
+    REDIS_SSL_KEYFILE = _env("REDIS_SSL_KEYFILE")
     # A process's Redis connections for serving others (a replica's requests): at most this many
     # at once; a caller finding them all busy waits up to the wait, then gets `server_busy`.
     REDIS_MAX_CONNECTIONS = _int("REDIS_MAX_CONNECTIONS", 64)
@@ -149,7 +167,10 @@ class Config:
 
     # Socket.IO server.
     ASYNC_MODE = _env("ASYNC_MODE", "gevent")  # measured faster than eventlet: README, BENCHMARKS.md
-    WEB_HOST = _env("WEB_HOST", "127.0.0.1")
+    # A platform's router (Heroku, Render, Railway, Cloud Run, ...) hands the process its port in
+    # PORT and connects from outside the process's host: every interface then. Without PORT (a
+    # local run), this host only. WEB_HOST, when set, wins either way.
+    WEB_HOST = _env("WEB_HOST") or ("0.0.0.0" if "PORT" in os.environ else "127.0.0.1")
     WEB_PORT = _int("PORT", 5000)
     CORS_ALLOWED_ORIGINS = _list("CORS_ALLOWED_ORIGINS", "*" if ENV == "development" else "")
     MAX_TOKENS_PER_CONNECTION = _int("MAX_TOKENS_PER_CONNECTION", 3000)

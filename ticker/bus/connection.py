@@ -25,6 +25,9 @@ stays up (cut off from the sentinels) is left too; long-lived subscribers, whose
 never given back, call `check_master` on their own. `connection_pool(url, ...)` is where a URL
 becomes a pool of either kind; `pool_like(pool, ...)` gives another pool to wherever a pool
 connects; `celery_broker(url)` is kombu's spelling of the same.
+
+A `rediss://` URL (a managed Redis over TLS) gets the certificate options of `tls_options`, here
+and wherever else the service talks to Redis (the Celery broker, the Socket.IO message queue).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import socket
 import time
 from functools import lru_cache
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -216,6 +219,20 @@ def connection_options() -> dict:
     }
 
 
+def tls_options(url: str) -> dict[str, str]:
+    """redis-py's TLS keywords for `url`: for a `rediss://` URL, `ssl_cert_reqs` ("required",
+    "optional" or "none") and those of `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile` (file
+    paths) that are set (Config.REDIS_SSL_*); {} for any other URL. kombu's Redis transport takes
+    the same dict as Celery's `broker_use_ssl`. A URL's own `ssl_*` query parameters (redis-py
+    and kombu both read them) override these."""
+    if urlsplit(url).scheme != "rediss":
+        return {}
+    options = {"ssl_cert_reqs": Config.REDIS_SSL_CERT_REQS}
+    files = {"ssl_ca_certs": Config.REDIS_SSL_CA_CERTS, "ssl_certfile": Config.REDIS_SSL_CERTFILE,
+             "ssl_keyfile": Config.REDIS_SSL_KEYFILE}
+    return options | {key: path for key, path in files.items() if path}
+
+
 PURPOSES = ("requests", "background", "probe")
 
 
@@ -234,7 +251,7 @@ def redis_client(url: str, purpose: str = "requests") -> redis.Redis:
     `Config.REDIS_POOL_WAIT_SECS` for a free connection, and `redis.RedisError` otherwise."""
     if purpose not in PURPOSES:
         raise ValueError(f"unknown purpose {purpose!r}: one of {PURPOSES}")
-    options = connection_options()
+    options = connection_options() | tls_options(url)
     size, wait = Config.REDIS_MAX_CONNECTIONS, Config.REDIS_POOL_WAIT_SECS
     if purpose == "background":
         size = BACKGROUND_MAX_CONNECTIONS

@@ -8,8 +8,9 @@ other processes) is lost without a word. `LiveRedisManager` keeps everything of 
 manager but its listening loop, which reads with a timeout, pings when the connection has been
 quiet and reconnects when even the pings go unanswered (`ticker.bus.liveness`).
 
-Its connections come from a bounded pool that waits, as the rest of the service's do. Processes
-that hold no sockets emit through it too, write-only (`emitter`): Flask-SocketIO's
+Its connections come from a bounded pool that waits, as the rest of the service's do, and speak
+TLS to a `rediss://` URL with the service's certificate settings (`ticker.bus.connection.tls_options`).
+Processes that hold no sockets emit through it too, write-only (`emitter`): Flask-SocketIO's
 `SocketIO(message_queue=url)` would take a `redis+sentinel://` URL for kombu's and fail.
 
 Relies on python-socketio 5.x internals (checked with 5.18.1): `RedisManager._redis_connect`
@@ -31,7 +32,7 @@ import socketio
 from flask_socketio import SocketIO
 
 from ticker import metrics
-from ticker.bus.connection import MasterMoved, check_master, connection_options, connection_pool
+from ticker.bus.connection import MasterMoved, check_master, connection_options, connection_pool, tls_options
 from ticker.bus.liveness import PING_EVERY_SECS, ConnectionSilent, Liveness
 from ticker.config import Config
 
@@ -46,7 +47,8 @@ class LiveRedisManager(socketio.RedisManager):
     """A `socketio.RedisManager` whose listener survives a connection that went silent."""
 
     def __init__(self, url: str, channel: str, write_only: bool = False):
-        options = {**connection_options(), "health_check_interval": 0}  # liveness is checked here
+        # Liveness is checked here, not by redis-py's health checks.
+        options = {**connection_options(), **tls_options(url), "health_check_interval": 0}
         super().__init__(url, channel=channel, write_only=write_only, redis_options=options)
 
     @classmethod
