@@ -72,6 +72,18 @@ def test_the_proxy_balances_the_web_replicas_with_sticky_sessions():
     assert set(proxy["depends_on"]) == set(WEB_SERVICES)
 
 
+def test_the_proxy_holds_as_many_clients_as_a_hosts_replicas():
+    """nginx's default 1024 connections per worker (two per proxied client) would cap a host far
+    below its replicas' MAX_CONNECTIONS; the main configuration raises it, with the files to match."""
+    main = (ROOT / "deploy" / "nginx-main.conf").read_text()
+    proxy = SERVICES["proxy"]
+    assert "./deploy/nginx-main.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    assert "include /etc/nginx/conf.d/*.conf;" in main
+    connections = int(re.search(r"worker_connections (\d+);", main).group(1))
+    files = int(re.search(r"worker_rlimit_nofile (\d+);", main).group(1))
+    assert connections >= 2 * 20_000 and files >= 2 * connections and proxy["ulimits"]["nofile"] >= files
+
+
 def test_references_resolve():
     volumes = set(COMPOSE.get("volumes", {}))
     for name, service in SERVICES.items():

@@ -84,18 +84,28 @@ def consecutive_free_ports(count: int) -> int:
 
 
 def nginx_config(directory: Path, listen_port: int, upstream_file: Path) -> Path:
-    """deploy/nginx.conf as nginx's conf.d would include it, in a main config of the test's own:
-    its `listen` and `include` pointed at this test's port and upstream file."""
+    """deploy/nginx-main.conf including deploy/nginx.conf, as docker-compose.yml mounts them, with
+    the server's `listen` and `include` pointed at this test's port and upstream file."""
     server = (ROOT / "deploy" / "nginx.conf").read_text()
     server = server.replace("include /etc/nginx/ticker/upstream.conf;", f"include {upstream_file};")
     server = server.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
+    (directory / "server.conf").write_text(server)
+    main = (ROOT / "deploy" / "nginx-main.conf").read_text()
+    main = main.replace("include /etc/nginx/conf.d/*.conf;", f"include {directory}/server.conf;")
+    main = main.replace("worker_processes auto;", "worker_processes 1;")  # the test's traffic is small
     temp = "".join(f"    {kind}_temp_path {directory}/{kind}_temp;\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    main = main.replace("http {\n", "http {\n" + temp)  # where an unprivileged nginx may write
     path = directory / "nginx.conf"
-    path.write_text(f"worker_processes 1;\ndaemon off;\npid {directory}/nginx.pid;\n"
-                    f"error_log {directory}/error.log warn;\nevents {{ worker_connections 1024; }}\n"
-                    f"http {{\n    access_log off;\n{temp}{server}\n}}\n")
+    path.write_text(main)
     return path
+
+
+def nginx_argv(directory: Path, config: Path, *extra: str) -> list[str]:
+    """nginx in the foreground, its pid and logs in `directory`."""
+    settings = f"daemon off; pid {directory}/nginx.pid; error_log {directory}/error.log warn;"
+    return [NGINX, *extra, "-p", str(directory), "-e", str(directory / "error.log"), "-c", str(config),
+            "-g", settings]
 
 
 def replica_pids(output: str) -> dict[int, int]:
@@ -157,10 +167,8 @@ def test_replicas_behind_nginx_serve_polling_and_websocket_and_a_killed_one_come
             assert re.search(r"^Cpus_allowed_list:\t(.*)$", status, re.M).group(1) == str(slot.core)
 
         config = nginx_config(tmp_path, proxy_port, upstream)
-        subprocess.run([NGINX, "-t", "-q", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(config)],
-                       check=True, capture_output=True, timeout=10)
-        nginx = Process("nginx", [NGINX, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(config)],
-                        {}, tmp_path)
+        subprocess.run(nginx_argv(tmp_path, config, "-t", "-q"), check=True, capture_output=True, timeout=10)
+        nginx = Process("nginx", nginx_argv(tmp_path, config), {}, tmp_path)
         wait_for(lambda: port_open(proxy_port) or not nginx.alive(), 10, "nginx to listen")
         url = f"http://127.0.0.1:{proxy_port}"
 
