@@ -16,11 +16,13 @@ from ticker.capacity import Plan, ReplicaCost, Target, Units, plan
 
 # Measured here (2 cores, AMD EPYC, shared with other work; docs/CAPACITY.md, "The figures").
 MEASURED = Units(
-    # bench.replicas, fitted to its one-replica runs (BENCHMARKS.md, "Replicas on one host").
-    replica=ReplicaCost(read_us=9.5, frame_us=39.9, delivery_us=0.68),
-    # bench.fanout --idle 10000, gevent (BENCHMARKS.md, "Fan-out").
-    idle_kib_per_connection=35.7,
-    replica_base_mib=114.0,
+    # bench.replicas: least squares over the eleven one-replica runs of its three rounds
+    # (docs/CAPACITY.md, "The figures"; BENCHMARKS.md, "Replicas on one host").
+    replica=ReplicaCost(read_us=16.9, frame_us=39.4, delivery_us=0.40),
+    # bench.fanout --sizes "" --modes gevent --idle 5000 on this machine (35.7 KiB at 10,000 in
+    # BENCHMARKS.md, "Fan-out"): the higher.
+    idle_kib_per_connection=39.8,
+    replica_base_mib=115.0,
     # bench.ingest, quote mode, parse + fenced publish (BENCHMARKS.md, "The hot path before and
     # after": the lower of that section's and "Ingest"'s figures).
     shard_ticks_per_cpu_sec=119_769.0,
@@ -28,7 +30,8 @@ MEASURED = Units(
     redis_ingest_us_per_tick=3.4,
     redis_message_us=0.0,
     redis_kib_us=1.45,
-    tick_bytes=410.0,
+    tick_bytes=410.0,  # bench.redis_fanout: 262 KiB per subscriber for a frame of 640 quote ticks
+    client_tick_bytes=367.0,  # a quote tick's JSON with seq, ingest_ts and epoch (ticker.bus.ticks.encode)
 )
 
 
@@ -45,7 +48,8 @@ def rows(target: Target, units: Units, result: Plan) -> list[tuple[str, str, str
         ("web replicas (cores)", f"{result.web_replicas:,}",
          f"{result.clients_per_replica:,} clients each at {units.headroom:.0%} of a core; "
          f"{result.deliveries_per_sec:,.0f} deliveries/s and {result.frames_per_sec:,.0f} frames/s in all; "
-         f"about {result.replica_memory_mib:,.0f} MiB each"),
+         f"about {result.replica_memory_mib:,.0f} MiB and {result.replica_egress_mbit_per_sec:,.0f} Mbit/s "
+         "to clients each"),
         ("Redis tick shards", f"{result.redis_servers}",
          f"{result.redis_cores:.2f} cores of Redis at {units.headroom:.0%} each: "
          f"{result.redis_batches_per_sec:,.0f} batches/s published, {result.redis_messages_out_per_sec:,.0f} "

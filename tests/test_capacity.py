@@ -8,7 +8,8 @@ from ticker.capacity import ReplicaCost, Target, Units, fit_replica_cost, plan
 
 UNITS = Units(replica=ReplicaCost(read_us=0.0, frame_us=20.0, delivery_us=1.0), idle_kib_per_connection=36.0,
               replica_base_mib=100.0, shard_ticks_per_cpu_sec=300_000.0, redis_ingest_us_per_tick=6.0,
-              redis_message_us=2.0, redis_kib_us=0.5, tick_bytes=512.0)
+              redis_message_us=2.0, redis_kib_us=0.5, tick_bytes=512.0,
+              client_tick_bytes=400.0)
 
 
 def test_the_fit_recovers_the_costs_of_reading_framing_and_delivering():
@@ -47,6 +48,7 @@ def test_web_replicas_from_the_cost_of_a_client():
     assert p.web_replicas == 258  # ceil(1,000,000 / 3,888)
     assert p.deliveries_per_sec == 100_000_000 and p.frames_per_sec == 4_000_000
     assert p.replica_memory_mib == pytest.approx(100 + 3_888 * 36 / 1024)
+    assert p.replica_egress_mbit_per_sec == pytest.approx(3_888 * 100 * 400 * 8 / 1e6)
 
 
 def test_a_replica_never_plans_past_its_connection_limit():

@@ -93,7 +93,8 @@ class Units:
     redis_ingest_us_per_tick: float
     redis_message_us: float
     redis_kib_us: float
-    tick_bytes: float
+    tick_bytes: float  # a tick in a Redis batch: its JSON and its row
+    client_tick_bytes: float  # a tick's JSON in a client's frame
     tokens_per_connection: int = 3000
     connections_per_key: int = 3
     max_connections_per_replica: int = 20_000  # ticker.config MAX_CONNECTIONS
@@ -113,6 +114,7 @@ class Plan:
     replica_memory_mib: float
     deliveries_per_sec: float
     frames_per_sec: float
+    replica_egress_mbit_per_sec: float  # ticks to clients (their JSON), one replica's
     redis_batches_per_sec: float  # PUBLISHes of tick batches
     redis_messages_out_per_sec: float  # batches × the replicas receiving each
     redis_mib_out_per_sec: float
@@ -143,6 +145,7 @@ def plan(target: Target, units: Units) -> Plan:
         clients_per_replica=per_replica, web_replicas=replicas,
         replica_memory_mib=units.replica_base_mib + per_replica * units.idle_kib_per_connection / 1024,
         deliveries_per_sec=target.clients * deliveries_per_client, frames_per_sec=target.clients * frames_per_client,
+        replica_egress_mbit_per_sec=per_replica * deliveries_per_client * units.client_tick_bytes * 8 / 1e6,
         redis_batches_per_sec=batches, redis_messages_out_per_sec=messages_out, redis_mib_out_per_sec=kib_out / 1024,
         redis_cores=redis_cores, redis_servers=max(1, math.ceil(redis_cores / units.headroom)),
     )
