@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.processes import ROOT, Process, port_open, wait_for
-from ticker.replicas import ReplicaSlot, nginx_upstream, plan, restart_delay, usable_cores
+from ticker.replicas import ReplicaSlot, Supervisor, nginx_upstream, plan, restart_delay, usable_cores
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 INFY = 408065  # NSE:INFY
@@ -57,6 +58,23 @@ def test_the_upstream_is_sticky_and_names_every_replica():
 
 def test_restarts_back_off_from_one_second_to_thirty():
     assert [restart_delay(n) for n in (1, 2, 3, 4, 5, 6, 7, 20)] == [1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_a_replica_that_keeps_failing_is_started_again_with_a_growing_wait(caplog):
+    """A replica that cannot start (a port taken, a bad setting) is retried, never in a spin."""
+    slots = plan(1, 5000, usable_cores(), pin=True)
+    supervisor = Supervisor(slots, argv=[sys.executable, "-c", "import sys; sys.exit(3)"])
+    replica = supervisor.replicas[0]
+    replica.start(supervisor.argv)
+    waits = []
+    for _ in range(3):
+        replica.proc.wait(10)
+        supervisor.tend(time.monotonic())  # notes the exit, schedules the restart
+        waits.append(round(replica.restart_at - time.monotonic()))
+        supervisor.tend(replica.restart_at)  # the wait is over: started again
+    assert waits == [1, 2, 4] and replica.starts == 4
+    assert "replica 0 (pid" in caplog.text and "exited with code 3" in caplog.text
+    replica.proc.wait(10)
 
 
 # The real thing.
