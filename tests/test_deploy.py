@@ -21,10 +21,12 @@ from tests.support.clients import RecordingClient
 from tests.support.processes import ROOT, VENV_BIN, Process, free_port, wait_for
 from tests.support.tls import CertificateAuthority, start_tls_redis
 from ticker.registry.migrate import recreate_database
+from ticker.replicas import nginx_upstream, plan
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-WEB_SERVICES = [name for name, service in SERVICES.items() if service.get("command") == ["python", "wsgi.py"]]
+WEB_SERVICES = [name for name, service in SERVICES.items()
+                if service.get("command") == ["python", "-m", "ticker.replicas"]]
 PROCFILE = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if ": " in line)
 
 
@@ -42,10 +44,10 @@ def test_every_long_running_service_has_a_health_check():
 
 
 def test_web_replicas_are_reachable_only_through_the_proxy():
-    assert len(WEB_SERVICES) >= 2
-    for name in WEB_SERVICES:
-        assert "ports" not in SERVICES[name], f"{name} publishes a port beyond the proxy"
-        assert SERVICES[name]["expose"] == ["5000"]
+    assert WEB_SERVICES == ["web"]  # one service runs a replica per core (ticker/replicas.py)
+    web = SERVICES["web"]
+    assert "ports" not in web, "the web service publishes a port beyond the proxy"
+    assert web["expose"] == ["5000-5063"] and web["environment"]["PORT"] == "5000"
     published = {name for name, service in SERVICES.items() if service.get("ports")}
     assert published == {"proxy", "flower"}
     assert all(port.startswith("127.0.0.1:") for port in SERVICES["flower"]["ports"]), "Flower is for this host only"
@@ -53,16 +55,34 @@ def test_web_replicas_are_reachable_only_through_the_proxy():
 
 def test_the_proxy_balances_the_web_replicas_with_sticky_sessions():
     conf = (ROOT / "deploy" / "nginx.conf").read_text()
-    upstream = re.search(r"upstream ticker_web \{(.*?)\}", conf, re.S).group(1)
+    web, proxy = SERVICES["web"], SERVICES["proxy"]
+    # The web service writes the upstream block into the volume nginx includes it from.
+    upstream_file = web["environment"]["WEB_UPSTREAM_FILE"]
+    volume, web_dir = next(v.split(":")[:2] for v in web["volumes"] if upstream_file.startswith(v.split(":")[1]))
+    proxy_dir = next(v.split(":")[1] for v in proxy["volumes"] if v.split(":")[0] == volume)
+    assert f"include {proxy_dir}{upstream_file[len(web_dir):]};" in conf
+    upstream = nginx_upstream(plan(2, int(web["environment"]["PORT"]), [0, 1], pin=True),
+                              web["environment"]["WEB_UPSTREAM_HOST"])
     assert "ip_hash;" in upstream  # a polling Socket.IO client must reach the replica holding its session
-    assert sorted(re.findall(r"server (\w+):5000", upstream)) == sorted(WEB_SERVICES)
+    assert re.findall(r"^ +server (\S+) ", upstream, re.M) == ["web:5000", "web:5001"]
     socketio_location = re.search(r"location /socket.io/ \{(.*?)\}", conf, re.S).group(1)
     assert "proxy_set_header Upgrade $http_upgrade;" in socketio_location
     assert "proxy_http_version 1.1;" in socketio_location
     assert re.search(r"location = /metrics \{ return 404; \}", conf)
-    proxy = SERVICES["proxy"]
     assert "./deploy/nginx.conf:/etc/nginx/conf.d/default.conf:ro" in proxy["volumes"]
     assert set(proxy["depends_on"]) == set(WEB_SERVICES)
+
+
+def test_the_proxy_holds_as_many_clients_as_a_hosts_replicas():
+    """nginx's default 1024 connections per worker (two per proxied client) would cap a host far
+    below its replicas' MAX_CONNECTIONS; the main configuration raises it, with the files to match."""
+    main = (ROOT / "deploy" / "nginx-main.conf").read_text()
+    proxy = SERVICES["proxy"]
+    assert "./deploy/nginx-main.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    assert "include /etc/nginx/conf.d/*.conf;" in main
+    connections = int(re.search(r"worker_connections (\d+);", main).group(1))
+    files = int(re.search(r"worker_rlimit_nofile (\d+);", main).group(1))
+    assert connections >= 2 * 20_000 and files >= 2 * connections and proxy["ulimits"]["nofile"] >= files
 
 
 def test_references_resolve():
@@ -92,7 +112,7 @@ def _procfile_argv(name: str) -> list[str]:
     return shlex.split(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", PROCFILE[name]))
 
 
-@pytest.mark.parametrize("process, service", [("web", "web1"), ("worker", "worker"), ("jobs", "jobs"),
+@pytest.mark.parametrize("process, service", [("replicas", "web"), ("worker", "worker"), ("jobs", "jobs"),
                                               ("release", "migrate"), ("beat", "beat")])
 def test_compose_runs_the_procfile_processes(process, service):
     argv, command = _procfile_argv(process), SERVICES[service]["command"]

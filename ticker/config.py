@@ -172,6 +172,14 @@ class Config:
     # local run), this host only. WEB_HOST, when set, wins either way.
     WEB_HOST = _env("WEB_HOST") or ("0.0.0.0" if "PORT" in os.environ else "127.0.0.1")
     WEB_PORT = _int("PORT", 5000)
+    # Several replicas on one host (`python -m ticker.replicas`, ticker/replicas.py): how many
+    # (0: one per core this host lets the process run on), each on PORT + its index; whether
+    # each is pinned to a core of its own; and where to write nginx's `upstream` block naming
+    # them (as WEB_UPSTREAM_HOST:port; empty: write none).
+    WEB_CONCURRENCY = _int("WEB_CONCURRENCY", 0)
+    WEB_PIN_CORES = _env("WEB_PIN_CORES", "on") != "off"
+    WEB_UPSTREAM_FILE = _env("WEB_UPSTREAM_FILE")
+    WEB_UPSTREAM_HOST = _env("WEB_UPSTREAM_HOST", "127.0.0.1")
     CORS_ALLOWED_ORIGINS = _list("CORS_ALLOWED_ORIGINS", "*" if ENV == "development" else "")
     MAX_TOKENS_PER_CONNECTION = _int("MAX_TOKENS_PER_CONNECTION", 3000)
     MAX_TOKENS_PER_REQUEST = _int("MAX_TOKENS_PER_REQUEST", 1000)
