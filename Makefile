@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install services db run test lint browser bench-fanout bench-crowd bench-registry bench-ingest \
+.PHONY: help install services db run test lint packages browser bench-fanout bench-crowd bench-registry bench-ingest \
 	bench-recovery bench-ops bench-replicas bench-redis chaos vendor-client
 
 help: ## List the targets
@@ -45,13 +45,15 @@ db: install services ## Create the database and apply the migrations
 run: db ## Run the whole service locally (simulator feed, shard worker, jobs, beat, web)
 	scripts/run-local
 
-test: install services browser ## Run the test suite (what CI runs)
+test: install services packages ## Run the test suite (what CI runs)
 	$(BIN)/python -m pytest
 
-browser: ## Install Debian's chromium and chromedriver (the live page test drives them headless)
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+packages: ## Install Debian's chromium and chromedriver (the live page test drives them headless) and nginx (the replicas test runs it)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver nginx; }
+
+browser: packages
 
 bench-fanout: install services ## Fan-out benchmark vs the straightforward design (figures into BENCHMARKS.md)
 	$(BIN)/python -m bench.fanout --write $(BENCH_ARGS)
