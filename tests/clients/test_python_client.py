@@ -215,6 +215,16 @@ def test_live_ticks_have_kiteconnects_keys_and_types_in_each_mode(ticker, databa
     assert client.ticker.is_connected()
 
 
+def test_over_long_polling_the_subscriptions_made_before_connect_are_sent(ticker, database):
+    """Over polling, CONNECT and `connected` arrive in one HTTP response: the `connected` event
+    runs before python-socketio's connect() returns and marks the client connected."""
+    token, = equities(database, 1)
+    client = ticker(transports=["polling"])
+    client.ticker.subscribe([token])
+    client.ticker.connect(threaded=True)
+    client.wait_for_modes({token: "quote"})
+
+
 # (3) Reconnect: the connection is cut; every token comes back in its mode.
 
 def test_reconnects_and_resubscribes_every_token_in_its_mode(ticker, stack, database):

@@ -92,6 +92,10 @@ class KiteTicker:
         self.connect_timeout = connect_timeout
         self.transports = list(transports)
         self.ws = None  # kiteconnect keeps its protocol object here; this is the socketio.Client
+        # The client whose `connected` event arrived: requests may go out from then on. Not
+        # `sio.connected`, which python-socketio sets only when connect() returns, after the
+        # `connected` event has run when both came in one polling response.
+        self._ready: socketio.Client | None = None
         for name in ("on_ticks", "on_open", "on_close", "on_error", "on_connect", "on_message", "on_reconnect",
                      "on_noreconnect", "on_order_update", "on_gap", "on_upstream_unavailable",
                      "on_upstream_restored"):
@@ -223,6 +227,7 @@ class KiteTicker:
         return True, False
 
     def _end_session(self, sio: socketio.Client) -> None:
+        self._ready = None
         self._cancel_reauth()
         self._subscriptions.connection_lost()
         with self._lock:
@@ -259,6 +264,7 @@ class KiteTicker:
         sio.on("upstream_restored", self._on_upstream_restored)
 
     def _on_connected(self, hello: dict[str, Any]) -> None:
+        self._ready = self.ws
         self._raw("connected", hello)
         limit = (hello.get("limits") or {}).get("max_tokens_per_request")
         if isinstance(limit, int) and limit > 0:
@@ -307,7 +313,7 @@ class KiteTicker:
 
     def _pump(self) -> None:
         sio = self.ws
-        if sio is None or not sio.connected:
+        if sio is None or sio is not self._ready:
             return
         with self._lock:
             if self._in_flight:
