@@ -117,6 +117,9 @@ def service_env(workdir, jwt_keys, sim_port) -> dict[str, str]:
         JWT_ISSUER=ISSUER,
         UNSUBSCRIBE_GRACE_SECS="2",
         CORS_ALLOWED_ORIGINS="*",
+        # The shards record what they receive, as a deployment that records does
+        # (tests/feed/test_record_replay.py reads it back).
+        RECORD_DIR=str(workdir / "recordings"),
     )
     return env
 

@@ -81,14 +81,14 @@ def test_a_disk_that_is_full_turns_the_recorder_off_counted_then_it_retries(tmp_
     # The file it is about to write is the full device: the kernel answers ENOSPC.
     (day / file_name(SLOT, int(clock.now * 1000), os.getpid())).symlink_to("/dev/full")
     recorder = FrameRecorder(tmp_path, SLOT, retention_days=7, retry_secs=30, clock=clock)
-    recorder.record(BINARY, _frame(1, 100))  # buffered; the fault shows when it reaches the disk
+    recorder.record(BINARY, _frame(1, 100))  # the file's header reaches the disk at once: refused
     recorder.flush()
-    assert recorder.errors == 1
+    assert (recorder.errors, recorder.frames) == (1, 0)
     assert "No space left on device" in recorder.error
     assert recorder.report()["recorder"] == FAILING
     clock.now += 10
     recorder.record(BINARY, _frame(1, 101))  # off: not recorded, not raised
-    assert recorder.frames == 1
+    assert (recorder.errors, recorder.frames) == (1, 0)
     clock.now += 30
     recorder.record(BINARY, _frame(1, 102))  # retried: a new file
     recorder.close()
