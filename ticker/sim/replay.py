@@ -168,17 +168,19 @@ class Replay:
         while True:
             self.state = PLAYING
             log.info("replaying %s from %s at %s speed", self.day, self.spec.directory, self.spec.speed or "max")
-            await self._play()
+            played = await self._play()
             self.plays += 1
-            if not self.spec.loop:
+            if not self.spec.loop or not played:  # a day without a frame would loop without ever waiting
                 break
         self.state = ENDED
         log.info("replay of %s ended; connections stay open with heartbeats", self.day)
 
-    async def _play(self) -> None:
+    async def _play(self) -> int:
+        """Play the day once; how many frames it had."""
         loop = asyncio.get_running_loop()
-        started, first = loop.time(), None
+        started, first, played = loop.time(), None, 0
         for frame in read_day(Path(self.spec.directory), self.day):
+            played += 1
             if first is None:
                 first = frame.received
             if self.spec.speed is None:
@@ -186,6 +188,7 @@ class Replay:
             else:
                 await asyncio.sleep(max(0.0, started + (frame.received - first) / self.spec.speed - loop.time()))
             self.apply(frame)
+        return played
 
     async def _drain(self) -> None:
         """Yield to the writers, and wait while any connection's queue is half full."""
