@@ -49,6 +49,7 @@ from ticker.feed import protocol
 from ticker.sim.accounts import AccountStore
 from ticker.sim.errors import error_response
 from ticker.sim.market import Market
+from ticker.sim.replay import ReplayMarket
 
 HEARTBEAT_INTERVAL_SECS = 1.0  # Kite sends a 1-byte heartbeat about every second
 OUTBOX_FRAMES = 256  # queued messages per connection before it counts as too slow
@@ -163,7 +164,7 @@ class TickerConnection:
 class TickerHub:
     """All ticker connections, the shared tick clock and the heartbeat loop."""
 
-    def __init__(self, market: Market, accounts: AccountStore, tick_rate: float,
+    def __init__(self, market: Market | ReplayMarket, accounts: AccountStore, tick_rate: float,
                  max_tokens_per_connection: int, max_connections_per_key: int) -> None:
         self.market = market
         self.accounts = accounts
