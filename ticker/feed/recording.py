@@ -44,7 +44,7 @@ SUFFIX = ".frames.gz"
 TEXT, BINARY = 0x1, 0x2  # WebSocket opcodes (RFC 6455, 5.2), as the shard's connection reads them
 _RECORD = struct.Struct(">dBI")
 _HEADER_MAX_BYTES = 4096
-COMPRESS_LEVEL = 1  # the shard's hot path pays for this: fast, and still about 4x smaller for ticks
+COMPRESS_LEVEL = 1  # the shard's hot path pays for this: the fastest gzip, ticks about half their size (BENCHMARKS.md)
 # Records are gathered and compressed in blocks this large: one zlib call per block rather than
 # two per frame (a heartbeat is one byte) keeps the shard's cost per frame small.
 BUFFER_BYTES = 64 * 1024
