@@ -41,21 +41,25 @@ class Simulator:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        day = config.replay.chosen_day() if config.replay else None
+        spec = config.replay
+        day = spec.chosen_day() if spec else None  # ValueError when there is nothing to replay
         self.trading_date = config.trading_date or (date.fromisoformat(day) if day else ist_today())
         self.instruments = generate_universe(config.seed, self.trading_date)
         self.by_token = {row.instrument_token: row for row in self.instruments}
-        if config.replay and day:
-            self._add_recorded_tokens(config.replay, day)
         self.accounts = AccountStore(config.accounts, config.token_expiry)
-        self.market = (ReplayMarket(self.by_token, config.sent_history) if config.replay
-                       else Market(self.by_token, config.seed, config.sent_history))
-        self.hub = TickerHub(self.market, self.accounts, config.tick_rate,
-                             config.max_tokens_per_connection, config.max_connections_per_key)
-        self.replay = None
-        if config.replay and day and isinstance(self.market, ReplayMarket):
-            self.replay = Replay(config.replay, day, self.hub, self.market)
+        self.replay: Replay | None = None
+        if spec and day:
+            self._add_recorded_tokens(spec, day)
+            market = ReplayMarket(self.by_token, config.sent_history)
+            self.hub = self._hub(market)
+            self.replay = Replay(spec, day, self.hub, market)
+        else:
+            self.hub = self._hub(Market(self.by_token, config.seed, config.sent_history))
         self._csv: dict[str, bytes] = {}
+
+    def _hub(self, market: Market | ReplayMarket) -> TickerHub:
+        return TickerHub(market, self.accounts, self.config.tick_rate,
+                         self.config.max_tokens_per_connection, self.config.max_connections_per_key)
 
     def _add_recorded_tokens(self, spec: ReplaySpec, day: str) -> None:
         """Every recorded token must be in the universe (see ticker.sim.replay)."""
