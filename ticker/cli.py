@@ -86,6 +86,11 @@ def sim_run(host: str, port: int, seed: int, tick_rate: float, replay_dir: str |
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--replay-speed") from exc
     replay = ReplaySpec(replay_dir, replay_day, speed, replay_loop) if replay_dir else None
+    try:
+        if replay:
+            replay.chosen_day()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--replay/--replay-day") from exc
     run(host=host, port=port, seed=seed, tick_rate=tick_rate, replay=replay)
 
 

@@ -57,12 +57,18 @@ def replay_spec(args: argparse.Namespace) -> ReplaySpec | None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse flags and serve until interrupted."""
     args = parser().parse_args(argv)
+    try:
+        replay = replay_spec(args)
+        if replay:
+            replay.chosen_day()
+    except ValueError as exc:
+        parser().error(str(exc))
     run(args.host, args.port, args.seed, args.tick_rate, args.account,
         redirect_url=args.redirect_url,
         max_tokens_per_connection=args.max_tokens_per_connection,
         max_connections_per_key=args.max_connections_per_key,
         trading_date=args.trading_date, token_expiry=args.token_expiry,
-        sent_history=args.sent_history, replay=replay_spec(args))
+        sent_history=args.sent_history, replay=replay)
 
 
 if __name__ == "__main__":
