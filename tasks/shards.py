@@ -33,6 +33,8 @@ def shard_settings(config, slot: str) -> ShardSettings:
         grace_secs=config["UNSUBSCRIBE_GRACE_SECS"],
         watchlist=dict.fromkeys(config["WATCHLIST_TOKENS"], DEFAULT_MODE),
         api_root=config["KITE_API_ROOT"],
+        record_dir=config["RECORD_DIR"],
+        record_retention_days=config["RECORD_RETENTION_DAYS"],
     )
 
 

@@ -188,7 +188,9 @@ def stack(processes, service_env, workdir, registry) -> dict[str, object]:
     """The whole service as the Procfile runs it: the shard worker, the jobs worker, beat, the
     candle builder and one web replica."""
     web_port = free_port()
-    env = {**service_env, "PORT": str(web_port)}
+    # Its shards record what they receive, as a deployment that records does
+    # (tests/feed/test_record_replay.py reads it back).
+    env = {**service_env, "PORT": str(web_port), "RECORD_DIR": str(workdir / "recordings")}
     argvs = celery_argvs("test")
     worker = start(processes, "worker", argvs["worker"], env, workdir)
     jobs = start(processes, "jobs", argvs["jobs"], env, workdir)
@@ -202,4 +204,5 @@ def stack(processes, service_env, workdir, registry) -> dict[str, object]:
     wait_for(lambda: port_open(web_port), 30, "the web replica to listen")
     url = f"http://127.0.0.1:{web_port}"
     wait_for(lambda: requests.get(f"{url}/health", timeout=2).status_code == 200, 30, "the service to be healthy")
-    return {"url": url, "worker": worker, "jobs": jobs, "beat": beat, "candles": candles, "web": web}
+    return {"url": url, "worker": worker, "jobs": jobs, "beat": beat, "candles": candles, "web": web,
+            "record_dir": env["RECORD_DIR"]}

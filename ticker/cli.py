@@ -71,11 +71,29 @@ def jwt_mint(user: str, ttl: int, admin: bool, exchanges: str | None) -> None:
 @click.option("--port", default=8765, show_default=True)
 @click.option("--seed", default=1, show_default=True)
 @click.option("--tick-rate", default=1.0, show_default=True, help="Ticks per second per instrument.")
-def sim_run(host: str, port: int, seed: int, tick_rate: float) -> None:
-    """Run the Kite simulator (ticker WebSocket and REST API on one port)."""
+@click.option("--replay", "replay_dir", default=None, metavar="DIR",
+              help="Serve a recorded day from this recording directory (RECORD_DIR) instead of the random market.")
+@click.option("--replay-day", default=None, metavar="YYYY-MM-DD", help="The IST date to replay; default the latest.")
+@click.option("--replay-speed", default="1", show_default=True, metavar="1|N|max",
+              help="1: recorded pacing; N: N times faster; max: as fast as the clients take it.")
+@click.option("--replay-loop", is_flag=True, help="Play the day again when it ends (default: stop).")
+def sim_run(host: str, port: int, seed: int, tick_rate: float, replay_dir: str | None, replay_day: str | None,
+            replay_speed: str, replay_loop: bool) -> None:
+    """Run the Kite simulator (ticker WebSocket and REST API on one port), or replay a recording."""
+    from ticker.sim.replay import ReplaySpec, parse_speed
     from ticker.sim.server import run
 
-    run(host=host, port=port, seed=seed, tick_rate=tick_rate)
+    try:
+        speed = parse_speed(replay_speed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--replay-speed") from exc
+    replay = ReplaySpec(replay_dir, replay_day, speed, replay_loop) if replay_dir else None
+    try:
+        if replay:
+            replay.chosen_day()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--replay/--replay-day") from exc
+    run(host=host, port=port, seed=seed, tick_rate=tick_rate, replay=replay)
 
 
 @sim_cli.command("make-day")

@@ -164,6 +164,11 @@ class Config:
     # Shards: tokens always streamed (operator watchlist) and how long an unwanted token stays.
     WATCHLIST_TOKENS = [int(t) for t in _list("WATCHLIST_TOKENS")]
     UNSUBSCRIBE_GRACE_SECS = _float("UNSUBSCRIBE_GRACE_SECS", 60.0)
+    # Recording (ticker.feed.recorder): each shard writes every frame Kite sends it under this
+    # directory, one directory per IST date; empty: off. Dates older than the retention are
+    # deleted (0: kept for ever).
+    RECORD_DIR = _env("RECORD_DIR")
+    RECORD_RETENTION_DAYS = _int("RECORD_RETENTION_DAYS", 7)
 
     # Candles (ticker.candles): a forming candle closes this long after its bucket's end when no
     # later tick closed it first (ticks arriving later are dropped); completed candles are kept

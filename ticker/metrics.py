@@ -134,6 +134,11 @@ _SHARD_FIELDS = {
     "watchdog_closes": ("ticker_shard_lease_watchdog_closes", "counter",
                         "Upstream connections the lease watchdog shut down (the lease not renewed in time)"),
     "last_error_at": ("ticker_shard_last_error_timestamp_seconds", "gauge", "When the shard last met an error (epoch)"),
+    "recorded_frames": ("ticker_shard_recorded_frames", "counter",
+                        "Frames from Kite the shard's recorder wrote to disk (RECORD_DIR; heartbeats included)"),
+    "recorded_bytes": ("ticker_shard_recorded_bytes", "counter", "Payload bytes of the frames the recorder wrote"),
+    "recorder_errors": ("ticker_shard_recorder_errors", "counter",
+                        "Faults of the shard's recorder (disk full, permission denied); each turns it off a while"),
 }
 # Shard state hash fields `<prefix><label value>` -> (metric name, kind, help, label).
 _SHARD_FIELD_FAMILIES = {
@@ -195,6 +200,9 @@ class ClusterCollector(Collector):
         families = {prefix: _family(*spec[:3], ["slot", spec[3]]) for prefix, spec in _SHARD_FIELD_FAMILIES.items()}
         state = GaugeMetricFamily("ticker_shard_state", "1 for the state each shard reports", labels=["slot", "state"])
         live = GaugeMetricFamily("ticker_shard_up", "1 when the shard streams and reported recently", labels=["slot"])
+        recorder = GaugeMetricFamily("ticker_shard_recorder_up",
+                                     "1 when the shard's recorder writes, 0 while a fault keeps it off "
+                                     "(no sample: recording is off)", labels=["slot"])
         owner = InfoMetricFamily("ticker_shard_lease_owner", "Which worker process holds each shard's lease",
                                  labels=["slot"])
         streamed: dict[str, float] = {}
@@ -207,10 +215,12 @@ class ClusterCollector(Collector):
             for name in SHARD_STATES:
                 state.add_metric([slot, name], 1 if fields.get("state") == name else 0)
             live.add_metric([slot], 1 if shard_live(fields, now) else 0)
+            if fields.get("recorder"):
+                recorder.add_metric([slot], 1 if fields["recorder"] == "recording" else 0)
             owner.add_metric([slot], {"owner": fields.get("owner", "")})
             account = slot_api_key(slot)
             streamed[account] = streamed.get(account, 0) + (_number(fields.get("tokens")) or 0)
-        yield from (*figures.values(), *families.values(), state, live, owner)
+        yield from (*figures.values(), *families.values(), state, live, recorder, owner)
         yield from self._capacity(streamed)
 
     def _capacity(self, streamed: dict[str, float]) -> Iterator[Metric]:

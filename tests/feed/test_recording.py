@@ -11,6 +11,7 @@ from ticker.feed.recording import (
     BINARY,
     TEXT,
     RecordingError,
+    RecordingWriter,
     read_day,
     read_frames,
     recorded_days,
@@ -50,6 +51,24 @@ def test_a_file_of_another_format_is_refused(tmp_path):
     path.write_bytes(gzip.compress(b'{"format": "something-else"}\n'))
     with pytest.raises(RecordingError):
         list(read_frames(path))
+
+
+def test_a_file_cut_short_before_its_header_holds_no_frames(tmp_path):
+    (tmp_path / "empty.frames.gz").write_bytes(b"")  # created, nothing written yet
+    (tmp_path / "torn.frames.gz").write_bytes(gzip.compress(b'{"format": "ticker-fr')[:12])
+    assert list(read_frames(tmp_path / "empty.frames.gz")) == list(read_frames(tmp_path / "torn.frames.gz")) == []
+    (tmp_path / "plain.frames.gz").write_bytes(b"not gzip at all\n")
+    with pytest.raises(RecordingError):
+        list(read_frames(tmp_path / "plain.frames.gz"))
+
+
+def test_a_new_file_is_readable_before_its_first_frame(tmp_path):
+    writer = RecordingWriter(tmp_path / "new.frames.gz", "s")
+    assert list(read_frames(tmp_path / "new.frames.gz")) == []
+    writer.write(1.0, BINARY, b"\x00")
+    writer.flush()
+    assert [f.data for f in read_frames(tmp_path / "new.frames.gz")] == [b"\x00"]
+    writer.close()
 
 
 def test_a_day_merges_its_files_by_receive_time(tmp_path):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from tests.conftest import ISOLATED_REDIS_URL
@@ -16,6 +18,7 @@ from ticker.bus import keys
 from ticker.bus.connection import redis_client
 from ticker.bus.demand import ReplicaDemand
 from ticker.db import engine_for
+from ticker.metrics import ClusterCollector, render
 
 pytestmark = pytest.mark.integration
 
@@ -63,9 +66,11 @@ def start_worker(worker_env, workdir, own_redis):
     and start the shard only at its next pool check, 5 s later.)"""
     started: list[Process] = []
 
-    def start() -> Process:
+    def start(**settings: str) -> Process:
+        """`settings` override the environment of the shard worker."""
         shards = Process("shard-worker", celery_worker("shard-test", "shards", "--concurrency", "3",
-                                                        "--max-tasks-per-child", "1"), worker_env, workdir)
+                                                        "--max-tasks-per-child", "1"),
+                         {**worker_env, **settings}, workdir)
         jobs = Process("jobs-worker", celery_worker("jobs-test", "default", "--concurrency", "1"), worker_env, workdir)
         started.extend([shards, jobs])
         return shards
@@ -114,3 +119,40 @@ def test_a_worker_child_runs_a_second_shard_task_after_the_first(own_redis, star
     demand.heartbeat()
     demand.add([token], "ltp")
     wait_for(lambda: own_redis.hget(keys.LAST_TICKS, token), 5, "ticks from the second shard")
+
+
+def test_a_recorder_that_cannot_write_is_counted_and_the_shard_streams_on(
+        own_redis, start_worker, worker_env, workdir, token, tmp_path):
+    blocked = tmp_path / "recordings"
+    blocked.write_text("a file where the recording directory should be")  # no directory can be made in it
+    start_worker(RECORD_DIR=str(blocked))
+    wait_for(lambda: streaming_pid(own_redis), 30, "the shard to stream")
+    demand = ReplicaDemand(own_redis, "test-replica")
+    demand.heartbeat()
+    demand.add([token], "quote")
+    wait_for(lambda: own_redis.hget(keys.LAST_TICKS, token), 15, "a tick for the demanded token")
+
+    def counted() -> dict | None:
+        state = own_redis.hgetall(keys.shard_state(SLOT))
+        return state if int(state.get("recorder_errors") or 0) >= 1 and int(state.get("frames") or 0) > 2 else None
+
+    state = wait_for(counted, 10, "the recorder's fault in the shard's report")
+    assert state["state"] == "streaming" and state["recorder"] == "failing", state
+    assert "NotADirectoryError" in state["recorder_error"] and state["recorded_frames"] == "0", state
+
+    metrics = {(s.name, s.labels.get("slot")): s.value for family in text_string_to_metric_families(
+        render(ClusterCollector(own_redis, 3000)).decode()) for s in family.samples}
+    assert metrics[("ticker_shard_recorder_errors_total", SLOT)] >= 1
+    assert metrics[("ticker_shard_recorder_up", SLOT)] == 0
+    assert metrics[("ticker_shard_up", SLOT)] == 1
+
+    port = free_port()
+    web = Process("recorder-web", [sys.executable, "wsgi.py"], {**worker_env, "PORT": str(port)}, workdir)
+    try:
+        wait_for(lambda: port_open(port), 30, "the web replica to listen")
+        health = requests.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+    finally:
+        web.stop()
+    recorder = health["checks"]["shards"]["slots"][SLOT]["recorder"]
+    assert recorder["state"] == "failing" and recorder["errors"] >= 1, health
+    assert "recorders failing" in health["checks"]["shards"]["reason"]

@@ -7,6 +7,9 @@ own process: `python kite_ticker_scenario.py SCENARIO WS_ROOT API_KEY ACCESS_TOK
   then ask the simulator for an order update; prints the ticks (timestamps as ISO strings in
   IST), heartbeat count and callbacks seen.
 - `bad-token`: connect with a bad access token; prints which callbacks fired.
+- `replay`: subscribe to MODES_JSON's tokens (`{"token": mode}`) and set their modes, then
+  print every binary frame but heartbeats (hex) and order update received until nothing has
+  come for QUIET_SECS after the first frame (a replay at max speed).
 """
 
 from __future__ import annotations
@@ -73,6 +76,42 @@ def run_ticks(ws_root: str, api_key: str, access_token: str, tokens: list[int]) 
     return result
 
 
+QUIET_SECS = 2.0
+
+
+def run_replay(ws_root: str, api_key: str, access_token: str, modes: dict[str, str]) -> dict:
+    result: dict = {"frames": [], "orders": [], "errors": [], "closes": []}
+    last = [0.0]
+    kws = KiteTicker(api_key, access_token, root=ws_root)
+
+    def on_connect(ws, response):
+        tokens = [int(t) for t in modes]
+        ws.subscribe(tokens)
+        for mode in set(modes.values()):
+            ws.set_mode(mode, [int(t) for t, m in modes.items() if m == mode])
+
+    def on_message(ws, payload, is_binary):
+        if is_binary and len(payload) > 1:
+            result["frames"].append(payload.hex())
+            last[0] = time.monotonic()
+
+    def on_order_update(ws, data):
+        result["orders"].append(data)
+        last[0] = time.monotonic()
+
+    kws.on_connect = on_connect
+    kws.on_message = on_message
+    kws.on_order_update = on_order_update
+    kws.on_error = lambda ws, code, reason: result["errors"].append([code, str(reason)])
+    kws.on_close = lambda ws, code, reason: result["closes"].append([code, str(reason)])
+    kws.connect(threaded=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (last[0] and time.monotonic() - last[0] > QUIET_SECS):
+        time.sleep(0.1)
+    reactor.callFromThread(kws.close)
+    return result
+
+
 def run_bad_token(ws_root: str, api_key: str, access_token: str) -> dict:
     result: dict = {"connects": 0, "errors": [], "closes": []}
     closed = threading.Event()
@@ -95,6 +134,8 @@ def main(argv: list[str]) -> None:
     scenario, ws_root, api_key, access_token, *rest = argv
     if scenario == "ticks":
         result = run_ticks(ws_root, api_key, access_token, json.loads(rest[0]))
+    elif scenario == "replay":
+        result = run_replay(ws_root, api_key, access_token, json.loads(rest[0]))
     else:
         result = run_bad_token(ws_root, api_key, access_token)
     sys.stdout.write(json.dumps(result))

@@ -183,6 +183,46 @@ def encode_frame(packets: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
+def split_frame(data: bytes) -> list[bytes]:
+    """The packets of a binary frame, as bytes (a heartbeat or empty frame has none). Raises
+    ProtocolError if the declared packets overrun the frame."""
+    if len(data) < 2:
+        return []
+    (count,) = _U16.unpack_from(data, 0)
+    packets, offset = [], 2
+    for index in range(count):
+        if offset + 2 > len(data):
+            raise ProtocolError(f"frame of {len(data)} bytes ends before packet {index + 1} of {count}")
+        (length,) = _U16.unpack_from(data, offset)
+        offset += 2 + length
+        if offset > len(data):
+            raise ProtocolError(f"packet {index + 1} of {count} overruns the frame of {len(data)} bytes")
+        packets.append(data[offset - length:offset])
+    return packets
+
+
+# Each mode's packet is the first bytes of the next mode's (Kite's layout: a quote packet is a
+# full one without its last-trade time, OI, exchange time and depth; an LTP packet is the first
+# two fields of either). Per mode: (size for a tradable token, size for an index).
+_MODE_SIZES = {MODE_LTP: (LTP_PACKET_SIZE, LTP_PACKET_SIZE),
+               MODE_QUOTE: (QUOTE_PACKET_SIZE, INDEX_QUOTE_PACKET_SIZE),
+               MODE_FULL: (FULL_PACKET_SIZE, INDEX_FULL_PACKET_SIZE)}
+
+
+def cut_packet(packet: bytes, mode: str) -> bytes:
+    """`packet` as Kite sends it in `mode` (a lower one than the packet's own: its first bytes);
+    a packet already no larger than the mode's, or of a length Kite does not document, as it is."""
+    if len(packet) not in _PACKET_PARSERS:
+        return packet
+    size = _MODE_SIZES[mode][segment_of(int.from_bytes(packet[:4], "big")) == INDICES]
+    return packet[:size] if len(packet) > size else packet
+
+
+def packet_token(packet: bytes) -> int:
+    """The instrument token a packet is about (its first 4 bytes)."""
+    return int.from_bytes(packet[:4], "big")
+
+
 # ---------------------------------------------------------------------------------------------
 # Decoding: the hot path of every shard worker, so one unpack_from per packet and no slicing.
 

@@ -15,7 +15,8 @@ Format (version 1), documented in docs/API.md ("Recordings"):
   WebSocket opcode, 1 for a text frame and 2 for a binary one, RFC 6455 section 5.2; the
   payload's length in bytes, a uint32), followed by the payload as Kite sent it.
 - A file cut short (a process killed mid-write) is read up to its last whole record: the
-  reader stops there without error, since everything before it is intact.
+  reader stops there without error, since everything before it is intact. A file cut short
+  before its header's newline (empty, just created) holds no frames.
 
 Pure file I/O, no Redis, no network.
 """
@@ -42,7 +43,11 @@ VERSION = 1
 SUFFIX = ".frames.gz"
 TEXT, BINARY = 0x1, 0x2  # WebSocket opcodes (RFC 6455, 5.2), as the shard's connection reads them
 _RECORD = struct.Struct(">dBI")
-COMPRESS_LEVEL = 1  # the shard's hot path pays for this: fast, and still about 4x smaller for ticks
+_HEADER_MAX_BYTES = 4096
+COMPRESS_LEVEL = 1  # the shard's hot path pays for this: the fastest gzip, ticks about half their size (BENCHMARKS.md)
+# Records are gathered and compressed in blocks this large: one zlib call per block rather than
+# two per frame (a heartbeat is one byte) keeps the shard's cost per frame small.
+BUFFER_BYTES = 64 * 1024
 
 
 class RecordingError(ValueError):
@@ -66,9 +71,9 @@ def trading_date(epoch_secs: float) -> str:
 
 
 class RecordingWriter:
-    """Appends frames to one recording file. `write` raises OSError when the disk refuses;
-    `close` finishes the gzip stream (a file never closed is still readable up to its last
-    whole record)."""
+    """Appends frames to one recording file, in blocks of BUFFER_BYTES. `write`, `flush` and
+    `close` raise OSError when the disk refuses; `close` finishes the gzip stream (a file
+    never closed is still readable up to its last whole record flushed)."""
 
     def __init__(self, path: Path, slot: str, started_ms: int | None = None):
         self.path = Path(path)
@@ -78,17 +83,31 @@ class RecordingWriter:
         header = {"format": FORMAT, "version": VERSION, "slot": slot,
                   "started_ms": started_ms if started_ms is not None else int(time.time() * 1000)}
         self._file.write(json.dumps(header).encode() + b"\n")
+        self._file.flush()  # a reader of the day finds a recording in every file from the start
+        self._buffer = bytearray()
 
     def write(self, received: float, opcode: int, data: bytes) -> None:
-        self._file.write(_RECORD.pack(received, opcode, len(data)))
-        self._file.write(data)
+        buffer = self._buffer
+        buffer += _RECORD.pack(received, opcode, len(data))
+        buffer += data
+        if len(buffer) >= BUFFER_BYTES:
+            self._drain()
+
+    def _drain(self) -> None:
+        buffer, self._buffer = self._buffer, bytearray()
+        self._file.write(buffer)
 
     def flush(self) -> None:
-        """Hands what is buffered to the OS (a reader then sees it, up to a compressed block)."""
+        """Hands everything written so far to the OS, whole records in a complete compressed
+        block (a reader then sees them all)."""
+        self._drain()
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._drain()
+        finally:
+            self._file.close()
 
 
 def file_name(slot: str, started_ms: int, pid: int | None = None) -> str:
@@ -116,16 +135,26 @@ def read_frames(path: Path) -> Iterator[RecordedFrame]:
     its last whole record."""
     with gzip.open(path, "rb") as stream:
         slot = _read_header(stream, path)
+        if slot is None:
+            return  # cut short before its header was whole: nothing was recorded in it
         try:
             yield from _records(stream, slot)
         except (EOFError, zlib.error, gzip.BadGzipFile):
             return  # cut short: everything before this point was whole
 
 
-def _read_header(stream: BinaryIO, path: Path) -> str:
+def _read_header(stream: BinaryIO, path: Path) -> str | None:
     try:
-        header = json.loads(stream.readline(4096))
-    except (ValueError, EOFError, OSError) as exc:
+        line = stream.readline(_HEADER_MAX_BYTES)
+    except (EOFError, zlib.error):  # the gzip stream ends early: cut short
+        return None
+    except OSError as exc:  # gzip.BadGzipFile: not gzip at all
+        raise RecordingError(f"{path}: not a frame recording ({exc})") from exc
+    if not line.endswith(b"\n") and len(line) < _HEADER_MAX_BYTES:
+        return None
+    try:
+        header = json.loads(line)
+    except ValueError as exc:
         raise RecordingError(f"{path}: not a frame recording ({exc})") from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
         raise RecordingError(f"{path}: not a {FORMAT} version {VERSION} recording: {header!r:.200}")

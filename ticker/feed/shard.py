@@ -58,6 +58,7 @@ from ticker.feed.connection import (
     UpstreamClosed,
 )
 from ticker.feed.frames import PROTOCOL, FrameHandler, frame_limit
+from ticker.feed.recorder import FrameRecorder
 from ticker.feed.rejection import Signal
 from ticker.feed.watchdog import LeaseWatchdog
 
@@ -100,6 +101,8 @@ class ShardSettings:
     grace_secs: float
     watchlist: dict[int, str] = field(default_factory=dict)
     api_root: str = ""  # Kite's REST root, to confirm an ambiguous refusal of the token
+    record_dir: str = ""  # where to record every frame received (ticker.feed.recorder); empty: off
+    record_retention_days: int = 7
 
 
 @dataclass
@@ -168,6 +171,8 @@ class ShardRunner:
         self.frames = FrameHandler(settings.slot, self.credentials.api_key, client, self.publisher,
                                    frame_limit(settings.capacity))
         self.watchdog = LeaseWatchdog(lease)
+        self.recorder = (FrameRecorder(settings.record_dir, settings.slot, settings.record_retention_days)
+                         if settings.record_dir else None)
         self.current: dict[int, str] = {}  # what the open connection streams: token -> mode
         self.stats = {"reconnects": 0, "gap_secs": 0.0}
         self.down_since = time.monotonic()
@@ -187,6 +192,8 @@ class ShardRunner:
             log.info("shard %s stopping: %s", self.settings.slot, exc)
         finally:
             self.watchdog.stop()
+            if self.recorder:
+                self.recorder.close()
             self._release()
 
     def _release(self) -> None:
@@ -321,6 +328,8 @@ class ShardRunner:
             now = time.monotonic()
             if frame is not None:
                 last_data = now
+                if self.recorder:  # first: a frame that ends the connection is recorded too
+                    self.recorder.record(*frame)
                 self.on_frame(*frame)
             if now - last_data > SILENCE_SECS:
                 raise FeedSilent(f"no data or heartbeat for {SILENCE_SECS:.0f}s")
@@ -402,6 +411,9 @@ class ShardRunner:
         counters = {**self.stats, "ticks": self.frames.ticks, "frames": self.frames.frames,
                     "watchdog_closes": self.watchdog.closes,
                     **{f"malformed_{kind}": n for kind, n in self.frames.malformed.items()}}
+        if self.recorder:
+            self.recorder.flush()  # a reader sees what came up to a second ago
+            counters.update(self.recorder.report())
         self.redis.hset(
             keys.shard_state(self.settings.slot),
             mapping={

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import date, time
 
 from ticker.sim.market import HISTORY_PER_TOKEN
+from ticker.sim.replay import ReplaySpec, parse_speed
 from ticker.sim.server import run
 from ticker.sim.state import (
     DEFAULT_REDIRECT_URL,
@@ -36,18 +37,38 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sent-history", type=int, default=HISTORY_PER_TOKEN, metavar="N",
                    help="ticks kept per subscribed token for /_sim/sent (about 220 bytes each: "
                         "lower it for load tests with thousands of tokens)")
+    p.add_argument("--replay", metavar="DIR", default=None,
+                   help="serve a recorded day from this recording directory (RECORD_DIR) instead of the random market")
+    p.add_argument("--replay-day", metavar="YYYY-MM-DD", default=None,
+                   help="the IST date to replay; default the latest")
+    p.add_argument("--replay-speed", type=parse_speed, default=1.0, metavar="1|N|max",
+                   help="1: recorded pacing; N: N times faster; max: as fast as the clients take it")
+    p.add_argument("--replay-loop", action="store_true", help="play the day again when it ends (default: stop)")
     return p
+
+
+def replay_spec(args: argparse.Namespace) -> ReplaySpec | None:
+    """The replay the flags ask for, if any."""
+    if not args.replay:
+        return None
+    return ReplaySpec(args.replay, args.replay_day, args.replay_speed, args.replay_loop)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse flags and serve until interrupted."""
     args = parser().parse_args(argv)
+    try:
+        replay = replay_spec(args)
+        if replay:
+            replay.chosen_day()
+    except ValueError as exc:
+        parser().error(str(exc))
     run(args.host, args.port, args.seed, args.tick_rate, args.account,
         redirect_url=args.redirect_url,
         max_tokens_per_connection=args.max_tokens_per_connection,
         max_connections_per_key=args.max_connections_per_key,
         trading_date=args.trading_date, token_expiry=args.token_expiry,
-        sent_history=args.sent_history)
+        sent_history=args.sent_history, replay=replay)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def _number(request: web.Request, name: str) -> float:
 async def sent(request: web.Request) -> web.Response:
     """The token's recent ticks."""
     token = int(_number(request, "token"))
-    return web.json_response(request.app[SIM].market.sent(token))
+    return web.json_response(request.app[SIM].hub.market.sent(token))
 
 
 @routes.get("/_sim/stats")

@@ -60,6 +60,7 @@ def describe(sim: Simulator, base_url: str) -> dict[str, Any]:
         "config": {"seed": sim.config.seed, "tick_rate": sim.config.tick_rate,
                    "max_tokens_per_connection": sim.config.max_tokens_per_connection,
                    "max_connections_per_key": sim.config.max_connections_per_key},
+        "replay": sim.replay.report() if sim.replay else None,
         "control": ["GET /_sim/sent?token=T", "GET /_sim/stats", "POST /_sim/drop[?api_key=K]",
                     "POST /_sim/stall?seconds=N[&api_key=K][&pongs=1]",
                     "POST /_sim/expire?api_key=K[&after_upgrade=1][&signal=token|bare]",
@@ -68,8 +69,9 @@ def describe(sim: Simulator, base_url: str) -> dict[str, Any]:
 
 
 async def _clocks(app: web.Application) -> AsyncIterator[None]:
-    hub = app[SIM].hub
-    tasks = [asyncio.create_task(hub.run_clock()), asyncio.create_task(hub.run_heartbeats())]
+    sim = app[SIM]
+    market = sim.replay.run() if sim.replay else sim.hub.run_clock()  # a recorded day, or the random walk
+    tasks = [asyncio.create_task(market), asyncio.create_task(sim.hub.run_heartbeats())]
     yield
     for task in tasks:
         task.cancel()
@@ -104,10 +106,12 @@ async def serve(config: SimConfig, host: str, port: int) -> None:
     bound_host, bound_port = runner.addresses[0][:2]
     base = f"http://{bound_host}:{bound_port}"
     sim = app[SIM]
+    market = (f"replaying {sim.replay.day} from {sim.replay.spec.directory}" if sim.replay
+              else f"seed {config.seed}, {config.tick_rate} ticks/s")
     log.info("Kite simulator listening on %s (ticker ws://%s:%s/, login %s/connect/login?api_key=%s&v=3): "
-             "%d instruments for %s, seed %s, %s ticks/s, ready in %.2fs",
+             "%d instruments for %s, %s, ready in %.2fs",
              base, bound_host, bound_port, base, sim.accounts.api_keys[0], len(sim.instruments),
-             sim.trading_date, config.seed, config.tick_rate, time.monotonic() - started)
+             sim.trading_date, market, time.monotonic() - started)
     try:
         await _until_signalled()
     finally:

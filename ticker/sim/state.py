@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, time
+from pathlib import Path
 
 from aiohttp import web
 
+from ticker.feed.recording import read_day
 from ticker.sim.accounts import DEFAULT_ACCOUNT, AccountSpec, AccountStore
 from ticker.sim.market import HISTORY_PER_TOKEN, Market
+from ticker.sim.replay import Replay, ReplayMarket, ReplaySpec, placeholder, recorded_tokens
 from ticker.sim.stream import TickerHub
 from ticker.sim.universe import generate_universe, ist_today, to_csv
 
@@ -30,6 +33,7 @@ class SimConfig:
     trading_date: date | None = None  # None: today in IST
     token_expiry: time | None = None  # daily IST expiry of access tokens (Kite: ~06:00); None: never
     sent_history: int = HISTORY_PER_TOKEN  # ticks kept per token for /_sim/sent (~220 bytes each)
+    replay: ReplaySpec | None = None  # a recorded day to serve instead of the random market
 
 
 class Simulator:
@@ -37,14 +41,32 @@ class Simulator:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.trading_date = config.trading_date or ist_today()
+        spec = config.replay
+        day = spec.chosen_day() if spec else None  # ValueError when there is nothing to replay
+        self.trading_date = config.trading_date or (date.fromisoformat(day) if day else ist_today())
         self.instruments = generate_universe(config.seed, self.trading_date)
         self.by_token = {row.instrument_token: row for row in self.instruments}
         self.accounts = AccountStore(config.accounts, config.token_expiry)
-        self.market = Market(self.by_token, config.seed, config.sent_history)
-        self.hub = TickerHub(self.market, self.accounts, config.tick_rate,
-                             config.max_tokens_per_connection, config.max_connections_per_key)
+        self.replay: Replay | None = None
+        if spec and day:
+            self._add_recorded_tokens(spec, day)
+            market = ReplayMarket(self.by_token, config.sent_history)
+            self.hub = self._hub(market)
+            self.replay = Replay(spec, day, self.hub, market)
+        else:
+            self.hub = self._hub(Market(self.by_token, config.seed, config.sent_history))
         self._csv: dict[str, bytes] = {}
+
+    def _hub(self, market: Market | ReplayMarket) -> TickerHub:
+        return TickerHub(market, self.accounts, self.config.tick_rate,
+                         self.config.max_tokens_per_connection, self.config.max_connections_per_key)
+
+    def _add_recorded_tokens(self, spec: ReplaySpec, day: str) -> None:
+        """Every recorded token must be in the universe (see ticker.sim.replay)."""
+        missing = sorted(recorded_tokens(read_day(Path(spec.directory), day)) - self.by_token.keys())
+        extra = [placeholder(token) for token in missing]
+        self.instruments = [*self.instruments, *extra]
+        self.by_token.update((row.instrument_token, row) for row in extra)
 
     def instruments_csv(self, exchange: str | None = None) -> bytes:
         """Kite's instruments CSV, all or one exchange's, built once and cached."""

@@ -13,6 +13,7 @@
 - At most `max_tokens_per_connection` (Kite: 3000) tokens per connection: the excess is
   ignored and reported in a text error frame `{"type": "error", "data": "..."}`. Unknown tokens
   and malformed messages get an error frame too; the connection stays open.
+- With a replay (ticker.sim.replay), a recorded day takes the place of the random market.
 - Every `1 / tick_rate` seconds the market steps every subscribed token once (all connections
   see the same tick) and each connection gets one binary frame with all its packets. A 1-byte
   heartbeat goes to every connection about once a second.
@@ -48,6 +49,7 @@ from ticker.feed import protocol
 from ticker.sim.accounts import AccountStore
 from ticker.sim.errors import error_response
 from ticker.sim.market import Market
+from ticker.sim.replay import ReplayMarket
 
 HEARTBEAT_INTERVAL_SECS = 1.0  # Kite sends a 1-byte heartbeat about every second
 OUTBOX_FRAMES = 256  # queued messages per connection before it counts as too slow
@@ -162,7 +164,7 @@ class TickerConnection:
 class TickerHub:
     """All ticker connections, the shared tick clock and the heartbeat loop."""
 
-    def __init__(self, market: Market, accounts: AccountStore, tick_rate: float,
+    def __init__(self, market: Market | ReplayMarket, accounts: AccountStore, tick_rate: float,
                  max_tokens_per_connection: int, max_connections_per_key: int) -> None:
         self.market = market
         self.accounts = accounts
@@ -323,7 +325,11 @@ class TickerHub:
     def _send_ticks(self, connection: TickerConnection, tokens: list[int]) -> None:
         if not tokens or connection.stalled(time.time()) or connection.closing:
             return
-        packets = [self.market.packet(t, connection.modes[t]) for t in tokens]
+        # A replay has no packet for a token before its first recorded one.
+        packets = [p for t in tokens if (p := self.market.packet(t, connection.modes[t])) is not None]
+        self._send_packets(connection, packets)
+
+    def _send_packets(self, connection: TickerConnection, packets: list[bytes]) -> None:
         for start in range(0, len(packets), protocol.MAX_PACKETS_PER_FRAME):
             chunk = packets[start:start + protocol.MAX_PACKETS_PER_FRAME]
             self._queue(connection, protocol.encode_frame(chunk))
@@ -334,6 +340,35 @@ class TickerHub:
         if not connection.queue(message):
             self.totals["slow_consumers_closed"] += 1
             connection.abort()
+
+    def send_recorded(self, packets: list[tuple[int, bytes]]) -> None:
+        """A replayed frame's (token, packet)s: to each connection, those of its tokens, cut to
+        its mode, in one frame (ticker.sim.replay)."""
+        now = time.time()
+        for connection in list(self.connections.values()):
+            modes = connection.modes
+            if connection.closing or connection.stalled(now):
+                continue
+            mine = [protocol.cut_packet(p, modes[t]) for t, p in packets if t in modes]
+            if mine:
+                self._send_packets(connection, mine)
+
+    def send_text(self, api_key: str, text: str) -> int:
+        """A text frame, as it is, to the key's open connections; how many."""
+        targets = [c for c in self.connections.values() if c.api_key == api_key]
+        for connection in targets:
+            self._queue(connection, text)
+        return len(targets)
+
+    def subscribed_tokens(self) -> int:
+        """Tokens some connection subscribes to now."""
+        return len(self._subscribers)
+
+    def busiest_outbox(self) -> int:
+        """Messages queued on the connection with the most waiting."""
+        return max((c.outbox.qsize() for c in self.connections.values()), default=0)
+
+    outbox_limit = OUTBOX_FRAMES
 
     def push_text(self, api_key: str, payload: dict[str, Any]) -> int:
         """Send a text frame (e.g. an order update) to the key's open connections; how many."""

@@ -74,6 +74,9 @@ def _slot_report(state: dict[str, str], tokens: int, now: float) -> dict[str, An
         report["reported_secs_ago"] = round(now - float(state["heartbeat"]), 1)
     if not live and state.get("error"):  # the error that stands now (a shard clears it once it streams)
         report["error"] = state["error"]
+    if state.get("recorder"):  # RECORD_DIR set (ticker.feed.recorder)
+        report["recorder"] = {"state": state["recorder"], "errors": int(state.get("recorder_errors") or 0),
+                              **({"error": state["recorder_error"]} if state.get("recorder_error") else {})}
     return report
 
 
@@ -89,6 +92,10 @@ def _pool_reasons(slots: dict[str, dict], down: dict[str, str], waiting: int, ov
         reasons.append(f"{waiting} instruments wait for a slot that can stream")
     if overflow:
         reasons.append(f"{overflow} instruments beyond the pool's capacity (add a Kite account)")
+    failing = [f"{slot} ({report['recorder'].get('error', '')})" for slot, report in slots.items()
+               if report.get("recorder", {}).get("state") == "failing"]
+    if failing:
+        reasons.append(f"recorders failing (ticks flow; frames go unrecorded): {', '.join(failing)}")
     return reasons
 
 
