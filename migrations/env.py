@@ -3,7 +3,8 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-import ticker.registry.models  # noqa: F401  (registers the tables on Base.metadata)
+import ticker.candles.models  # noqa: F401  (registers the tables on Base.metadata)
+import ticker.registry.models  # noqa: F401
 from ticker.config import Config
 from ticker.db import Base, sqlalchemy_url
 

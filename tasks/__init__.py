@@ -37,4 +37,4 @@ def celery_init_app(app: Flask) -> Celery:
 flask_app = create_app()
 celery = celery_init_app(flask_app)
 
-from tasks import accounts, registry, shards  # noqa: E402,F401  (registers tasks and their schedules)
+from tasks import accounts, candles, registry, shards  # noqa: E402,F401  (registers tasks and their schedules)

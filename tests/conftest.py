@@ -185,8 +185,8 @@ def registry(app, sim, database, redis) -> int:
 
 @pytest.fixture(scope="session")
 def stack(processes, service_env, workdir, registry) -> dict[str, object]:
-    """The whole service as the Procfile runs it: the shard worker, the jobs worker, beat, and
-    one web replica."""
+    """The whole service as the Procfile runs it: the shard worker, the jobs worker, beat, the
+    candle builder and one web replica."""
     web_port = free_port()
     # Its shards record what they receive, as a deployment that records does
     # (tests/feed/test_record_replay.py reads it back).
@@ -197,10 +197,12 @@ def stack(processes, service_env, workdir, registry) -> dict[str, object]:
     beat = start(processes, "beat", [
         str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-s", str(workdir / "beat-schedule"), "-l", "INFO",
     ], env, workdir)
+    candles = start(processes, "candles", [str(VENV_BIN / "flask"), "--app", "ticker", "candles", "run"], env, workdir)
     web = start(processes, "web", [sys.executable, "wsgi.py"], env, workdir)
     worker.wait_for_output("ready", 30)
     jobs.wait_for_output("ready", 30)
     wait_for(lambda: port_open(web_port), 30, "the web replica to listen")
     url = f"http://127.0.0.1:{web_port}"
     wait_for(lambda: requests.get(f"{url}/health", timeout=2).status_code == 200, 30, "the service to be healthy")
-    return {"url": url, "worker": worker, "jobs": jobs, "beat": beat, "web": web, "record_dir": env["RECORD_DIR"]}
+    return {"url": url, "worker": worker, "jobs": jobs, "beat": beat, "candles": candles, "web": web,
+            "record_dir": env["RECORD_DIR"]}

@@ -113,7 +113,8 @@ def _procfile_argv(name: str) -> list[str]:
 
 
 @pytest.mark.parametrize("process, service", [("replicas", "web"), ("worker", "worker"), ("jobs", "jobs"),
-                                              ("release", "migrate"), ("beat", "beat")])
+                                              ("release", "migrate"), ("beat", "beat"),
+                                              ("candles", "candles")])
 def test_compose_runs_the_procfile_processes(process, service):
     argv, command = _procfile_argv(process), SERVICES[service]["command"]
     if process == "beat":  # the schedule file lives where each platform can write

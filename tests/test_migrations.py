@@ -3,8 +3,9 @@
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from ticker.candles import models as candle_models  # noqa: F401  (registers the tables)
 from ticker.db import Base, engine_for
-from ticker.registry import models  # noqa: F401  (registers the tables)
+from ticker.registry import models  # noqa: F401
 
 
 def test_models_match_migrations(database):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
@@ -12,6 +13,7 @@ db_cli = AppGroup("db", help="Database migrations (Alembic).")
 instruments_cli = AppGroup("instruments", help="The instrument registry.")
 jwt_cli = AppGroup("jwt", help="Development JWTs.")
 sim_cli = AppGroup("sim", help="The bundled Kite simulator.")
+candles_cli = AppGroup("candles", help="Candles built from the tick bus.")
 
 
 @db_cli.command("create")
@@ -94,8 +96,72 @@ def sim_run(host: str, port: int, seed: int, tick_rate: float, replay_dir: str |
     run(host=host, port=port, seed=seed, tick_rate=tick_rate, replay=replay)
 
 
+@sim_cli.command("make-day")
+@click.option("--out", "directory", default="instance/recordings", show_default=True, type=click.Path())
+@click.option("--date", "day", default=None, help="YYYY-MM-DD (IST); default today.")
+@click.option("--instruments", default="NSE:INFY,NSE:RELIANCE,NFO:NIFTY26DECFUT,NSE:NIFTY 50",
+              show_default=True, help="Comma-separated EXCHANGE:TRADINGSYMBOL streamed from the open.")
+@click.option("--illiquid", default="BSE:INFY", show_default=True, help="One rarely traded instrument ('' for none).")
+@click.option("--late-starter", default="NSE:TCS", show_default=True,
+              help="One instrument that starts streaming mid-session ('' for none).")
+@click.option("--start", default="09:15", show_default=True)
+@click.option("--end", default="15:30", show_default=True)
+@click.option("--seed", default=7, show_default=True)
+def sim_make_day(directory: str, day: str | None, instruments: str, illiquid: str, late_starter: str,
+                 start: str, end: str, seed: int) -> None:
+    """Write a simulated trading day's recording (full-mode frames with a feed's quirks)."""
+    from datetime import date, time
+
+    from ticker.sim.day import DayPlan, instruments_by_symbol, make_day
+    from ticker.sim.universe import ist_today
+
+    trading_date = date.fromisoformat(day) if day else ist_today()
+    symbols = [s.strip() for s in instruments.split(",") if s.strip()]
+    extra = [s for s in (illiquid, late_starter) if s]
+    found = instruments_by_symbol(seed, trading_date, symbols + extra)
+    plan = DayPlan(trading_date, found[:len(symbols)], seed=seed,
+                   start=time.fromisoformat(start), end=time.fromisoformat(end),
+                   illiquid=found[len(symbols)] if illiquid else None,
+                   late_starter=found[-1] if late_starter else None)
+    report = make_day(Path(directory), plan)
+    click.echo(f"{report.path}: {report.frames} frames, {report.ticks} ticks, "
+               f"{report.late_packets} late packets, gap {report.gap}, volume reset {report.reset}")
+
+
+@candles_cli.command("run")
+def candles_run() -> None:
+    """Run the candle builder until SIGTERM or SIGINT (the Procfile's `candles`)."""
+    import signal
+
+    from ticker.bus.connection import redis_client
+    from ticker.candles.builder import CandleService
+    from ticker.db import engine_for
+
+    config = current_app.config
+    stopping: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: stopping.append(number))
+    service = CandleService(redis_client(config["REDIS_URL"]), engine_for(config["DATABASE_URL"]),
+                            config["CANDLE_CLOSE_GRACE_SECS"], config["CANDLE_INTERVALS"])
+    service.run(lambda: bool(stopping))
+
+
+@candles_cli.command("check")
+def candles_check() -> None:
+    """Exit 0 when a candle builder reported in the last seconds, 1 otherwise (a health check)."""
+    import time
+
+    from ticker.bus.connection import redis_client
+    from ticker.candles.builder import builder_report
+
+    report = builder_report(redis_client(current_app.config["REDIS_URL"], "probe"), time.time())
+    click.echo(report or "no candle builder has reported")
+    if not report or not report["up"]:
+        raise SystemExit(1)
+
+
 def register(app: Flask) -> None:
-    for group in (db_cli, instruments_cli, jwt_cli, sim_cli):
+    for group in (db_cli, instruments_cli, jwt_cli, sim_cli, candles_cli):
         app.cli.add_command(group)
     from ticker.registry.commands import accounts_cli
 

@@ -170,6 +170,15 @@ class Config:
     RECORD_DIR = _env("RECORD_DIR")
     RECORD_RETENTION_DAYS = _int("RECORD_RETENTION_DAYS", 7)
 
+    # Candles (ticker.candles): a forming candle closes this long after its bucket's end when no
+    # later tick closed it first (ticks arriving later are dropped); completed candles are kept
+    # in PostgreSQL this many IST days, today included.
+    CANDLE_CLOSE_GRACE_SECS = _float("CANDLE_CLOSE_GRACE_SECS", 3.0)
+    # The intervals built (ticker.candles.build.INTERVALS); each costs the builder CPU per tick
+    # (BENCHMARKS.md, "Candles"), `second` the most.
+    CANDLE_INTERVALS = _list("CANDLE_INTERVALS", "second,minute,5minute,15minute,60minute")
+    CANDLE_RETENTION_DAYS = _int("CANDLE_RETENTION_DAYS", 30)
+
     # Socket.IO server.
     ASYNC_MODE = _env("ASYNC_MODE", "gevent")  # measured faster than eventlet: README, BENCHMARKS.md
     # A platform's router (Heroku, Render, Railway, Cloud Run, ...) hands the process its port in

@@ -35,10 +35,12 @@ FAILED = "failed"
 NEVER_RUN = "never_run"  # /health's outcome of a known job with no run recorded yet
 
 TOKEN_CHECK = "token_check"  # tasks/accounts.py
+CANDLE_PARTITIONS = "candle_partitions"  # tasks/candles.py
 # Every beat job, as /health lists it even before its first run: name -> when it runs.
 KNOWN_JOBS = {
     "registry_reload": "every trading morning after Kite's dump (and at a worker's start when empty)",
     TOKEN_CHECK: "at a worker's start, after Kite's 06:00 IST expiry, and every quarter hour",
+    CANDLE_PARTITIONS: "at a worker's start and every hour",
 }
 DETAIL_CHARS = 500  # a summary or an error message, not a traceback
 

@@ -154,6 +154,17 @@ def _number(value: Any) -> float | None:
         return None
 
 
+_CANDLE_COUNTERS = {
+    "ticks": "Ticks the candle builder folded",
+    "late_ticks": "Ticks dropped as late, per series (ticker.candles.build)",
+    "volume_resets": "volume_traded counters seen going down, per series",
+    "candles_closed": "Candles completed",
+    "rows_written": "Completed candles written to PostgreSQL",
+    "rows_dropped": "Completed candles dropped after PostgreSQL failed too long",
+    "write_failures": "Failed writes of completed candles to PostgreSQL (retried)",
+}
+
+
 class ClusterCollector(Collector):
     """Exports what the cluster reports to Redis: shards, accounts, registry, beat jobs.
 
@@ -173,7 +184,7 @@ class ClusterCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("ticker_cluster_redis_up", "1 when this replica could read the cluster state")
         try:
-            families = [*self._shards(), *self._registry(), *self._jobs()]
+            families = [*self._shards(), *self._registry(), *self._jobs(), *self._candles()]
         except redis.RedisError as exc:
             log.warning("metrics: cannot read the cluster state from Redis: %s", exc)
             families = []
@@ -223,6 +234,25 @@ class ClusterCollector(Collector):
             ratio.add_metric([account], tokens / self.tokens_per_account)
         yield used
         yield ratio
+
+    def _candles(self) -> Iterator[Metric]:
+        """The candle builder's report (ticker.candles.builder); nothing when none ever ran."""
+        from ticker.candles.builder import COUNTERS, builder_report
+
+        report = builder_report(self.redis, time.time())
+        if report is None:
+            return
+        up = GaugeMetricFamily("ticker_candles_builder_up", "1 when the candle builder reported in the last 5 s")
+        up.add_metric([], 1 if report["up"] else 0)
+        pending = GaugeMetricFamily("ticker_candles_rows_pending",
+                                    "Completed candles waiting for PostgreSQL in the builder")
+        pending.add_metric([], report["rows_pending"])
+        yield up
+        yield pending
+        for name in COUNTERS:
+            counter = CounterMetricFamily(f"ticker_candles_{name}", _CANDLE_COUNTERS[name])
+            counter.add_metric([], report[name])
+            yield counter
 
     def _registry(self) -> Iterator[Metric]:
         size = GaugeMetricFamily("ticker_registry_instruments", "Instruments in the registry (Redis mirror)")

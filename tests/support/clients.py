@@ -11,7 +11,7 @@ import socketio
 
 from tests.support.processes import wait_for
 
-EVENTS = ("connected", "subscribed", "unsubscribed", "ticks", "pong", "error", "reauthed")
+EVENTS = ("connected", "subscribed", "unsubscribed", "ticks", "pong", "error", "reauthed", "candles")
 
 
 class RecordingClient:

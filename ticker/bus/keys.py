@@ -151,3 +151,22 @@ def orders_of(api_key: str) -> str:
     return f"{CHANNELS}:orders:{api_key}"
 
 SOCKETIO_CHANNEL = f"{CHANNELS}:socketio"  # the Flask-SocketIO message queue (control plane)
+
+# Candles (ticker.candles): the builder's state, today's completed candles, and live updates on
+# channels bucketed like the ticks', so a replica subscribes to the buckets its clients want.
+CANDLE_STATE = f"{PREFIX}:candles:state"  # hash token -> JSON of the token's series (forming candles)
+CANDLE_BUILDER = f"{PREFIX}:candles:builder"  # hash: the builder's heartbeat and counters
+CANDLE_LEASE = f"{PREFIX}:candles:lease"  # one builder at a time
+
+
+def candles_of(day: str, interval: str, token: int) -> str:
+    """List of one IST day's completed candles of a series, oldest first: JSON
+    `[start epoch s, open, high, low, close, volume, oi]` each."""
+    return f"{PREFIX}:candles:{day}:{interval}:{token}"
+
+
+def candle_channel(bucket: int) -> str:
+    return f"{CHANNELS}:candles:{bucket}"
+
+
+CANDLE_CHANNELS = tuple(candle_channel(bucket) for bucket in range(TICK_BUCKETS))

@@ -146,16 +146,19 @@ def client_event(name: str) -> Callable:
 
 @client_event("subscribe")
 def on_subscribe(client: Client, data: Any) -> dict:
-    wanted = parse_subscribe(data, current_app.config["MAX_TOKENS_PER_REQUEST"])
+    wanted = parse_subscribe(data, current_app.config["MAX_TOKENS_PER_REQUEST"], current_app.config["CANDLE_INTERVALS"])
     names, rejected = _resolve(client, wanted.instruments, wanted.tokens)
     accepted, refused = _admit(client, wanted.tokens)
     state = replica()
     state.subscribe(client, accepted, wanted.mode, names)
     reply = {"tokens": accepted, "mode": wanted.mode, "total": len(client.subscriptions),
              "rejected": rejected + refused}
+    if wanted.candles:
+        reply["candles"] = wanted.candles
     _send("subscribed", reply)
     state.tell_if_unavailable(client, accepted)
     state.send_snapshot(client, accepted, wanted.mode)
+    state.subscribe_candles(client, accepted, wanted.candles)
     return reply
 
 

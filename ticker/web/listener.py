@@ -6,6 +6,11 @@ subscribes only to the channels (token buckets) its own clients need, keeps a bu
 after its last client left (a client that comes back finds it ready), and tells subscribers
 when a bucket is live, so a snapshot read after that misses no tick.
 
+Live candles (ticker.candles) travel on channels of their own, bucketed like the ticks': the
+listener subscribes the candle buckets `needed_candle_buckets()` names on the same connection
+and hands their messages to `deliver_candles`. They leave the tick path as it was: a candle
+message is not a tick bucket, so it takes the slower general branch.
+
 Its connection is watched at the application level (`ticker.bus.liveness`): when nothing has
 arrived for a second it sends a PING, and when nothing at all (not even the pong) has arrived
 for `SILENT_SECS` it drops the connection and subscribes again on a new one. A connection that a
@@ -58,6 +63,8 @@ class TickListener:
         on_notice: Callable[[str, Any], None],
         sleep: Callable[[float], None] = time.sleep,
         create_event: Callable[[], Any] = threading.Event,
+        needed_candle_buckets: Callable[[], set[int]] = set,
+        deliver_candles: Callable[[bytes], None] = lambda _batch: None,
     ):
         self.redis = client
         # Batches are read as bytes and their ticks forwarded as they are: a connection of its
@@ -78,8 +85,15 @@ class TickListener:
         self.buckets = {channel.encode(): bucket for bucket, channel in enumerate(keys.TICK_CHANNELS)}
         self.notices = {keys.REGISTRY_RELOADED.encode()}
         self.batches = 0
+        self.needed_candle_buckets = needed_candle_buckets
+        self.deliver_candles = deliver_candles
+        self.candle_buckets = {channel.encode(): bucket for bucket, channel in enumerate(keys.CANDLE_CHANNELS)}
+        self.candles_live: set[int] = set()
+        self.candles_requested: set[int] = set()
+        self.candles_unneeded_since: dict[int, float] = {}
         self.create_event = create_event
-        self.waiters: list[tuple[set[int], Any]] = []  # (buckets, event) of subscribes waiting for them
+        # (buckets, event, candles?) of subscribes waiting for their channels
+        self.waiters: list[tuple[set[int], Any, bool]] = []
         self.liveness = Liveness()
         self.connected = False  # subscribed, and heard from within the liveness bound
         self.down_since: float | None = time.monotonic()  # not connected yet
@@ -111,6 +125,8 @@ class TickListener:
         metrics.BUS_LISTENER_UP.set(0)
         self.live.clear()
         self.requested.clear()
+        self.candles_live.clear()
+        self.candles_requested.clear()
         self.dirty = True
         self.sleep(RETRY_SECS)
 
@@ -124,26 +140,27 @@ class TickListener:
             report["reason"] = f"the tick listener is not receiving from Redis ({self.last_failure or 'connecting'})"
         return report
 
-    def wait_live(self, buckets: set[int], timeout: float) -> bool:
-        """Block (cooperatively) until every bucket's channel is subscribed, or `timeout`;
-        True if they are."""
-        if buckets <= self.live:
+    def wait_live(self, buckets: set[int], timeout: float, candles: bool = False) -> bool:
+        """Block (cooperatively) until every bucket's channel (tick channels, or with `candles`
+        candle channels) is subscribed, or `timeout`; True if they are."""
+        live = self.candles_live if candles else self.live
+        if buckets <= live:
             return True
         self.dirty = True
-        waiter = (buckets, self.create_event())
+        waiter = (buckets, self.create_event(), candles)
         self.waiters.append(waiter)
         try:
             try:
                 self.redis.publish(self.wake_channel, "sync")  # wake the listener's read now
             except redis.RedisError:
                 pass  # it looks at `dirty` within POLL_SECS anyway
-            return bool(waiter[1].wait(timeout)) or buckets <= self.live
+            return bool(waiter[1].wait(timeout)) or buckets <= live
         finally:
             self.waiters.remove(waiter)
 
     def _wake_waiters(self) -> None:
-        for buckets, event in self.waiters:
-            if buckets <= self.live:
+        for buckets, event, candles in self.waiters:
+            if buckets <= (self.candles_live if candles else self.live):
                 event.set()
 
     def _run(self) -> None:
@@ -227,6 +244,11 @@ class TickListener:
             self._wake_waiters()
         elif kind == "subscribe" and channel == self.wake_channel.encode():
             self._connected()
+        elif kind == "message" and channel in self.candle_buckets:
+            self.deliver_candles(message["data"])
+        elif kind == "subscribe" and channel in self.candle_buckets:
+            self.candles_live.add(self.candle_buckets[channel])
+            self._wake_waiters()
         elif kind == "message" and channel in self.notices:
             self._notice(channel.decode(), message["data"])
         elif kind == "message" and channel == self.wake_channel.encode():
@@ -248,19 +270,28 @@ class TickListener:
             log.exception("could not apply notice on %s", channel)
 
     def _sync(self, pubsub, now: float) -> None:
-        needed = self.needed_buckets()
-        for bucket in needed:
-            self.unneeded_since.pop(bucket, None)
-        for bucket in self.requested - needed:
-            self.unneeded_since.setdefault(bucket, now)
-        add = needed - self.requested
-        drop = {b for b, since in self.unneeded_since.items() if now - since >= BUCKET_LINGER_SECS}
-        if add:
-            pubsub.subscribe(*(keys.tick_channel(b) for b in add))
-            self.requested |= add
-        if drop:
-            pubsub.unsubscribe(*(keys.tick_channel(b) for b in drop))
-            self.requested -= drop
-            self.live -= drop
-            for bucket in drop:
-                del self.unneeded_since[bucket]
+        _sync_buckets(pubsub, now, self.needed_buckets(), self.requested, self.live, self.unneeded_since,
+                      keys.tick_channel)
+        _sync_buckets(pubsub, now, self.needed_candle_buckets(), self.candles_requested, self.candles_live,
+                      self.candles_unneeded_since, keys.candle_channel)
+
+
+def _sync_buckets(pubsub, now: float, needed: set[int], requested: set[int], live: set[int],
+                  unneeded_since: dict[int, float], channel: Callable[[int], str]) -> None:
+    """Subscribe the `needed` buckets not yet `requested`; unsubscribe those unneeded for
+    BUCKET_LINGER_SECS. Updates `requested`, `live` and `unneeded_since` in place."""
+    for bucket in needed:
+        unneeded_since.pop(bucket, None)
+    for bucket in requested - needed:
+        unneeded_since.setdefault(bucket, now)
+    add = needed - requested
+    drop = {b for b, since in unneeded_since.items() if now - since >= BUCKET_LINGER_SECS}
+    if add:
+        pubsub.subscribe(*(channel(b) for b in add))
+        requested |= add
+    if drop:
+        pubsub.unsubscribe(*(channel(b) for b in drop))
+        requested -= drop
+        live -= drop
+        for bucket in drop:
+            del unneeded_since[bucket]

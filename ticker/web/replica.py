@@ -24,6 +24,7 @@ from ticker.bus.connection import PoolExhausted, redis_client
 from ticker.bus.demand import ReplicaDemand, read_demand
 from ticker.bus.ticks import decode, project
 from ticker.bus.upstream import BUS_UNAVAILABLE, token_states
+from ticker.candles import store as candle_store
 from ticker.db import session_for
 from ticker.extensions import socketio
 from ticker.registry.instruments import Registry
@@ -35,6 +36,7 @@ from ticker.web.fanout import Fanout
 from ticker.web.jwks import KeySetRefresh
 from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users_connected
 from ticker.web.listener import TickListener
+from ticker.web.live_candles import LiveCandles, candle_json
 from ticker.web.loops import Loop
 from ticker.web.rooms import room_for
 from ticker.web.upstream import UpstreamNotices
@@ -94,10 +96,12 @@ class Replica:
         self.rejected: Counter[str] = Counter()
         self.disconnected: Counter[str] = Counter()  # connections this replica cut, by code
         self.fanout = Fanout(socketio.server, self._on_slow, config["SLOW_CLIENT_SECS"])
+        self.candles = LiveCandles(self.send, self._is_behind)
         self.listener = TickListener(
             self.redis, keys.listener_wake(self.id), self.needed_buckets,
-            self.fanout.dispatch, self.fanout.flush, self.on_notice, sleep=socketio.sleep,
+            self.fanout.dispatch, self._flush, self.on_notice, sleep=socketio.sleep,
             create_event=socketio.server.eio.create_event,
+            needed_candle_buckets=self.candles.needed_buckets, deliver_candles=self.candles.dispatch,
         )
         self.upstream = UpstreamNotices()
         self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), UpstreamWatch(self)]
@@ -157,6 +161,7 @@ class Replica:
         if client is None:
             return None
         self.unsubscribe(client, list(client.subscriptions))
+        self.candles.release(sid)
         self.fanout.detach(sid)
         self.per_user[client.user] -= 1
         if self.per_user[client.user] <= 0:
@@ -228,6 +233,7 @@ class Replica:
             if in_rooms:
                 socketio.server.leave_room(client.sid, room_for(token, mode), namespace="/")
             self.fanout.leave(client.sid, token, mode)
+        self.candles.unsubscribe(client.sid, tokens)
         for mode, mode_tokens in by_mode.items():
             self.demand.remove(mode_tokens, mode)
         for token in tokens:
@@ -267,6 +273,37 @@ class Replica:
 
     def needed_buckets(self) -> set[int]:
         return {keys.bucket_of(token) for token in self.demand.counts}
+
+    def _flush(self) -> bool:
+        pending = self.fanout.flush()
+        self.candles.flush()
+        return pending
+
+    def _is_behind(self, sid: str) -> bool:
+        member = self.fanout.clients.get(sid)
+        return member is not None and member.outbox.behind_since is not None
+
+    # Live candles ------------------------------------------------------------------------
+
+    def subscribe_candles(self, client: Client, tokens: list[int], intervals: list[str]) -> None:
+        """Stream the candles of `intervals` for `tokens` (already subscribed): once their
+        candle channels are live, today's candles so far, then every update (ticker.web.live_candles)."""
+        if not tokens or not intervals:
+            return
+        self.candles.subscribe(client.sid, tokens, intervals)
+        self.listener.dirty = True
+        if not self.listener.wait_live({keys.bucket_of(t) for t in tokens}, LIVE_WAIT_SECS, candles=True):
+            log.warning("candle channels not live after %.1fs; sending today's candles anyway", LIVE_WAIT_SECS)
+        pairs = [(t, i) for t in tokens if t in client.subscriptions for i in intervals]
+        self.candles.begin_history(client.sid, set(pairs))
+        history: list[dict] = []
+        try:
+            for (token, interval), rows in candle_store.today_many(self.redis, pairs, time.time()).items():
+                history += [candle_json(token, interval, row[:7], row[7]) for row in rows]
+        except redis.RedisError as exc:  # the live updates still follow; only the day so far is lost
+            log.warning("no candle history for %d series of %s: %s", len(pairs), client.sid, exc)
+        finally:
+            self.candles.end_history(client.sid, history)
 
     # Upstream overflow --------------------------------------------------------------------
 

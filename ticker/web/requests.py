@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ticker.bus.ticks import DEFAULT_MODE, MODES
+from ticker.candles.build import INTERVALS
 from ticker.web.errors import BAD_REQUEST, TOO_MANY_TOKENS, ClientError
 
 MAX_TOKEN = 2**32 - 1  # Kite's instrument tokens are unsigned 32-bit integers
@@ -18,6 +20,14 @@ class Subscribe:
     tokens: list[int]
     instruments: list[str]
     mode: str
+    candles: list[str]  # candle intervals (ticker.candles.build.INTERVALS) to stream live
+
+
+def _candles(value: Any, built: Iterable[str]) -> list[str]:
+    built = [name for name in INTERVALS if name in built]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v in built for v in value):
+        raise ClientError(BAD_REQUEST, f"'candles' must be a list of intervals: {', '.join(built)}")
+    return list(dict.fromkeys(value))
 
 
 def _tokens(value: Any, limit: int) -> list[int]:
@@ -59,8 +69,9 @@ def _payload(data: Any) -> dict:
     return data
 
 
-def parse_subscribe(data: Any, limit: int) -> Subscribe:
-    """`{tokens: [int], instruments: ["NSE:INFY"], mode: "ltp"|"quote"|"full"}`."""
+def parse_subscribe(data: Any, limit: int, intervals: Iterable[str] = INTERVALS) -> Subscribe:
+    """`{tokens: [int], instruments: ["NSE:INFY"], mode: "ltp"|"quote"|"full", candles: ["minute"]}`;
+    `intervals`: the candle intervals the service builds (CANDLE_INTERVALS)."""
     data = _payload(data)
     if "tokens" not in data and "instruments" not in data:
         raise ClientError(BAD_REQUEST, "name what to subscribe to in 'tokens' or 'instruments'")
@@ -69,7 +80,7 @@ def parse_subscribe(data: Any, limit: int) -> Subscribe:
         raise ClientError(BAD_REQUEST, f"'mode' must be one of {', '.join(MODES)}")
     tokens = _tokens(data.get("tokens", []), limit)
     instruments = _instruments(data.get("instruments", []), limit - len(tokens))
-    return Subscribe(tokens, instruments, mode)
+    return Subscribe(tokens, instruments, mode, _candles(data.get("candles", []), intervals))
 
 
 def parse_unsubscribe(data: Any, limit: int) -> list[int]:

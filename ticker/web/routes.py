@@ -125,6 +125,20 @@ def _check_jwks() -> dict[str, Any]:
     return {"ok": True, "source": "public key"} if keys is None else keys.report()
 
 
+def _check_candles() -> dict[str, Any]:
+    """The candle builder (ticker.candles.builder): degraded when it stopped reporting or its
+    completed candles wait for PostgreSQL; never fails /health (ticks flow without it)."""
+    from ticker.candles.builder import builder_report
+
+    report = builder_report(_probe(), time.time())
+    if report is None:
+        return {"ok": True, "builder": "none has reported"}
+    reasons = [] if report["up"] else [f"the candle builder has not reported for {report['age_secs']}s"]
+    if report["rows_pending"] and report["write_failures"] and report["last_error"]:
+        reasons.append(f"{report['rows_pending']} completed candles wait for PostgreSQL: {report['last_error']}")
+    return {"ok": True, "builder": report, **({"reasons": reasons} if reasons else {})}
+
+
 CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
     "delivery": _check_delivery,
     "redis": _check_redis,
@@ -133,8 +147,9 @@ CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
     "registry": _check_registry,
     "jobs": check_jobs,  # never fails /health: lists failed jobs and invalid Kite tokens as reasons
     "jwks": _check_jwks,
+    "candles": _check_candles,
 }
-NEED_REDIS = ("shards", "registry", "jobs")  # not tried when Redis does not answer: /health answers fast
+NEED_REDIS = ("shards", "registry", "jobs", "candles")  # not tried when Redis does not answer: /health answers fast
 
 
 # What a load balancer needs to know: can this replica serve its clients (its own tick path,
@@ -149,7 +164,7 @@ def _run(names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         if name in NEED_REDIS and not results.get("redis", {}).get("ok", True):
-            results[name] = {"ok": name == "jobs", "reason": "not checked: Redis does not answer"}
+            results[name] = {"ok": name in ("jobs", "candles"), "reason": "not checked: Redis does not answer"}
             continue
         try:
             results[name] = CHECKS[name]()
