@@ -36,6 +36,7 @@ from ticker.web.jwks import KeySetRefresh
 from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users_connected
 from ticker.web.listener import TickListener
 from ticker.web.loops import Loop
+from ticker.web.quotes import QuoteCache, QuoteRelease
 from ticker.web.rooms import room_for
 from ticker.web.upstream import UpstreamNotices
 
@@ -100,7 +101,9 @@ class Replica:
             create_event=socketio.server.eio.create_event,
         )
         self.upstream = UpstreamNotices()
-        self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), UpstreamWatch(self)]
+        self.quotes = QuoteCache(self.redis, self.demand, config["QUOTE_HOLD_SECS"], sleep=socketio.sleep)
+        self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), UpstreamWatch(self),
+                                  QuoteRelease(self.quotes, socketio.sleep)]
         if (key_set := auth.key_set(config)) is not None:
             self.loops.append(KeySetRefresh(key_set, socketio.sleep))
 
