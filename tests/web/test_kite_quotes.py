@@ -46,8 +46,8 @@ def test_an_index_tick_fills_what_it_lacks_with_zeros():
 
 
 def test_a_tick_answers_only_endpoints_its_mode_carries():
-    quote_tick = {**FULL_TICK, "mode": "quote"}
-    assert answers(quote_tick, "ohlc") and answers(quote_tick, "ltp") and not answers(quote_tick, "quote")
+    assert answers("quote", "ohlc") and answers("quote", "ltp") and not answers("quote", "quote")
+    assert not answers(None, "ltp")  # not streamed at all
 
 
 def test_instruments_by_name_or_token_deduplicated_in_order():

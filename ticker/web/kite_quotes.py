@@ -9,10 +9,10 @@ ticker.bus.ticks), in the tick mode that carries every field of the endpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ticker.bus.ticks import MODE_RANK
+from ticker.bus.ticks import MODE_RANK, decode, encode
 from ticker.web import errors
 from ticker.web.errors import ClientError
 from ticker.web.requests import MAX_TOKEN, is_symbol
@@ -60,9 +60,9 @@ def _wanted(value: str) -> Wanted:
     raise ClientError(errors.BAD_REQUEST, f"not an instrument (EXCHANGE:TRADINGSYMBOL or a token): {value[:40]!r}")
 
 
-def answers(tick: dict[str, Any], endpoint: str) -> bool:
-    """Whether `tick` carries every field `endpoint` answers."""
-    return MODE_RANK[tick["mode"]] >= MODE_RANK[TICK_MODE[endpoint]]
+def answers(mode: str | None, endpoint: str) -> bool:
+    """Whether a tick (or a stream) in `mode` carries every field `endpoint` answers."""
+    return MODE_RANK.get(mode, -1) >= MODE_RANK[TICK_MODE[endpoint]]
 
 
 def kite_time(iso: str | None) -> str | None:
@@ -72,7 +72,7 @@ def kite_time(iso: str | None) -> str | None:
 
 
 def shape(tick: dict[str, Any], endpoint: str) -> dict[str, Any]:
-    """The quote of `endpoint` cut from `tick` (which `answers` it). Fields the tick lacks
+    """The quote of `endpoint` cut from `tick` (whose mode `answers` it). Fields the tick lacks
     (an index has no volume or depth) are 0, or null for times; circuit limits are null: Kite's
     ticker does not carry them."""
     ltp = {"instrument_token": tick["instrument_token"], "last_price": tick["last_price"]}
@@ -109,3 +109,48 @@ def _depth(depth: dict[str, Any] | None) -> dict[str, list]:
         return {"buy": [], "sell": []}
     return {side: [{"price": level["price"], "quantity": level["quantity"], "orders": level["orders"]}
                    for level in depth.get(side, ())] for side in ("buy", "sell")}
+
+
+@dataclass
+class Cut:
+    """One tick as quotes use it: its `mode`, its `position` (epoch, seq) in its token's
+    sequence, and the JSON of each endpoint's quote cut from it (made when first asked)."""
+
+    raw: str
+    mode: str
+    position: tuple
+    quotes: dict[str, bytes] = field(default_factory=dict)
+
+    def quote(self, endpoint: str) -> bytes:
+        """The JSON of `endpoint`'s quote (see `shape`)."""
+        encoded = self.quotes.get(endpoint)
+        if encoded is None:
+            encoded = self.quotes[endpoint] = encode(shape(decode(self.raw), endpoint))
+        return encoded
+
+
+class Cuts:
+    """Ticks cut into quotes once, however many requests ask for them: a tick stays the last
+    one of its token for about a second, and a busy replica quotes it many times meanwhile.
+    Keyed by the tick's JSON as Redis holds it (a new tick is a new key); at most `size`
+    entries, dropped all at once when full (a superseded tick is never asked for again)."""
+
+    def __init__(self, size: int = 10_000):
+        self.size = size
+        self.cuts: dict[str, Cut] = {}
+
+    def get(self, raw: str) -> Cut:
+        cut = self.cuts.get(raw)
+        if cut is None:
+            if len(self.cuts) >= self.size:
+                self.cuts.clear()
+            tick = decode(raw)
+            cut = self.cuts[raw] = Cut(raw, tick["mode"], (tick.get("epoch"), tick.get("seq")))
+        return cut
+
+
+def envelope(quotes: list[tuple[str, bytes]], extra: dict[str, Any]) -> bytes:
+    """Kite's success envelope, `{"status": "success", "data": {key: quote, ...}, **extra}`,
+    joined from quotes already encoded."""
+    data = b",".join(encode(key) + b":" + quote for key, quote in quotes)
+    return b'{"status":"success","data":{' + data + b"}," + encode(extra)[1:]

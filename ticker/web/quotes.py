@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -27,11 +28,11 @@ from flask import Blueprint, Response, current_app, request
 from ticker import metrics
 from ticker.bus import assignment, keys
 from ticker.bus.demand import ReplicaDemand
-from ticker.bus.ticks import MODE_RANK, decode, encode
+from ticker.bus.ticks import MODE_RANK
 from ticker.web import errors
 from ticker.web.entitlements import Entitlements, entitlements_from, metric_label
 from ticker.web.errors import ClientError
-from ticker.web.kite_quotes import TICK_MODE, Wanted, answers, parse_instruments, shape
+from ticker.web.kite_quotes import TICK_MODE, Cut, Cuts, Wanted, answers, envelope, parse_instruments
 from ticker.web.kite_rest import (
     INPUT_EXCEPTION,
     NETWORK_EXCEPTION,
@@ -46,6 +47,49 @@ bp = Blueprint("quotes", __name__)
 
 POLL_SECS = 0.05  # how often a request waiting for first ticks looks for them
 PENDING = "pending"  # subscribed on demand; no tick within QUOTE_WAIT_SECS (ask again)
+
+
+# KEYS: the registry's token -> name and name -> token hashes, LAST_TICKS, ASSIGNED_MODE.
+# ARGV: the count of names, the names, then the tokens. Returns false without a mirror, else
+# four strings (few replies to parse, whatever the count of instruments): the token of each
+# name ("," between, "" for unknown ones), the name of each token ("\n" between), and for every
+# token found (those of the names, then the tokens, in order) its last tick ("\n" between: JSON
+# holds no raw newline) and the mode it is streamed in ("," between); "" for none.
+LOOKUP_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local n = tonumber(ARGV[1])
+local by_name, by_token, found = {}, {}, {}
+if n > 0 then by_name = redis.call('HMGET', KEYS[2], unpack(ARGV, 2, n + 1)) end
+if #ARGV > n + 1 then by_token = redis.call('HMGET', KEYS[1], unpack(ARGV, n + 2, #ARGV)) end
+for i = 1, #by_name do
+  if by_name[i] then found[#found + 1] = by_name[i] else by_name[i] = '' end
+end
+for i = 1, #by_token do
+  if by_token[i] then found[#found + 1] = ARGV[n + 1 + i] else by_token[i] = '' end
+end
+local ticks, modes = {}, {}
+if #found > 0 then
+  ticks, modes = redis.call('HMGET', KEYS[3], unpack(found)), redis.call('HMGET', KEYS[4], unpack(found))
+  for i = 1, #found do
+    if not ticks[i] then ticks[i] = '' end
+    if not modes[i] then modes[i] = '' end
+  end
+end
+return {table.concat(by_name, ','), table.concat(by_token, '\\n'), table.concat(ticks, '\\n'),
+        table.concat(modes, ',')}
+"""
+
+
+@dataclass
+class Lookup:
+    """What `QuoteCache.lookup` read: `tokens` of the names asked (None: unknown), `names` of
+    the tokens asked ("EXCHANGE:TRADINGSYMBOL", None: unknown), and `found`: token -> (last
+    tick's JSON or None, streamed mode or None), or None when the registry answered instead
+    (then `QuoteCache.last_ticks` reads the ticks)."""
+
+    tokens: list[int | None]
+    names: list[str | None]
+    found: dict[int, tuple] | None
 
 
 class QuoteCache:
@@ -64,41 +108,66 @@ class QuoteCache:
         self.sleep = sleep
         self.clock = clock
         self.held: dict[int, tuple[str, float]] = {}  # token -> (mode held, until, by `clock`)
+        self.cuts = Cuts()
+        self._lookup = client.register_script(LOOKUP_SCRIPT)
 
-    def ready(self, tokens: list[int], endpoint: str) -> tuple[dict[int, dict], dict[int, tuple]]:
-        """The last ticks of those of `tokens` a shard streams in a mode that answers
-        `endpoint` (token -> tick), and the (epoch, seq) of every other tick found, so a
-        later tick can be told from it. Refreshes the holds of the tokens it names."""
+    def lookup(self, symbols: list[str], tokens: list[int]) -> Lookup | None:
+        """In one round trip (the hot path): the token of each of `symbols`, the
+        "EXCHANGE:TRADINGSYMBOL" of each of `tokens` (None for unknown ones), and the last tick
+        and streamed mode of every token found. None when the registry's mirror is missing
+        (Redis lost it): then the Registry answers (and rebuilds it) and `last_ticks` reads."""
+        reply = self._lookup(keys=[keys.REGISTRY_TOKENS, keys.REGISTRY_SYMBOLS, keys.LAST_TICKS, keys.ASSIGNED_MODE],
+                             args=[len(symbols), *symbols, *tokens])
+        if not reply:
+            return None
+        by_name, by_token, raws, modes = reply
+        token_of = [int(t) if t else None for t in by_name.split(",")] if symbols else []
+        name_of = [name or None for name in by_token.split("\n")] if tokens else []
+        found = [t for t in token_of if t is not None] + [t for t, n in zip(tokens, name_of, strict=True) if n]
+        pairs = zip(raws.split("\n"), modes.split(","), strict=True) if found else ()
+        return Lookup(token_of, name_of, {t: (raw or None, mode or None) for t, (raw, mode) in zip(found, pairs,
+                                                                                                 strict=True)})
+
+    def last_ticks(self, tokens: list[int]) -> dict[int, tuple]:
+        """token -> (its last tick's JSON or None, the mode streamed or None)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(keys.LAST_TICKS, tokens)
         pipe.hmget(keys.ASSIGNED_MODE, tokens)
-        raws, streamed = pipe.execute()
+        raws, modes = pipe.execute()
+        return dict(zip(tokens, zip(raws, modes, strict=True), strict=True))
+
+    def ready(self, found: dict[int, tuple], tokens: list[int], endpoint: str) -> tuple[dict[int, Cut], dict]:
+        """Of `tokens` (with `found` from `lookup` or `last_ticks`), the last ticks of those a
+        shard streams in a mode that answers `endpoint` (token -> Cut), and the (epoch, seq)
+        of every other tick found, so a later tick can be told from it. Refreshes the holds
+        of the tokens it answers."""
         ready, stale = {}, {}
-        for token, raw, mode in zip(tokens, raws, streamed, strict=True):
-            tick = decode(raw) if raw else None
-            if tick is None:
+        for token in tokens:
+            raw, mode = found.get(token, (None, None))
+            if not raw:
                 continue
-            if MODE_RANK.get(mode, -1) >= MODE_RANK[TICK_MODE[endpoint]] and answers(tick, endpoint):
-                ready[token] = tick
+            cut = self.cuts.get(raw)
+            if answers(mode, endpoint) and answers(cut.mode, endpoint):
+                ready[token] = cut
             else:
-                stale[token] = _position(tick)
+                stale[token] = cut.position
         self._refresh(ready)
         return ready, stale
 
-    def subscribe(self, tokens: list[int], endpoint: str, stale: dict[int, tuple], wait_secs: float) -> dict[int, dict]:
+    def subscribe(self, tokens: list[int], endpoint: str, stale: dict[int, tuple], wait_secs: float) -> dict[int, Cut]:
         """Hold `tokens` in the mode `endpoint` needs and wait up to `wait_secs` for a tick of
         each newer than what `stale` saw; returns those that came (token -> tick). Raises
         redis.RedisError when the demand could not be recorded (then nothing is held)."""
         self.hold(tokens, TICK_MODE[endpoint])
-        arrived: dict[int, dict] = {}
+        arrived: dict[int, Cut] = {}
         deadline = time.monotonic() + wait_secs
         waiting = list(tokens)
         while waiting and time.monotonic() < deadline:
             self.sleep(POLL_SECS)
             for token, raw in zip(waiting, self.redis.hmget(keys.LAST_TICKS, waiting), strict=True):
-                tick = decode(raw) if raw else None
-                if tick is not None and answers(tick, endpoint) and _position(tick) != stale.get(token):
-                    arrived[token] = tick
+                cut = self.cuts.get(raw) if raw else None
+                if cut is not None and answers(cut.mode, endpoint) and cut.position != stale.get(token):
+                    arrived[token] = cut
             waiting = [t for t in waiting if t not in arrived]
         return arrived
 
@@ -142,11 +211,6 @@ class QuoteCache:
         for token in tokens:
             if token in self.held:
                 self.held[token] = (self.held[token][0], until)
-
-
-def _position(tick: dict[str, Any]) -> tuple:
-    """Where a tick stands in its token's sequence (ticker.bus.ticks): a later one differs."""
-    return tick.get("epoch"), tick.get("seq")
 
 
 class QuoteRelease(Loop):
@@ -200,17 +264,17 @@ def answer(endpoint: str, claims: dict) -> Response:
     except ClientError as exc:
         raise KiteError(400, INPUT_EXCEPTION, exc.code, exc.message) from exc
     omitted: dict[str, str] = {}
-    token_of = _resolve(state.registry, wanted, entitlements, omitted)
+    token_of, found = _resolve(state, wanted, entitlements, omitted)
     tokens = list(dict.fromkeys(token_of.values()))
-    ticks, stale = state.quotes.ready(tokens, endpoint) if tokens else ({}, {})
+    ticks, stale = state.quotes.ready(found if found is not None else state.quotes.last_ticks(tokens), tokens,
+                                      endpoint) if tokens else ({}, {})
     subscribed = _subscribe([t for t in tokens if t not in ticks], endpoint, stale, ticks, omitted, token_of)
-    data = {key: shape(ticks[token], endpoint) for key, token in token_of.items() if token in ticks}
-    _count(endpoint, len(data), omitted)
-    if not data and set(omitted.values()) - {errors.UNKNOWN_INSTRUMENT, errors.UNKNOWN_TOKEN}:
+    quotes = [(key, ticks[token].quote(endpoint)) for key, token in token_of.items() if token in ticks]
+    _count(endpoint, len(quotes), omitted)
+    if not quotes and set(omitted.values()) - {errors.UNKNOWN_INSTRUMENT, errors.UNKNOWN_TOKEN}:
         raise _refusal(omitted)
-    return Response(encode({"status": "success", "data": data, "omitted": omitted,
-                            "subscribed": [key for key, token in token_of.items() if token in subscribed]}),
-                    mimetype="application/json")
+    extra = {"omitted": omitted, "subscribed": [key for key, token in token_of.items() if token in subscribed]}
+    return Response(envelope(quotes, extra), mimetype="application/json")
 
 
 def _entitlements(claims: dict) -> Entitlements:
@@ -220,36 +284,44 @@ def _entitlements(claims: dict) -> Entitlements:
         raise KiteError(403, TOKEN_EXCEPTION, exc.code, exc.message) from exc
 
 
-def _resolve(registry: Any, wanted: list[Wanted], entitlements: Entitlements,
-             omitted: dict[str, str]) -> dict[str, int]:
-    """key -> token of the instruments that exist and the JWT is entitled to; the others go
-    to `omitted` (unknown_instrument, unknown_token, not_entitled). Names on exchanges the JWT
-    does not cover are not even looked up."""
-    names = [w for w in wanted if w.symbol is not None]
-    refused = [w for w in names if not entitlements.allows(w.symbol.partition(":")[0])]
-    for w in refused:
-        _not_entitled(w, w.symbol.partition(":")[0], omitted)
-    names = [w for w in names if w not in refused]
-    found = dict(zip([w.key for w in names], registry.resolve([w.symbol for w in names]), strict=True)) if names else {}
-    numbered = [w for w in wanted if w.token is not None]
-    exchanges = dict(zip([w.key for w in numbered], registry.exchanges([w.token for w in numbered]),
-                         strict=True)) if numbered else {}
-    token_of = {}
+def _resolve(state: Any, wanted: list[Wanted], entitlements: Entitlements,
+             omitted: dict[str, str]) -> tuple[dict[str, int], dict[int, tuple] | None]:
+    """key -> token of the instruments that exist and the JWT is entitled to, the others in
+    `omitted` (unknown_instrument, unknown_token, not_entitled); and the last ticks the lookup
+    read on the way (None when the registry answered: see QuoteCache.lookup). Names on
+    exchanges the JWT does not cover are not even looked up."""
+    names = []
     for w in wanted:
-        if w.key in found:
-            if found[w.key] is None:
-                omitted[w.key] = errors.UNKNOWN_INSTRUMENT
-            else:
-                token_of[w.key] = found[w.key]
-        elif w.key in exchanges:
-            exchange = exchanges[w.key]
-            if exchange is None:
-                omitted[w.key] = errors.UNKNOWN_TOKEN
-            elif not entitlements.allows(exchange):
-                _not_entitled(w, exchange, omitted)
-            else:
-                token_of[w.key] = w.token
-    return token_of
+        if w.symbol is not None and not entitlements.allows(w.symbol.partition(":")[0]):
+            _not_entitled(w, w.symbol.partition(":")[0], omitted)
+        elif w.symbol is not None:
+            names.append(w)
+    numbered = [w for w in wanted if w.token is not None]
+    looked = state.quotes.lookup([w.symbol for w in names], [w.token for w in numbered])
+    if looked is None:
+        looked = Lookup(state.registry.resolve([w.symbol for w in names]) if names else [],
+                        _names(state.registry.exchanges([w.token for w in numbered])) if numbered else [], None)
+    token_of = {}
+    for w, token in zip(names, looked.tokens, strict=True):
+        if token is None:
+            omitted[w.key] = errors.UNKNOWN_INSTRUMENT
+        else:
+            token_of[w.key] = token
+    for w, name in zip(numbered, looked.names, strict=True):
+        exchange = name.partition(":")[0] if name else None
+        if exchange is None:
+            omitted[w.key] = errors.UNKNOWN_TOKEN
+        elif not entitlements.allows(exchange):
+            _not_entitled(w, exchange, omitted)
+        else:
+            token_of[w.key] = w.token
+    ordered = {w.key: token_of[w.key] for w in wanted if w.key in token_of}  # as asked
+    return ordered, looked.found
+
+
+def _names(exchanges: list[str | None]) -> list[str | None]:
+    """The registry's exchanges, as the names `Lookup.names` holds (only the exchange counts)."""
+    return [f"{exchange}:" if exchange else None for exchange in exchanges]
 
 
 def _not_entitled(wanted: Wanted, exchange: str, omitted: dict[str, str]) -> None:
@@ -257,7 +329,7 @@ def _not_entitled(wanted: Wanted, exchange: str, omitted: dict[str, str]) -> Non
     omitted[wanted.key] = errors.NOT_ENTITLED
 
 
-def _subscribe(missing: list[int], endpoint: str, stale: dict[int, tuple], ticks: dict[int, dict],
+def _subscribe(missing: list[int], endpoint: str, stale: dict[int, tuple], ticks: dict[int, Cut],
                omitted: dict[str, str], token_of: dict[str, int]) -> set[int]:
     """Subscribe the `missing` tokens on demand, as far as the pool has room, and wait for
     their first ticks (added to `ticks`); the tokens that came, and the others in `omitted`
