@@ -113,13 +113,29 @@ end
 """
 
 
-def wrk(url: str, jwt: str, count: int, seconds: float, connections: int, pace_ms: float, workdir: Path) -> dict:
-    path = "/quote?" + "&".join(f"i=NSE%3ASYM{n}" for n in range(count))
+def cpu_secs(pid: int) -> float:
+    """User and system CPU time `pid` has used (its utime and stime in /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(web: Process, url: str, jwt: str, count: int, seconds: float, connections: int, pace_ms: float,
+        workdir: Path) -> dict:
+    """One wrk run against `/quote` with `count` instruments (0: `/health/live`, the server's
+    floor), and the replica's CPU time per request meanwhile."""
+    path = "/quote?" + "&".join(f"i=NSE%3ASYM{n}" for n in range(count)) if count else "/health/live"
     script = workdir / f"quote-{count}-{pace_ms}.lua"
     script.write_text(LUA.format(path=path, jwt=jwt, pace_ms=pace_ms))
     argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s", str(script), url]
+    cpu = cpu_secs(web.pid)
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return parse_wrk(out)
+    cpu = cpu_secs(web.pid) - cpu
+    try:
+        result = parse_wrk(out)
+    except (KeyError, AttributeError) as exc:
+        raise RuntimeError(f"unexpected wrk output:\n{out}") from exc
+    result["cpu_ms"] = cpu / max(1, result["requests"]) * 1e3
+    return result
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -130,7 +146,7 @@ def parse_wrk(out: str) -> dict:
         value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
         return float(value) * UNITS[unit]
 
-    percentiles = {int(p): ms(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\S+)$", out, re.M)}
+    percentiles = {int(p): ms(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", out, re.M)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": percentiles[50],
             "p99": percentiles[99], "requests": int(re.search(r"(\d+) requests in", out).group(1)),
@@ -165,21 +181,24 @@ def main() -> None:
             jwt = mint(private, public)
             web, url = start_replica(workdir, redis_url, public)
             check(url, jwt)
-            wrk(url, jwt, 50, 2, args.connections, 0, workdir)  # warm up
+            wrk(web, url, jwt, 50, 2, args.connections, 0, workdir)  # warm up
             print(f"Machine: {machine}")
-            print("| instruments a request | quotes answered a second (requests/s) | instruments/s | p50 | p99 |")
-            print("| ---: | ---: | ---: | ---: | ---: |")
-            for count in (1, 50, 500):
-                r = wrk(url, jwt, count, args.seconds, args.connections, 0, workdir)
+            print("| instruments a request | requests/s | instruments/s | p50 | p99 | replica CPU a request "
+                  "| requests per replica CPU-second |")
+            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            for count in (0, 1, 50, 500):
+                r = wrk(web, url, jwt, count, args.seconds, args.connections, 0, workdir)
                 assert r["errors"] == 0, r
-                rate = r["rps"]
-                print(f"| {count} | {rate:,.0f} | {rate * count:,.0f} | {r['p50']:.2f} ms | {r['p99']:.2f} ms |")
+                rate, label = r["rps"], count or "`/health/live` (floor)"
+                print(f"| {label} | {rate:,.0f} | {rate * count:,.0f} | {r['p50']:.2f} ms | {r['p99']:.2f} ms "
+                      f"| {r['cpu_ms']:.2f} ms | {1000 / r['cpu_ms']:,.0f} |")
             pace = 1000 * args.paced_connections / args.rate
-            r = wrk(url, jwt, 50, args.seconds * 2, args.paced_connections, pace, workdir)
+            r = wrk(web, url, jwt, 50, args.seconds * 2, args.paced_connections, pace, workdir)
             assert r["errors"] == 0, r
             print(f"\n50 instruments at {args.rate} requests/s ({args.paced_connections} connections, each every "
-                  f"{pace:g} ms): {r['rps']:,.0f} requests/s answered, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms "
-                  f"({r['requests']:,} requests)")
+                  f"{pace:g} ms): {r['rps']:,.0f} requests/s answered, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, "
+                  f"replica CPU {r['cpu_ms']:.2f} ms a request ({r['requests']:,} requests); "
+                  f"load average {os.getloadavg()[0]:.2f} at the end")
         finally:
             if web is not None:
                 web.stop()

@@ -1,4 +1,5 @@
-"""Every HTTP route answers its errors in one shape, `{"code", "message"}` (docs/API.md, HTTP errors)."""
+"""Every HTTP route answers its errors in one shape, `{"code", "message"}` (docs/API.md, HTTP errors),
+but the routes in Kite Connect's REST shapes, which answer in Kite's envelope with the same `code`."""
 
 from __future__ import annotations
 
@@ -26,8 +27,28 @@ ERRORS = {
 }
 
 
+# Routes in Kite's REST shapes (ticker.web.kite_rest): (path, query, headers, status, error_type).
+KITE_ERRORS = {
+    "/quote": ("/quote", {}, {"Authorization": "token key:not-a-jwt"}, 403, "TokenException"),
+    "/quote/ohlc": ("/quote/ohlc", {}, {}, 403, "TokenException"),
+    "/quote/ltp": ("/quote/ltp", {"i": "INFY"}, {"Authorization": "token key:not-a-jwt"}, 403, "TokenException"),
+}
+
+
 def test_every_route_is_covered(app):
-    assert {rule.rule for rule in app.url_map.iter_rules()} == set(ERRORS)
+    assert {rule.rule for rule in app.url_map.iter_rules()} == set(ERRORS) | set(KITE_ERRORS)
+
+
+@pytest.mark.parametrize("rule", sorted(KITE_ERRORS))
+def test_kite_routes_answer_kites_error_envelope_with_the_code(stack, rule):
+    path, query, headers, status, error_type = KITE_ERRORS[rule]
+    reply = requests.get(f"{stack['url']}{path}", params=query, headers=headers, timeout=10)
+
+    body = reply.json()
+    assert reply.status_code == status, body
+    assert set(body) == {"status", "error_type", "code", "message", "data"}, body
+    assert (body["status"], body["error_type"], body["data"]) == ("error", error_type, None)
+    assert body["code"].startswith(("auth_", "token_")) and body["message"], body
 
 
 @pytest.mark.parametrize("rule", sorted(ERRORS))

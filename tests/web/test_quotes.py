@@ -4,6 +4,7 @@ against the whole stack: simulator → shard worker → Redis → web replica.""
 from __future__ import annotations
 
 import datetime
+import re
 from urllib.parse import urlsplit
 
 import pytest
@@ -179,3 +180,14 @@ def test_redis_down_is_a_network_exception_with_a_code_counted_in_metrics(cut_of
     scraped = requests.get(f"{web.url}/metrics", timeout=10).text
     assert 'ticker_http_errors_total{reason="bus_unavailable"}' in scraped
     wait_for(lambda: raw(web.url, "/quote/ltp", make_token("quoter"), [name]).ok, 20, "quotes after Redis is back")
+
+
+def test_the_example_in_the_api_doc_runs_as_written(stack, make_token):
+    from tests.support.processes import ROOT
+
+    section = (ROOT / "docs" / "API.md").read_text().split("\n## Market quotes", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1).replace("http://127.0.0.1:5000", stack["url"])
+    scope = {"JWT": make_token("doc-example")}
+    exec(code, scope)  # noqa: S102  (the documentation's own example)
+
+    assert scope["kite"].ltp("NSE:INFY")["NSE:INFY"]["last_price"] > 0
