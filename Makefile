@@ -5,7 +5,7 @@ PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help install services db run test lint browser bench-fanout bench-crowd bench-registry bench-ingest \
-	bench-recovery bench-ops chaos vendor-client
+	bench-recovery bench-ops bench-quotes chaos vendor-client
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ bench-ingest: install services ## Ingest benchmark: one shard process parsing an
 
 bench-recovery: install services ## Upstream recovery: first tick, reconnect, takeover medians
 	$(BIN)/python -m bench.recovery $(BENCH_ARGS)
+
+bench-quotes: install services ## Market quotes: what one replica answers (needs wrk: apt-get install wrk)
+	$(BIN)/python -m bench.quotes $(BENCH_ARGS)
 
 bench-ops: install services ## Operations overhead: a log line's and a /metrics scrape's cost
 	$(BIN)/python -m bench.ops $(BENCH_ARGS)

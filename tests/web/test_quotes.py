@@ -149,12 +149,13 @@ def test_an_on_demand_subscription_is_released_after_the_hold_and_the_grace(stac
 
 @pytest.fixture(scope="module")
 def cut_off(stack, processes, service_env, workdir):
-    """A web replica whose Redis is behind a proxy the test can cut."""
+    """A web replica whose Redis is behind a proxy the test can cut; under eventlet, where the
+    stack's replica runs gevent (both must serve quotes)."""
     from tests.conftest import REDIS_URL
 
     address = (urlsplit(REDIS_URL).hostname, urlsplit(REDIS_URL).port)
     proxy = TcpProxy(address).start()
-    web = start_web(processes, service_env, workdir, "web-quotes-redis",
+    web = start_web(processes, service_env, workdir, "web-quotes-redis", ASYNC_MODE="eventlet",
                     REDIS_URL=urlsplit(REDIS_URL)._replace(netloc=proxy.url_host).geturl())
     yield web, proxy, address
     web.process.stop()
@@ -165,7 +166,8 @@ def test_redis_down_is_a_network_exception_with_a_code_counted_in_metrics(cut_of
     web, proxy, address = cut_off
     (_, name), = instruments(database, "NSE", 1, skip=260)
     client = kite(web.url, make_token("quoter"))
-    assert client.ltp([name])
+    assert client.ltp([name])  # subscribed on demand, under eventlet
+    assert client.ohlc([f"NSE:X{n}" for n in range(1000)]) == {}  # Kite's longest URL gets through
     proxy.target = ("127.0.0.1", 1)  # nothing listens there: Redis is gone
     proxy.reset()
     try:
