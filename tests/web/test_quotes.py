@@ -150,12 +150,13 @@ def test_an_on_demand_subscription_is_released_after_the_hold_and_the_grace(stac
 @pytest.fixture(scope="module")
 def cut_off(stack, processes, service_env, workdir):
     """A web replica whose Redis is behind a proxy the test can cut; under eventlet, where the
-    stack's replica runs gevent (both must serve quotes)."""
+    stack's replica runs gevent (both must serve quotes); and too impatient for any first tick
+    (QUOTE_WAIT_SECS)."""
     from tests.conftest import REDIS_URL
 
     address = (urlsplit(REDIS_URL).hostname, urlsplit(REDIS_URL).port)
     proxy = TcpProxy(address).start()
-    web = start_web(processes, service_env, workdir, "web-quotes-redis", ASYNC_MODE="eventlet",
+    web = start_web(processes, service_env, workdir, "web-quotes-redis", ASYNC_MODE="eventlet", QUOTE_WAIT_SECS="0",
                     REDIS_URL=urlsplit(REDIS_URL)._replace(netloc=proxy.url_host).geturl())
     yield web, proxy, address
     web.process.stop()
@@ -166,8 +167,7 @@ def test_redis_down_is_a_network_exception_with_a_code_counted_in_metrics(cut_of
     web, proxy, address = cut_off
     (_, name), = instruments(database, "NSE", 1, skip=260)
     client = kite(web.url, make_token("quoter"))
-    assert client.ltp([name])  # subscribed on demand, under eventlet
-    assert client.ohlc([f"NSE:X{n}" for n in range(1000)]) == {}  # Kite's longest URL gets through
+    wait_for(lambda: raw(web.url, "/quote/ltp", make_token("quoter"), [name]).ok, 10, "a quote")
     proxy.target = ("127.0.0.1", 1)  # nothing listens there: Redis is gone
     proxy.reset()
     try:
@@ -193,3 +193,20 @@ def test_the_example_in_the_api_doc_runs_as_written(stack, make_token):
     exec(code, scope)  # noqa: S102  (the documentation's own example)
 
     assert scope["kite"].ltp("NSE:INFY")["NSE:INFY"]["last_price"] > 0
+
+
+def test_a_first_tick_too_late_is_pending_and_the_next_quote_answers(cut_off, database, make_token):
+    web, _, _ = cut_off
+    (token, name), (_, other) = instruments(database, "NSE", 2, skip=270)
+    client = kite(web.url, make_token("quoter"))
+
+    with pytest.raises(kite_errors.NetworkException) as pending:
+        client.ltp([name])  # subscribed on demand (under eventlet), but this replica waits for no tick
+    assert pending.value.code == 504 and name in str(pending.value)
+    wait_for(lambda: raw(web.url, "/quote/ltp", make_token("quoter"), [name]).ok, 10,
+             "the quote once the instrument streams")
+    mixed = raw(web.url, "/quote/ltp", make_token("quoter"), [name, other, "NSE:NO-SUCH-THING"])
+
+    assert mixed.status_code == 200 and mixed.json()["data"][name]["instrument_token"] == token
+    assert mixed.json()["omitted"] == {other: "pending", "NSE:NO-SUCH-THING": "unknown_instrument"}
+    assert client.ohlc([f"NSE:X{n}" for n in range(1000)]) == {}  # Kite's longest URL gets through eventlet
