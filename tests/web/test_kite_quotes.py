@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from werkzeug.test import EnvironBuilder
 
 from ticker.web.errors import ClientError
-from ticker.web.kite_quotes import Wanted, answers, parse_instruments, shape
+from ticker.web.kite_quotes import Wanted, answers, instrument_values, parse_instruments, shape
 
 FULL_TICK = {
     "tradable": True, "mode": "full", "instrument_token": 408065, "last_price": 1502.35,
@@ -71,3 +72,18 @@ def test_kites_limits_per_endpoint(endpoint, limit):
     assert refused.value.code == "too_many_tokens"
     with pytest.raises(ClientError):
         parse_instruments([], endpoint)
+
+
+@pytest.mark.parametrize("query", [
+    "i=NSE%3AINFY", "i=NSE%3AINFY&i=408065&i=nse:infy", "i=BSE%3ABSE+SENSEX+SIXTY+65%3A35", "i=NSE%3AM%26M",
+    "i=NSE%3AM%26M&i=", "i=", "i=a=b&i=c", "i=NSE%3AA%2Bi%3D",
+])
+def test_instrument_values_decode_as_werkzeug_does(query):
+    werkzeug = EnvironBuilder(query_string=query).get_request().args.getlist("i")
+    assert instrument_values(query) == werkzeug
+
+
+@pytest.mark.parametrize("query", ["", "x=1&i=NSE%3AINFY", "i=NSE%3AINFY&x=1", "i=NSE%3AA%0AB", "i=NSE%3AA%0aB",
+                                   "ii=NSE%3AINFY", "i=%FF%FE"])
+def test_other_query_strings_are_left_to_werkzeug(query):
+    assert instrument_values(query) is None

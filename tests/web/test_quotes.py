@@ -130,7 +130,7 @@ def test_bad_input_is_kites_input_exception_and_unknown_instruments_are_left_out
 
     for call, names in ((client.quote, [f"NSE:X{n}" for n in range(501)]),
                         (client.ltp, [f"NSE:X{n}" for n in range(1001)]),
-                        (client.ohlc, ["INFY"]), (client.ltp, ["0"]), (client.quote, [])):
+                        (client.ohlc, ["INFY"]), (client.ltp, ["0"]), (client.quote, []), (client.ltp, ["NSE:A\x00"])):
         with pytest.raises(kite_errors.InputException) as refused:
             call(names)
         assert refused.value.code == 400

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote_plus
 
 from ticker.bus.ticks import MODE_RANK, decode, encode
 from ticker.web import errors
@@ -50,6 +51,21 @@ def parse_instruments(values: list[str], endpoint: str) -> list[Wanted]:
     if len(values) > limit:
         raise ClientError(errors.TOO_MANY_TOKENS, f"at most {limit} instruments per request; got {len(values)}")
     return [_wanted(value) for value in dict.fromkeys(values)]
+
+
+def instrument_values(query_string: str) -> list[str] | None:
+    """The `i` values of a query string made of `i=` pairs alone (what KiteConnect sends),
+    decoded as werkzeug's `request.args.getlist("i")` would, in one `unquote_plus` call rather
+    than one per value (for 50 instruments that was a fifth of a quote's CPU); None for any
+    other query string (another parameter, an encoded newline, which the one call could not
+    tell from a separator, or escapes that are not UTF-8): then ask werkzeug."""
+    if not query_string.startswith("i=") or "\n" in query_string or "%0a" in query_string.lower():
+        return None
+    joined = query_string[2:].replace("&i=", "\n")
+    if "&" in joined:
+        return None
+    decoded = unquote_plus(joined)
+    return None if "\ufffd" in decoded else decoded.split("\n")  # werkzeug keeps invalid UTF-8 escaped
 
 
 def _wanted(value: str) -> Wanted:

@@ -175,4 +175,5 @@ def kite_endpoint(view: Callable[..., Any]) -> Callable[..., Response]:
                       path=request.path, error=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
             return error_response(failed)
 
+    handle.kite_envelope = True  # type: ignore[attr-defined]  (ticker.web.http_errors.refuse_nul leaves it be)
     return handle

@@ -32,7 +32,16 @@ from ticker.bus.ticks import MODE_RANK
 from ticker.web import errors
 from ticker.web.entitlements import Entitlements, entitlements_from, metric_label
 from ticker.web.errors import ClientError
-from ticker.web.kite_quotes import TICK_MODE, Cut, Cuts, Wanted, answers, envelope, parse_instruments
+from ticker.web.kite_quotes import (
+    TICK_MODE,
+    Cut,
+    Cuts,
+    Wanted,
+    answers,
+    envelope,
+    instrument_values,
+    parse_instruments,
+)
 from ticker.web.kite_rest import (
     INPUT_EXCEPTION,
     NETWORK_EXCEPTION,
@@ -260,7 +269,8 @@ def answer(endpoint: str, claims: dict) -> Response:
     state = replica()
     entitlements = _entitlements(claims)
     try:
-        wanted = parse_instruments(request.args.getlist("i"), endpoint)
+        values = instrument_values(request.query_string.decode("latin-1"))
+        wanted = parse_instruments(request.args.getlist("i") if values is None else values, endpoint)
     except ClientError as exc:
         raise KiteError(400, INPUT_EXCEPTION, exc.code, exc.message) from exc
     omitted: dict[str, str] = {}
