@@ -4,7 +4,7 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 COPY . .
-RUN useradd --create-home ticker && mkdir -p instance && chown ticker instance
+RUN useradd --create-home ticker && mkdir -p instance upstream && chown ticker instance upstream
 USER ticker
 EXPOSE 5000
 # Liveness of the default command (the web replica); docker-compose.yml sets one per service.

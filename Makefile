@@ -4,8 +4,8 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install services db run test lint browser bench-fanout bench-crowd bench-registry bench-ingest \
-	bench-recovery bench-ops bench-quotes chaos vendor-client
+.PHONY: help install services db run test lint packages browser bench-fanout bench-crowd bench-registry bench-ingest \
+	bench-recovery bench-ops bench-replicas bench-redis bench-quotes chaos vendor-client
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,13 +45,15 @@ db: install services ## Create the database and apply the migrations
 run: db ## Run the whole service locally (simulator feed, shard worker, jobs, beat, web)
 	scripts/run-local
 
-test: install services browser ## Run the test suite (what CI runs)
+test: install services packages ## Run the test suite (what CI runs)
 	$(BIN)/python -m pytest
 
-browser: ## Install Debian's chromium and chromedriver (the live page test drives them headless)
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+packages: ## Install Debian's chromium and chromedriver (the live page test drives them headless) and nginx (the replicas test runs it)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver nginx; }
+
+browser: packages
 
 bench-fanout: install services ## Fan-out benchmark vs the straightforward design (figures into BENCHMARKS.md)
 	$(BIN)/python -m bench.fanout --write $(BENCH_ARGS)
@@ -73,6 +75,12 @@ bench-recovery: install services ## Upstream recovery: first tick, reconnect, ta
 
 bench-quotes: install services ## Market quotes: what one replica answers (needs wrk: apt-get install wrk)
 	$(BIN)/python -m bench.quotes $(BENCH_ARGS)
+
+bench-replicas: install services ## One web replica against two on this host, and the capacity model's check (figures into BENCHMARKS.md)
+	$(BIN)/python -m bench.replicas --write $(BENCH_ARGS)
+
+bench-redis: install services ## Redis's CPU for the tick path: the shard's publish, and each subscribing replica
+	$(BIN)/python -m bench.redis_fanout $(BENCH_ARGS)
 
 bench-ops: install services ## Operations overhead: a log line's and a /metrics scrape's cost
 	$(BIN)/python -m bench.ops $(BENCH_ARGS)

@@ -7,10 +7,15 @@ Everything else (supervision, token checks, registry reloads) runs on `default`.
 
 from kombu import Queue
 
-from ticker.bus.connection import connection_options
+from ticker.bus.connection import celery_broker, connection_options, tls_options
 from ticker.config import Config
 
-broker_url = Config.REDIS_URL
+# REDIS_URL as kombu reads it: the same URL for one server; for a Sentinel deployment kombu's
+# `sentinel://...;sentinel://...` and the master's name among the transport options below.
+broker_url, _broker_target = celery_broker(Config.REDIS_URL)
+# A `rediss://` broker verifies the server's certificate as every other client of the service
+# does (kombu alone would fall back to not verifying it at all); False for plain `redis://`.
+broker_use_ssl = tls_options(Config.REDIS_URL) or False
 result_backend = None
 task_ignore_result = True
 
@@ -42,4 +47,5 @@ broker_transport_options = {
     "socket_keepalive_options": _liveness["socket_keepalive_options"],
     "health_check_interval": 5,
     "retry_on_timeout": True,
+    **_broker_target,
 }

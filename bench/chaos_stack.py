@@ -104,7 +104,7 @@ class Stack:
         inherited = {k: v for k, v in os.environ.items()
                      if not k.startswith(("KITE_", "JWT_", "WATCHLIST", "REDIS_", "DATABASE_", "TEST_", "TICKER_"))}
         return {**inherited, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
-                "TICKER_CHANNEL_NAMESPACE": CHANNEL_NAMESPACE}
+                "TICKER_CHANNEL_NAMESPACE": CHANNEL_NAMESPACE, "WEB_HOST": "127.0.0.1"}  # given PORT: this host only
 
     def _environment(self) -> dict[str, str]:
         key, (secret, token) = next(iter(ACCOUNTS.items()))

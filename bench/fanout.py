@@ -106,7 +106,8 @@ class Bench:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("KITE_", "JWT_", "WATCHLIST"))},
             "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1", "TICKER_ENV": "test",
-            "LOG_LEVEL": "WARNING", "TICKER_INSTANCE_DIR": str(workdir), "REDIS_URL": REDIS_URL,
+            "WEB_HOST": "127.0.0.1", "LOG_LEVEL": "WARNING", "TICKER_INSTANCE_DIR": str(workdir),
+            "REDIS_URL": REDIS_URL,
             "DATABASE_URL": DATABASE_URL, "KITE_API_ROOT": f"http://{sim}", "KITE_TICKER_ROOT": f"ws://{sim}",
             "KITE_LOGIN_ROOT": f"http://{sim}", "JWT_PUBLIC_KEY_FILE": str(public),
             "JWT_PRIVATE_KEY_FILE": str(private), "UNSUBSCRIBE_GRACE_SECS": "600",

@@ -3,7 +3,7 @@
 // the bottleneck. Reads one JSON job from argv[2]; prints JSON lines to stdout:
 //   {"event": "ready", ...}            every client connected (and subscribed, when streaming)
 //   {"event": "start"} / {"event": "end", ...figures}   around the measured window
-// Job: {url, clients: [{jwt, tokens}], mode: "stream"|"idle", warmup, seconds, concurrency}
+// Job: {url, clients: [{jwt, tokens, url?}] (a client's own url, else the job's), mode: "stream"|"idle", warmup, seconds, concurrency}
 import { readFileSync } from "node:fs";
 import { io } from "socket.io-client";
 import { Decoder, Encoder, protocol } from "socket.io-parser";
@@ -49,7 +49,7 @@ function onTicks(text) {
 
 function open(client) {
   return new Promise((resolve, reject) => {
-    const socket = io(job.url, { auth: { token: client.jwt }, transports: ["websocket"], reconnection: false, parser });
+    const socket = io(client.url || job.url, { auth: { token: client.jwt }, transports: ["websocket"], reconnection: false, parser });
     sockets.push(socket);
     socket.on("connect_error", (err) => reject(new Error(`${err.message} ${JSON.stringify(err.data)}`)));
     socket.on("disconnect", () => { disconnects += 1; });

@@ -9,6 +9,7 @@ from flask import Flask
 
 from tasks import broker
 from ticker import create_app
+from ticker.bus.connection import celery_broker
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,10 @@ def celery_init_app(app: Flask) -> Celery:
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object("celeryconfig")
-    celery_app.conf.broker_url = app.config["REDIS_URL"]
+    # The app's REDIS_URL, in kombu's form (ticker.bus.connection.celery_broker).
+    broker_url, target = celery_broker(app.config["REDIS_URL"])
+    celery_app.conf.broker_url = broker_url
+    celery_app.conf.broker_transport_options = {**celery_app.conf.broker_transport_options, **target}
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app

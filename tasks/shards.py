@@ -8,7 +8,7 @@ import os
 from celery import signals
 from flask import current_app
 
-from tasks import celery
+from tasks import celery, flask_app
 from ticker.bus import assignment, keys
 from ticker.bus.connection import redis_client
 from ticker.bus.lease import ShardLease, lease_owner
@@ -149,13 +149,15 @@ def schedule(sender, **_):
 
 @signals.worker_ready.connect
 def clear_stop_flag(sender, **_):
+    # (Signal handlers run outside the app's context; and Celery's broker_url is kombu's spelling
+    # of REDIS_URL, which the service's client factory does not read behind Sentinel.)
     # A restarted worker reuses its hostname: forget the previous run's stop flag. Then
     # supervise at once rather than waiting for beat's first interval.
-    redis_client(celery.conf.broker_url).delete(keys.worker_stopping(sender.hostname))
+    redis_client(flask_app.config["REDIS_URL"]).delete(keys.worker_stopping(sender.hostname))
     supervise_shards.delay()
 
 
 @signals.worker_shutting_down.connect
 def raise_stop_flag(sender, **_):
     # Shard tasks never finish by themselves; this is how a warm shutdown reaches them.
-    redis_client(celery.conf.broker_url).set(keys.worker_stopping(sender), "1", ex=120)
+    redis_client(flask_app.config["REDIS_URL"]).set(keys.worker_stopping(sender), "1", ex=120)

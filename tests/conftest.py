@@ -118,6 +118,7 @@ def service_env(workdir, jwt_keys, sim_port) -> dict[str, str]:
         UNSUBSCRIBE_GRACE_SECS="2",
         QUOTE_HOLD_SECS="2",
         CORS_ALLOWED_ORIGINS="*",
+        WEB_HOST="127.0.0.1",  # given PORT, a web replica would listen on every interface
     )
     return env
 

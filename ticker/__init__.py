@@ -40,7 +40,7 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
 
     auth.init_keys(app)
     jwt.init_app(app)
-    from ticker.web.message_queue import LiveRedisManager
+    from ticker.bus.message_queue import LiveRedisManager
     from ticker.web.origins import OriginGate, OriginPolicy
 
     origins = OriginPolicy(app.config["CORS_ALLOWED_ORIGINS"], app.config["TRUSTED_PROXY_COUNT"])

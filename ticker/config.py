@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = Path(os.environ.get("TICKER_INSTANCE_DIR", ROOT / "instance"))
@@ -29,6 +31,69 @@ def _read(path: str) -> str | None:
     return Path(path).read_text() if path else None
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """A setting with a few allowed values: a typo fails every process at start, not at the
+    first connection."""
+    value = os.environ.get(name, default).strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379  # Redis Sentinel's default port
+SENTINEL_FORM = f"{SENTINEL_SCHEME}://[[username]:password@]host[:port][,host[:port]...]/<db>/<master_name>"
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """A `REDIS_URL` naming a Redis Sentinel deployment instead of one server:
+    `redis+sentinel://[[username]:password@]host[:port][,host[:port]...]/<db>/<master_name>`, the
+    form python-socketio's RedisManager documents. `sentinels` are (host, port) pairs (port 26379
+    when left out); the credentials and the database number are the master's (sentinels are
+    asked without credentials); percent-encoded characters in them are decoded."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl | None:
+        """The Sentinel deployment `url` names; None for any other scheme (`redis://`, `rediss://`,
+        `unix://`). Raises ValueError for a `redis+sentinel://` URL not of the form above."""
+        parts = urlsplit(url)
+        if parts.scheme != SENTINEL_SCHEME:
+            return None
+        credentials, _, hosts = parts.netloc.rpartition("@")
+        path = parts.path.strip("/").split("/")
+        if not hosts or len(path) != 2 or not path[0].isdigit() or not path[1]:
+            raise ValueError(f"a Sentinel REDIS_URL has the form {SENTINEL_FORM}")
+        username, _, password = credentials.partition(":")
+        return cls(tuple(_host_port(host) for host in hosts.split(",")), unquote(path[1]), int(path[0]),
+                   unquote(username) or None, unquote(password) or None)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    if address.startswith("["):  # [IPv6]:port
+        host, _, port = address[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = address.partition(":")
+    if not host or (port and not port.isdigit()):
+        raise ValueError(f"not a sentinel address (host[:port]): {address!r}")
+    return host, int(port or SENTINEL_PORT)
+
+
+def _channel_namespace(redis_url: str) -> str:
+    # The database number the URL names: the path of redis://host:port/<db> (0 when it names
+    # none, as platforms' URLs do, which must not make their password part of channel names),
+    # the first part of a Sentinel URL's (so moving a deployment behind Sentinel keeps its channels).
+    sentinel = SentinelUrl.parse(redis_url)
+    return "db" + (str(sentinel.db) if sentinel else urlsplit(redis_url).path.strip("/") or "0")
+
+
 # The bundled simulator's defaults, so a local run needs no Kite credentials.
 SIM_URL = "http://127.0.0.1:8765"
 SIM_API_KEY = "sim_key"
@@ -46,10 +111,20 @@ class Config:
     # to merge (prometheus_client reads the same variable when the process starts).
     PROMETHEUS_MULTIPROC_DIR = _env("PROMETHEUS_MULTIPROC_DIR")
 
+    # One Redis server (redis://, rediss://, unix://, as redis-py's from_url reads them), or a
+    # Redis Sentinel deployment's master (SentinelUrl); every part of the service uses it.
     REDIS_URL = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
     # Pub/sub channels are global to a Redis server, not per database: this keeps deployments
     # (and test runs) that share a server on different database numbers apart.
-    CHANNEL_NAMESPACE = _env("TICKER_CHANNEL_NAMESPACE") or "db" + (REDIS_URL.rsplit("/", 1)[-1] or "0")
+    CHANNEL_NAMESPACE = _env("TICKER_CHANNEL_NAMESPACE") or _channel_namespace(REDIS_URL)
+    # A `rediss://` REDIS_URL (managed Redis over TLS), for every client of the service (redis-py,
+    # the Celery broker, the Socket.IO queue): whether the server's certificate must verify
+    # (Heroku Redis presents a self-signed one: `none`), the CA bundle it must verify against
+    # (else the system's), and a client certificate and key for servers that require one.
+    REDIS_SSL_CERT_REQS = _choice("REDIS_SSL_CERT_REQS", "required", ("required", "optional", "none"))
+    REDIS_SSL_CA_CERTS = _env("REDIS_SSL_CA_CERTS")
+    REDIS_SSL_CERTFILE = _env("REDIS_SSL_CERTFILE")
+    REDIS_SSL_KEYFILE = _env("REDIS_SSL_KEYFILE")
     # A process's Redis connections for serving others (a replica's requests): at most this many
     # at once; a caller finding them all busy waits up to the wait, then gets `server_busy`.
     REDIS_MAX_CONNECTIONS = _int("REDIS_MAX_CONNECTIONS", 64)
@@ -92,8 +167,19 @@ class Config:
 
     # Socket.IO server.
     ASYNC_MODE = _env("ASYNC_MODE", "gevent")  # measured faster than eventlet: README, BENCHMARKS.md
-    WEB_HOST = _env("WEB_HOST", "127.0.0.1")
+    # A platform's router (Heroku, Render, Railway, Cloud Run, ...) hands the process its port in
+    # PORT and connects from outside the process's host: every interface then. Without PORT (a
+    # local run), this host only. WEB_HOST, when set, wins either way.
+    WEB_HOST = _env("WEB_HOST") or ("0.0.0.0" if "PORT" in os.environ else "127.0.0.1")
     WEB_PORT = _int("PORT", 5000)
+    # Several replicas on one host (`python -m ticker.replicas`, ticker/replicas.py): how many
+    # (0: one per core this host lets the process run on), each on PORT + its index; whether
+    # each is pinned to a core of its own; and where to write nginx's `upstream` block naming
+    # them (as WEB_UPSTREAM_HOST:port; empty: write none).
+    WEB_CONCURRENCY = _int("WEB_CONCURRENCY", 0)
+    WEB_PIN_CORES = _env("WEB_PIN_CORES", "on") != "off"
+    WEB_UPSTREAM_FILE = _env("WEB_UPSTREAM_FILE")
+    WEB_UPSTREAM_HOST = _env("WEB_UPSTREAM_HOST", "127.0.0.1")
     CORS_ALLOWED_ORIGINS = _list("CORS_ALLOWED_ORIGINS", "*" if ENV == "development" else "")
     MAX_TOKENS_PER_CONNECTION = _int("MAX_TOKENS_PER_CONNECTION", 3000)
     MAX_TOKENS_PER_REQUEST = _int("MAX_TOKENS_PER_REQUEST", 1000)

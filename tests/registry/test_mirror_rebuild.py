@@ -3,9 +3,13 @@ COPY) and must name the registry exactly as the loader's COPY does."""
 
 from __future__ import annotations
 
+import threading
+
 from sqlalchemy import insert
 
+from ticker.bus import keys
 from ticker.db import session_for
+from ticker.registry.instruments import Registry
 from ticker.registry.mirror import copy_pairs, fingerprint, parse_pairs, query_pairs
 from ticker.registry.models import Instrument
 
@@ -30,3 +34,24 @@ def test_the_plain_query_gives_the_pairs_exactly_as_copy_does(database):
     assert fingerprint(by_query) == fingerprint(by_copy)
     pairs = parse_pairs(by_query)
     assert [pairs[first + n] for n in range(len(AWKWARD))] == [f"NSE:{symbol}" for symbol in AWKWARD]
+
+
+def test_a_rebuild_in_the_background_releases_the_lock_it_was_handed(database, private_redis):
+    """A replica takes the rebuild lock in the greenlet whose lookup found the mirror gone and
+    rebuilds in another one (here a thread): the lock must be released when the rebuild is
+    done, not held until it expires (which also ended the rebuild in a traceback)."""
+    done = threading.Event()
+
+    def spawn(rebuild):
+        def run():
+            try:
+                rebuild()
+            finally:
+                done.set()
+
+        threading.Thread(target=run).start()
+
+    private_redis.delete(keys.REGISTRY_TOKENS, keys.REGISTRY_LOCK)
+    Registry(private_redis, lambda: session_for(database), spawn=spawn).known([1])
+    assert done.wait(30)
+    assert not private_redis.exists(keys.REGISTRY_LOCK)

@@ -15,25 +15,43 @@ retried on a fresh connection; idle connections are checked before use
 Long-lived pub/sub connections need an application-level check on top of this, since a
 subscribed connection legitimately receives nothing for long stretches:
 `ticker.bus.liveness.PubSubLiveness`.
+
+`REDIS_URL` names one server or a Redis Sentinel deployment (`ticker.config.SentinelUrl`). Behind
+Sentinel, every new connection asks the sentinels where the master is now (redis-py's
+`SentinelConnectionPool`), so after a failover the service reconnects to the promoted replica by
+itself: a connection to the old master fails (it is dead, or answers READONLY once demoted) and
+its replacement goes to the new one. A pool in use also asks once a second, so an old master that
+stays up (cut off from the sentinels) is left too; long-lived subscribers, whose connections are
+never given back, call `check_master` on their own. `connection_pool(url, ...)` is where a URL
+becomes a pool of either kind; `pool_like(pool, ...)` gives another pool to wherever a pool
+connects; `celery_broker(url)` is kombu's spelling of the same.
+
+A `rediss://` URL (a managed Redis over TLS) gets the certificate options of `tls_options`, here
+and wherever else the service talks to Redis (the Celery broker, the Socket.IO message queue).
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from functools import lru_cache
+from urllib.parse import quote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from ticker.config import Config
+from ticker.config import Config, SentinelUrl
 
 SOCKET_CONNECT_TIMEOUT_SECS = 2.0
 SOCKET_TIMEOUT_SECS = 5.0  # no command of ours takes this long; a dead peer costs this much at most
 HEALTH_CHECK_SECS = 15  # an idle pooled connection gets a PING before it is used again
 BACKGROUND_MAX_CONNECTIONS = 8  # a replica's own loops: a handful at a time, never the crowd's
 PROBE_TIMEOUT_SECS = 1.0  # a health probe answers quickly or reports Redis unreachable
+MASTER_CHECK_SECS = 1.0  # behind Sentinel: how often a pool in use asks where the master is
+MASTER_STALE_SECS = 5.0  # an answer older than this says nothing about where the master is now
 
 # Linux TCP options: probes after 5 s of silence, every 2 s, 3 unanswered means dead; and data
 # sent but unacknowledged for 10 s ends the connection (TCP_USER_TIMEOUT, in milliseconds).
@@ -72,6 +90,122 @@ class WaitingConnectionPool(redis.BlockingConnectionPool):
             raise
 
 
+# The master each Sentinel deployment's pools last heard of in this process, and when:
+# (service name, sentinel addresses) -> ((host, port), monotonic time). Read by `master_moved`.
+_MASTERS: dict[tuple, tuple[tuple[str, int], float]] = {}
+
+
+class WaitingSentinelConnectionPool(SentinelConnectionPool, WaitingConnectionPool):
+    """redis-py's SentinelConnectionPool (each new connection goes to the master the sentinels
+    name now; idle connections to a master that changed are dropped, a demoted one's READONLY
+    reply drops the connection) with `WaitingConnectionPool`'s bounded wait and `PoolExhausted`.
+
+    redis-py asks the sentinels only when it opens a connection, so a busy pool would keep
+    reusing its connections to an old master that is still up (cut off from the sentinels, not
+    yet demoted) for as long as that lasts, and lose every write made there. This pool also asks
+    at most once every MASTER_CHECK_SECS when a connection is taken: after a failover its
+    connections move within about that, whatever became of the old master."""
+
+    def __init__(self, service_name, sentinel_manager, **kwargs):
+        super().__init__(service_name, sentinel_manager, **kwargs)
+        sentinels = (client.connection_pool.connection_kwargs for client in sentinel_manager.sentinels)
+        self.deployment = (service_name, tuple(sorted((kw["host"], kw["port"]) for kw in sentinels)))
+        self.master_checked = float("-inf")
+
+    def get_connection(self, *args, **kwargs):
+        self.check_master()
+        return super().get_connection(*args, **kwargs)
+
+    def check_master(self) -> None:
+        """Ask the sentinels where the master is, unless asked within MASTER_CHECK_SECS. When it
+        moved, idle connections are dropped now and busy ones when given back (redis-py)."""
+        now = time.monotonic()
+        if now - self.master_checked < MASTER_CHECK_SECS:
+            return
+        self.master_checked = now
+        try:
+            address = self.get_master_address()
+        except redis.ConnectionError:  # no sentinel can say now: a dead master shows itself anyway
+            return
+        _MASTERS[self.deployment] = (tuple(address), now)
+
+
+class MasterMoved(redis.ConnectionError):
+    """A long-lived connection's server is no longer its Sentinel deployment's master."""
+
+
+def check_master(connection: redis.Connection) -> None:
+    """Raise MasterMoved when `master_moved(connection)`."""
+    if master_moved(connection):
+        raise MasterMoved(f"{connection.host}:{connection.port} is no longer the master the sentinels name")
+
+
+def master_moved(connection: redis.Connection) -> bool:
+    """True when `connection` goes to a server that is no longer its Sentinel deployment's master,
+    as this process's pools last heard (within MASTER_STALE_SECS); False otherwise, and always for
+    a connection to one server. No I/O: for long-lived (pub/sub) connections, which are never
+    given back to their pool, to be given up and opened again at the new master."""
+    proxy = getattr(connection, "connection_pool", None)  # a Sentinel-managed connection's pool
+    pool = proxy.connection_pool_ref() if proxy is not None else None
+    if pool is None or connection.host is None:
+        return False
+    known = _MASTERS.get(pool.deployment)
+    if known is None or time.monotonic() - known[1] > MASTER_STALE_SECS:
+        return False
+    return known[0] != (connection.host, int(connection.port))
+
+
+def connection_pool(url: str, max_connections: int, timeout: float, **options) -> WaitingConnectionPool:
+    """A bounded pool of connections to what `url` names (`Config.REDIS_URL`'s forms): one
+    server (`redis://`, `rediss://`, `unix://`, read by redis-py's `from_url`), or the master of
+    a Sentinel deployment (`redis+sentinel://`). A caller finding `max_connections` busy waits
+    up to `timeout` seconds, then gets `PoolExhausted`. `options` are connection options
+    (`connection_options()` and the like); behind Sentinel, their `socket_*` ones apply to the
+    sentinels too. Raises ValueError for a malformed URL."""
+    sentinel = SentinelUrl.parse(url)
+    if sentinel is None:
+        return WaitingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout, **options)
+    # Each sentinel is asked once per lookup: the next sentinel is the retry. (redis-py's default
+    # of three retries per sentinel would let one silent sentinel cost four connect timeouts.)
+    sentinel_options = {key: value for key, value in options.items() if key.startswith("socket_")}
+    manager = Sentinel(sentinel.sentinels, sentinel_kwargs={**sentinel_options, "retry": Retry(NoBackoff(), 0)})
+    credentials = {"username": sentinel.username, "password": sentinel.password}
+    return WaitingSentinelConnectionPool(sentinel.master_name, manager, max_connections=max_connections,
+                                         timeout=timeout, db=sentinel.db, **credentials, **options)
+
+
+def pool_like(pool: WaitingConnectionPool, max_connections: int, **overrides) -> WaitingConnectionPool:
+    """A new pool of at most `max_connections` to wherever `pool`'s connections go (the same
+    server, or the same Sentinel deployment's master), with `pool`'s connection options but for
+    `overrides`; callers wait for a connection as long as `pool`'s do."""
+    options = {**pool.connection_kwargs, **overrides}
+    options.pop("connection_pool", None)  # a Sentinel pool's own back-reference: the new pool sets its own
+    sizes = {"max_connections": max_connections, "timeout": pool.timeout, "connection_class": pool.connection_class}
+    if isinstance(pool, SentinelConnectionPool):
+        return WaitingSentinelConnectionPool(pool.service_name, pool.sentinel_manager, **sizes, **options)
+    return WaitingConnectionPool(**sizes, **options)
+
+
+def celery_broker(url: str) -> tuple[str, dict]:
+    """Celery's `broker_url` for `url` (a `Config.REDIS_URL`), and the transport options it
+    needs beside the others: the URL itself and none for one server; for a Sentinel deployment
+    kombu's form, `sentinel://[[username]:password@]host:port/<db>` once per sentinel joined by
+    `;`, with the master's name in `master_name` (kombu's redis transport, "sentinel"), and the
+    options kombu (and Flower) ask the sentinels with: each once per lookup, as `connection_pool`."""
+    sentinel = SentinelUrl.parse(url)
+    if sentinel is None:
+        return url, {}
+    credentials = ""
+    if sentinel.username or sentinel.password:
+        credentials = f"{quote(sentinel.username or '', safe='')}:{quote(sentinel.password or '', safe='')}@"
+    hosts = (f"[{host}]" if ":" in host else host for host, _ in sentinel.sentinels)
+    urls = [f"sentinel://{credentials}{host}:{port}/{sentinel.db}"
+            for host, (_, port) in zip(hosts, sentinel.sentinels, strict=True)]
+    asking = {"socket_connect_timeout": SOCKET_CONNECT_TIMEOUT_SECS, "socket_timeout": SOCKET_TIMEOUT_SECS,
+              "retry": Retry(NoBackoff(), 0)}
+    return ";".join(urls), {"master_name": sentinel.master_name, "sentinel_kwargs": asking}
+
+
 def connection_options() -> dict:
     """The socket options every connection of the service gets (also the tick listener's own)."""
     return {
@@ -85,12 +219,27 @@ def connection_options() -> dict:
     }
 
 
+def tls_options(url: str) -> dict[str, str]:
+    """redis-py's TLS keywords for `url`: for a `rediss://` URL, `ssl_cert_reqs` ("required",
+    "optional" or "none") and those of `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile` (file
+    paths) that are set (Config.REDIS_SSL_*); {} for any other URL. kombu's Redis transport takes
+    the same dict as Celery's `broker_use_ssl`. A URL's own `ssl_*` query parameters (redis-py
+    and kombu both read them) override these."""
+    if urlsplit(url).scheme != "rediss":
+        return {}
+    options = {"ssl_cert_reqs": Config.REDIS_SSL_CERT_REQS}
+    files = {"ssl_ca_certs": Config.REDIS_SSL_CA_CERTS, "ssl_certfile": Config.REDIS_SSL_CERTFILE,
+             "ssl_keyfile": Config.REDIS_SSL_KEYFILE}
+    return options | {key: path for key, path in files.items() if path}
+
+
 PURPOSES = ("requests", "background", "probe")
 
 
 @lru_cache(maxsize=16)
 def redis_client(url: str, purpose: str = "requests") -> redis.Redis:
-    """A client per URL, purpose and process, decoding replies to `str`.
+    """A client per URL (`Config.REDIS_URL`'s forms: `connection_pool`), purpose and process,
+    decoding replies to `str`.
 
     `purpose` "requests" (the default) shares `Config.REDIS_MAX_CONNECTIONS` connections among
     everything a process does on behalf of others; "background" gets a small pool of its own for
@@ -102,7 +251,7 @@ def redis_client(url: str, purpose: str = "requests") -> redis.Redis:
     `Config.REDIS_POOL_WAIT_SECS` for a free connection, and `redis.RedisError` otherwise."""
     if purpose not in PURPOSES:
         raise ValueError(f"unknown purpose {purpose!r}: one of {PURPOSES}")
-    options = connection_options()
+    options = connection_options() | tls_options(url)
     size, wait = Config.REDIS_MAX_CONNECTIONS, Config.REDIS_POOL_WAIT_SECS
     if purpose == "background":
         size = BACKGROUND_MAX_CONNECTIONS
@@ -110,5 +259,4 @@ def redis_client(url: str, purpose: str = "requests") -> redis.Redis:
         size, wait = BACKGROUND_MAX_CONNECTIONS, PROBE_TIMEOUT_SECS
         options.update(socket_connect_timeout=PROBE_TIMEOUT_SECS, socket_timeout=PROBE_TIMEOUT_SECS,
                        retry_on_timeout=False, retry=Retry(NoBackoff(), 0))
-    pool = WaitingConnectionPool.from_url(url, max_connections=size, timeout=wait, decode_responses=True, **options)
-    return redis.Redis(connection_pool=pool)
+    return redis.Redis(connection_pool=connection_pool(url, size, wait, decode_responses=True, **options))

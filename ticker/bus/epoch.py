@@ -12,8 +12,10 @@ Centrifugo's streams keep with their `offset` and `epoch`.
 The epoch lives in Redis as a hash {id, replid}: `id` is Redis' clock in milliseconds when the
 epoch began (so a later epoch has a larger id, whatever process made it), `replid` the
 replication ID of the server that holds it. Redis gives a server a new replication ID when it
-starts without its data and when a replica is promoted; either way the state may be older than
-what clients saw, and the epoch is renewed. A lost hash (Redis restarted empty) is renewed too.
+starts without its data and when a replica is promoted (a Sentinel failover); either way the
+state may be older than what clients saw, and the epoch is renewed. A lost hash (Redis restarted
+empty) is renewed too. The script reads the replication ID itself, so the check and the epoch it
+returns are the same server's even while clients move from a demoted master to a promoted one.
 """
 
 from __future__ import annotations
@@ -22,23 +24,22 @@ import redis
 
 from ticker.bus import keys
 
-# KEYS: the epoch hash. ARGV: the server's replication ID now.
-# Returns the current epoch id, starting a new epoch (larger than any before it) if there is
-# none or the server's replication ID changed since it began.
+# The server's replication ID (`INFO replication` `master_replid`), read inside a script.
+# (Redis 5 and later replicate scripts by their effects, so reading INFO before writing is allowed.)
+REPLID_LUA = "string.match(redis.call('info', 'replication'), 'master_replid:(%w+)') or ''"
+
+# KEYS: the epoch hash. Returns the current epoch id, starting a new epoch (larger than any
+# before it) if there is none or the server's replication ID changed since it began.
 _ENSURE = """
+local replid = REPLID_LUA
 local id = tonumber(redis.call('hget', KEYS[1], 'id'))
-if id and redis.call('hget', KEYS[1], 'replid') == ARGV[1] then return id end
+if id and redis.call('hget', KEYS[1], 'replid') == replid then return id end
 local now = redis.call('time')
 local fresh = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 if id and fresh <= id then fresh = id + 1 end
-redis.call('hset', KEYS[1], 'id', string.format('%.0f', fresh), 'replid', ARGV[1])
+redis.call('hset', KEYS[1], 'id', string.format('%.0f', fresh), 'replid', replid)
 return fresh
-"""
-
-
-def replication_id(client: redis.Redis) -> str:
-    """The server's replication ID (`INFO replication` `master_replid`)."""
-    return str(client.info("replication").get("master_replid", ""))
+""".replace("REPLID_LUA", REPLID_LUA)
 
 
 class BusEpoch:
@@ -51,4 +52,4 @@ class BusEpoch:
 
     def current(self) -> int:
         """The epoch id now (milliseconds since 1970 by Redis' clock when it began)."""
-        return int(self._ensure(keys=[keys.EPOCH], args=[replication_id(self.redis)]))
+        return int(self._ensure(keys=[keys.EPOCH]))

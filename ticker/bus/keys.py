@@ -81,6 +81,9 @@ def shard_generation(slot: str) -> str:
 # Epoch ms (Redis TIME) since which this Redis holds the shards' lease history: set by the first
 # lease acquired after Redis lost its state (ticker.bus.lease).
 SHARD_HISTORY_SINCE = f"{PREFIX}:shard:history_since"
+# The replication ID of the server that began that history: another one (a replica promoted by
+# a failover, which may lack the latest lease writes) begins a new history.
+SHARD_HISTORY_REPLID = f"{PREFIX}:shard:history_replid"
 
 
 def shard_state(slot: str) -> str:

@@ -12,18 +12,23 @@ Two things make "only grows" and "at most one" hold when Redis itself fails:
   that long; the margin covers a watchdog's reaction time and clock-rate drift. A holder that
   cannot reach Redis (a slow call, a restart, a partition) therefore knows when to drop its
   upstream connection without asking anyone (ticker.feed.watchdog does it).
-- When a slot's generation counter is missing (Redis restarted empty, was flushed or failed
-  over to a replica that lacked it, or the slot was never leased), it is seeded from Redis
-  `TIME` in milliseconds, which exceeds every generation drawn before as long as a slot is not
-  leased more than once a millisecond (a lease lives for seconds), so fencing tokens never go
-  backwards.
+- Redis keeps, beside the counters, the time since which it holds the lease history
+  (`keys.SHARD_HISTORY_SINCE`, set by the first acquisition after a loss) and the replication
+  ID of the server it began on (`keys.SHARD_HISTORY_REPLID`). A server with another replication
+  ID is a replica promoted by a failover (or a server restarted from an old dump): asynchronous
+  replication may have cost it the latest acquisitions and renewals, so a new history begins
+  there just as after a loss.
+- When a slot's generation counter is missing (Redis restarted empty, was flushed, or the slot
+  was never leased) or older than the history (it comes from before a failover), it is seeded
+  from Redis `TIME` in milliseconds, which exceeds every generation drawn before as long as a
+  slot is not leased more than once a millisecond (a lease lives for seconds), so fencing
+  tokens never go backwards.
 - A previous holder may then still hold a connection it believes leased, until its own
-  `valid_until`: at most one TTL after Redis lost the key. Redis keeps, beside the counters,
-  the time since which it holds the lease history (`keys.SHARD_HISTORY_SINCE`, set by the
-  first acquisition after a loss). A lease acquired on a slot without a counter is good for
-  upstream connections only once that time is one TTL past (`connect_after`; the shard waits
-  for it, ticker.feed.shard): at most one TTL on a fresh start or after Redis lost its data,
-  nothing for a slot first used later.
+  `valid_until`: at most one TTL after Redis lost the key (or after the failover). A lease
+  whose counter had to be seeded is good for upstream connections only once the history is one
+  TTL old (`connect_after`; the shard waits for it, ticker.feed.shard): at most one TTL on a
+  fresh start or after Redis lost its data or failed over, nothing for a slot first used later.
+  A holder whose lease survived a failover renews it on the new master and streams on.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 import redis
 
 from ticker.bus import keys
+from ticker.bus.epoch import REPLID_LUA
 
 LEASE_TTL_MS = 6_000  # a killed owner's slot is free again within this
 LEASE_TTL_SECS = LEASE_TTL_MS / 1000
@@ -41,27 +47,34 @@ RENEW_EVERY_SECS = 2.0  # well inside the TTL, so a healthy owner never loses it
 # close reaching Kite, and clock-rate drift between this host and Redis over one TTL all fit.
 SAFETY_MARGIN_SECS = 1.0
 
-# Acquire atomically: the slot's lease if free, with the next generation. A missing counter is
-# seeded from the server's clock in ms; then the reply says how long (ms) a previous holder
-# may still believe itself the owner: until one TTL after this Redis began its lease history.
+# Acquire atomically: the slot's lease if free, with the next generation. The history begins
+# anew when it is missing or was begun on another server (a failover). A counter missing or
+# older than the history is seeded from the server's clock in ms; then the reply says how long
+# (ms) a previous holder may still believe itself the owner: until one TTL after this Redis
+# began its lease history. (A history recorded before its server was, as by earlier versions,
+# is adopted, not begun anew.)
 _ACQUIRE = """
 if redis.call('exists', KEYS[1]) == 1 then return false end
+local replid = REPLID_LUA
+local time = redis.call('time')
+local now = time[1] .. string.format('%03d', math.floor(tonumber(time[2]) / 1000))
+local since = redis.call('get', KEYS[3])
+local began_on = redis.call('get', KEYS[4])
+if not since or (began_on and began_on ~= replid) then
+  since = now
+  redis.call('set', KEYS[3], now)
+end
+if began_on ~= replid then redis.call('set', KEYS[4], replid) end
 local wait_ms = 0
-if redis.call('exists', KEYS[2]) == 0 then
-  local time = redis.call('time')
-  local now = time[1] .. string.format('%03d', math.floor(tonumber(time[2]) / 1000))
-  local since = redis.call('get', KEYS[3])
-  if not since then
-    since = now
-    redis.call('set', KEYS[3], now)
-  end
+local counter = tonumber(redis.call('get', KEYS[2]))
+if not counter or counter < tonumber(since) then
   wait_ms = math.max(0, tonumber(since) + tonumber(ARGV[2]) - tonumber(now))
   redis.call('set', KEYS[2], now)
 end
 local generation = redis.call('incr', KEYS[2])
 redis.call('set', KEYS[1], ARGV[1] .. ':' .. generation, 'px', ARGV[2])
 return {generation, wait_ms}
-"""
+""".replace("REPLID_LUA", REPLID_LUA)
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
@@ -106,7 +119,8 @@ class ShardLease:
     def acquire(self) -> bool:
         """Take the slot's lease if nobody holds it; True if taken."""
         started = time.monotonic()
-        slot_keys = [keys.shard_lease(self.slot), keys.shard_generation(self.slot), keys.SHARD_HISTORY_SINCE]
+        slot_keys = [keys.shard_lease(self.slot), keys.shard_generation(self.slot), keys.SHARD_HISTORY_SINCE,
+                     keys.SHARD_HISTORY_REPLID]
         taken = self._acquire(keys=slot_keys, args=[self.owner, LEASE_TTL_MS])
         if not taken:
             return False

@@ -277,7 +277,8 @@ class Registry:
         is (then the caller reads PostgreSQL)."""
         if self.redis.exists(keys.REGISTRY_TOKENS):
             return True
-        lock = self.redis.lock(keys.REGISTRY_LOCK, timeout=REBUILD_LOCK_SECS, blocking=False)
+        # Not thread-local: with `spawn`, another greenlet (or thread) rebuilds and releases it.
+        lock = self.redis.lock(keys.REGISTRY_LOCK, timeout=REBUILD_LOCK_SECS, blocking=False, thread_local=False)
         if not lock.acquire():
             return False  # another replica, or a reload, is writing it
         if self.spawn is None:
@@ -299,7 +300,9 @@ class Registry:
                 lock.release()
             except redis.exceptions.RedisError:  # LockError included
                 log.warning("the registry mirror's lock was lost during its rebuild (%ss)", REBUILD_LOCK_SECS)
-        log.info("registry mirrored to Redis from the database: %d instruments", count)
+        # An empty registry (before the first load) is tried again at each lookup: not worth a line each time.
+        level = logging.INFO if count else logging.DEBUG
+        log.log(level, "registry mirrored to Redis from the database: %d instruments", count)
         return count
 
 

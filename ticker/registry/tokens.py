@@ -22,6 +22,7 @@ from kiteconnect.exceptions import KiteException, NetworkException, TokenExcepti
 from sqlalchemy.orm import Session
 
 from ticker.bus import keys
+from ticker.bus.message_queue import LiveRedisManager
 from ticker.registry import accounts
 from ticker.registry.calendar import next_token_expiry
 
@@ -40,7 +41,7 @@ def kite(config: Any, api_key: str, access_token: str | None = None) -> KiteConn
 @lru_cache(maxsize=4)
 def _emitter(redis_url: str) -> SocketIO:
     # Write-only: this process holds no sockets, it only posts to the replicas' message queue.
-    return SocketIO(message_queue=redis_url, channel=keys.SOCKETIO_CHANNEL)
+    return LiveRedisManager.emitter(redis_url, keys.SOCKETIO_CHANNEL)
 
 
 def announce(config: Any, state: dict[str, Any]) -> None:

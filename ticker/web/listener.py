@@ -10,7 +10,9 @@ Its connection is watched at the application level (`ticker.bus.liveness`): when
 arrived for a second it sends a PING, and when nothing at all (not even the pong) has arrived
 for `SILENT_SECS` it drops the connection and subscribes again on a new one. A connection that a
 NAT or firewall forgot is noticed within that bound, counted
-(`ticker_bus_listener_reconnects_total{reason="silent"}`) and shown in /health.
+(`ticker_bus_listener_reconnects_total{reason="silent"}`) and shown in /health. Behind Sentinel, a
+connection to a master that is one no more (a failover while it stayed up) is given up as soon
+as the process hears of the new one (`reason="failover"`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import redis
 
 from ticker import metrics
 from ticker.bus import keys
+from ticker.bus.connection import MasterMoved, check_master, pool_like
 from ticker.bus.liveness import ConnectionSilent, Liveness
 from ticker.bus.ticks import unpack
 
@@ -59,10 +62,9 @@ class TickListener:
         self.redis = client
         # Batches are read as bytes and their ticks forwarded as they are: a connection of its
         # own that does not decode replies, and whose liveness this listener checks itself.
-        pool = client.connection_pool
-        options = {**pool.connection_kwargs, "decode_responses": False, "health_check_interval": 0}
-        self.raw = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
-                                                                    max_connections=4, **options))
+        # (The same server, or behind Sentinel the same master, as the client's: pool_like.)
+        self.raw = redis.Redis(connection_pool=pool_like(client.connection_pool, max_connections=4,
+                                                         decode_responses=False, health_check_interval=0))
         self.wake_channel = wake_channel
         self.needed_buckets = needed_buckets
         self.deliver = deliver
@@ -90,6 +92,8 @@ class TickListener:
                 self._run()
             except ConnectionSilent as exc:
                 self._restart("silent", f"connection silent: {exc}")
+            except MasterMoved as exc:
+                self._restart("failover", str(exc))
             except redis.RedisError as exc:
                 self._restart("error", f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # noqa: BLE001  (a bug must not end delivery for good)
@@ -168,8 +172,10 @@ class TickListener:
             self.sleep(0)  # let the sockets' writers send what was just queued
 
     def _check_alive(self, pubsub) -> None:
-        """Ask for a sign of life when the connection has been quiet; give it up when silent."""
+        """Ask for a sign of life when the connection has been quiet; give it up when silent, or
+        when Sentinel named another master (the old one may still be up, and hear nothing)."""
         self.liveness.check()
+        check_master(pubsub.connection)
         if self.liveness.ping_due():
             pubsub.ping()
             self.liveness.pinged()

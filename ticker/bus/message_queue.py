@@ -8,11 +8,14 @@ other processes) is lost without a word. `LiveRedisManager` keeps everything of 
 manager but its listening loop, which reads with a timeout, pings when the connection has been
 quiet and reconnects when even the pings go unanswered (`ticker.bus.liveness`).
 
-Its connections come from a bounded pool that waits, as the rest of the service's do.
+Its connections come from a bounded pool that waits, as the rest of the service's do, and speak
+TLS to a `rediss://` URL with the service's certificate settings (`ticker.bus.connection.tls_options`).
+Processes that hold no sockets emit through it too, write-only (`emitter`): Flask-SocketIO's
+`SocketIO(message_queue=url)` would take a `redis+sentinel://` URL for kombu's and fail.
 
 Relies on python-socketio 5.x internals (checked with 5.18.1): `RedisManager._redis_connect`
-sets `self.redis`, `self.pubsub` and `self.connected` (this replaces it: plain `redis://` and
-`rediss://` URLs only), `_publish` uses `self.redis`, and `_listen` consumes
+sets `self.redis`, `self.pubsub` and `self.connected` (this replaces it, for every form of
+`REDIS_URL`: `ticker.bus.connection.connection_pool`), `_publish` uses `self.redis`, and `_listen` consumes
 `_redis_listen_with_retries()`, a generator of redis-py message dicts. tests/web/test_dead_peers.py
 proves the behaviour with a black-holed connection, so an upgrade that changes them fails there.
 """
@@ -26,9 +29,10 @@ from typing import Any
 
 import redis
 import socketio
+from flask_socketio import SocketIO
 
 from ticker import metrics
-from ticker.bus.connection import WaitingConnectionPool, connection_options
+from ticker.bus.connection import MasterMoved, check_master, connection_options, connection_pool, tls_options
 from ticker.bus.liveness import PING_EVERY_SECS, ConnectionSilent, Liveness
 from ticker.config import Config
 
@@ -43,14 +47,21 @@ class LiveRedisManager(socketio.RedisManager):
     """A `socketio.RedisManager` whose listener survives a connection that went silent."""
 
     def __init__(self, url: str, channel: str, write_only: bool = False):
-        options = {**connection_options(), "health_check_interval": 0}  # liveness is checked here
+        # Liveness is checked here, not by redis-py's health checks.
+        options = {**connection_options(), **tls_options(url), "health_check_interval": 0}
         super().__init__(url, channel=channel, write_only=write_only, redis_options=options)
+
+    @classmethod
+    def emitter(cls, url: str, channel: str) -> SocketIO:
+        """A write-only `SocketIO` that posts to the replicas' message queue at `url`, for
+        processes that hold no sockets (workers, beat, the CLI)."""
+        return SocketIO(message_queue=url, client_manager=cls(url, channel=channel, write_only=True))
 
     def _redis_connect(self) -> None:
         # A bounded pool that waits, as every other client of the service (ticker.bus.connection):
         # redis-py's default pool refuses the 101st concurrent publish.
-        pool = WaitingConnectionPool.from_url(self.redis_url, max_connections=MAX_CONNECTIONS,
-                                              timeout=Config.REDIS_POOL_WAIT_SECS, **self.redis_options)
+        # Behind Sentinel too (python-socketio's own Sentinel support is in the method replaced here).
+        pool = connection_pool(self.redis_url, MAX_CONNECTIONS, Config.REDIS_POOL_WAIT_SECS, **self.redis_options)
         self.redis = redis.Redis(connection_pool=pool)
         # Subscribe confirmations and pongs must reach the loop: they are signs of life.
         self.pubsub = self.redis.pubsub()
@@ -65,6 +76,8 @@ class LiveRedisManager(socketio.RedisManager):
                 yield from self._messages()
             except ConnectionSilent as exc:
                 self._lost("silent", exc)
+            except MasterMoved as exc:
+                self._lost("failover", exc)
             except Exception as exc:  # noqa: BLE001  (any failure: a new connection, after a pause)
                 self._lost("error", exc)
 
@@ -88,6 +101,7 @@ class LiveRedisManager(socketio.RedisManager):
                     yield message
                 continue
             liveness.check()
+            check_master(self.pubsub.connection)  # behind Sentinel: the master may have moved
             if liveness.ping_due():
                 self.pubsub.ping()
                 liveness.pinged()
