@@ -106,9 +106,10 @@ LUA = """
 wrk.method = "GET"
 wrk.path = "{path}"
 wrk.headers["Authorization"] = "token bench_key:{jwt}"
-local pace_ms = {pace_ms}
+"""
+PACE = """
 function delay()
-  return pace_ms
+  return {pace_ms}
 end
 """
 
@@ -125,7 +126,7 @@ def wrk(web: Process, url: str, jwt: str, count: int, seconds: float, connection
     floor), and the replica's CPU time per request meanwhile."""
     path = "/quote?" + "&".join(f"i=NSE%3ASYM{n}" for n in range(count)) if count else "/health/live"
     script = workdir / f"quote-{count}-{pace_ms}.lua"
-    script.write_text(LUA.format(path=path, jwt=jwt, pace_ms=pace_ms))
+    script.write_text(LUA.format(path=path, jwt=jwt) + (PACE.format(pace_ms=pace_ms) if pace_ms else ""))
     threads = "1" if pace_ms else "2"  # a paced load is light: leave the replica the other core
     argv = ["wrk", "-t", threads, "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s", str(script), url]
     cpu = cpu_secs(web.pid)
