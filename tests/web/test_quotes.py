@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import re
+import statistics
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -210,3 +212,19 @@ def test_a_first_tick_too_late_is_pending_and_the_next_quote_answers(cut_off, da
     assert mixed.status_code == 200 and mixed.json()["data"][name]["instrument_token"] == token
     assert mixed.json()["omitted"] == {other: "pending", "NSE:NO-SUCH-THING": "unknown_instrument"}
     assert client.ohlc([f"NSE:X{n}" for n in range(1000)]) == {}  # Kite's longest URL gets through eventlet
+
+
+def test_quotes_on_a_kept_alive_connection_wait_for_no_delayed_ack(stack, database, make_token):
+    # gevent sent each response in two writes; with Nagle's algorithm the second waited for
+    # the client's delayed ACK, at least 40 ms on Linux, on every request of a kept-alive
+    # connection such as KiteConnect's session. The bound leaves a loaded machine 35 ms for
+    # a quote the replica makes in about one.
+    (_, name), = instruments(database, "NSE", 1, skip=280)
+    client = kite(stack["url"], make_token("quoter"))
+    client.ltp([name])  # streamed from now on
+    took = []
+    for _ in range(15):
+        started = time.perf_counter()
+        client.ltp([name])
+        took.append(time.perf_counter() - started)
+    assert statistics.median(took) < 0.035, took
