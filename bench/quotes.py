@@ -155,6 +155,50 @@ def parse_wrk(out: str) -> dict:
             "errors": int(errors.group(1)) if errors else 0}
 
 
+def open_loop(web: Process, url: str, jwt: str, count: int, rate: int, seconds: float) -> dict:
+    """`rate` requests a second for `seconds`, each sent at its scheduled time whether or not
+    earlier ones were answered (an open loop: a slow answer cannot hold the next request back),
+    over a pool of kept-alive connections (aiohttp); each latency counts from the request's
+    scheduled time, so time the client itself fell behind counts against the server too."""
+    import asyncio
+    import statistics
+
+    import aiohttp
+
+    path = "/quote?" + "&".join(f"i=NSE%3ASYM{n}" for n in range(count))
+    headers = {"Authorization": f"token bench_key:{jwt}"}
+
+    async def run() -> tuple[list[float], int]:
+        loop = asyncio.get_running_loop()
+        latencies: list[float] = []
+        failed = 0
+
+        async def one(session: aiohttp.ClientSession, scheduled: float) -> None:
+            nonlocal failed
+            async with session.get(url + path, headers=headers) as reply:
+                await reply.read()
+                failed += reply.status != 200
+            latencies.append(loop.time() - scheduled)
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+            await one(session, loop.time())  # a connection open before the clock starts
+            latencies.clear()
+            start, tasks = loop.time() + 0.1, []
+            for k in range(int(rate * seconds)):
+                scheduled = start + k / rate
+                await asyncio.sleep(max(0.0, scheduled - loop.time()))
+                tasks.append(asyncio.create_task(one(session, scheduled)))
+            await asyncio.gather(*tasks)
+            return latencies, failed
+
+    cpu = cpu_secs(web.pid)
+    latencies, failed = asyncio.run(run())
+    cpu = cpu_secs(web.pid) - cpu
+    latencies.sort()
+    return {"requests": len(latencies), "errors": failed, "p50": statistics.median(latencies) * 1e3,
+            "p99": latencies[int(len(latencies) * 0.99) - 1] * 1e3, "cpu_ms": cpu / len(latencies) * 1e3}
+
+
 def check(url: str, jwt: str) -> None:
     """One request as KiteConnect sends it, before any figure is trusted."""
     reply = requests.get(f"{url}/quote", params={"i": ["NSE:SYM1", "NSE:SYM2"]}, timeout=10,
@@ -200,6 +244,11 @@ def main() -> None:
             print(f"\n50 instruments at {args.rate} requests/s ({args.paced_connections} connections, each every "
                   f"{pace:g} ms): {r['rps']:,.0f} requests/s answered, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, "
                   f"replica CPU {r['cpu_ms']:.2f} ms a request ({r['requests']:,} requests); "
+                  f"load average {os.getloadavg()[0]:.2f} at the end")
+            r = open_loop(web, url, jwt, 50, args.rate, args.seconds * 2)
+            assert r["errors"] == 0, r
+            print(f"50 instruments at {args.rate} requests/s, open loop (aiohttp): p50 {r['p50']:.2f} ms, "
+                  f"p99 {r['p99']:.2f} ms, replica CPU {r['cpu_ms']:.2f} ms a request ({r['requests']:,} requests); "
                   f"load average {os.getloadavg()[0]:.2f} at the end")
         finally:
             if web is not None:
