@@ -5,7 +5,7 @@ PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help install services db run test lint packages browser bench-fanout bench-crowd bench-registry bench-ingest \
-	bench-recovery bench-ops bench-replicas bench-redis bench-candles chaos vendor-client
+	bench-recovery bench-ops bench-replicas bench-redis bench-candles bench-quotes chaos vendor-client
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ bench-candles: install services ## Candle builder: its CPU per tick against the 
 
 bench-recovery: install services ## Upstream recovery: first tick, reconnect, takeover medians
 	$(BIN)/python -m bench.recovery $(BENCH_ARGS)
+
+bench-quotes: install services ## Market quotes: what one replica answers (needs wrk: apt-get install wrk)
+	$(BIN)/python -m bench.quotes $(BENCH_ARGS)
 
 bench-replicas: install services ## One web replica against two on this host, and the capacity model's check (figures into BENCHMARKS.md)
 	$(BIN)/python -m bench.replicas --write $(BENCH_ARGS)

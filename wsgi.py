@@ -59,7 +59,10 @@ if __name__ == "__main__":
         # server serves at most 1024 connections at once unless told otherwise.
         family, *_, address = eventlet.green.socket.getaddrinfo(host, port)[0]
         listener = eventlet.listen(address, family, backlog=backlog)
-        eventlet.wsgi.server(listener, app, log_output=False, max_size=app.config["MAX_CONNECTIONS"] + 100)
+        from ticker.web.kite_quotes import MAX_REQUEST_LINE_BYTES
+
+        eventlet.wsgi.server(listener, app, log_output=False, max_size=app.config["MAX_CONNECTIONS"] + 100,
+                             url_length_limit=MAX_REQUEST_LINE_BYTES)  # Kite's 1000 instruments a quote
     elif ASYNC_MODE == "gevent":
         from ticker.web.gevent_server import WebSocketClosingHandler
 

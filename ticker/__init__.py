@@ -82,11 +82,12 @@ def create_app(config_class: type[Config] = Config, async_mode: str = "threading
 
     app.register_blueprint(page.bp)
 
-    from ticker.web import candles, instruments, kite_login
+    from ticker.web import candles, instruments, kite_login, quotes
 
     app.register_blueprint(instruments.bp)
     app.register_blueprint(kite_login.bp)
     app.register_blueprint(candles.bp)
+    app.register_blueprint(quotes.bp)
 
     from ticker import cli
 

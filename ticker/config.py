@@ -251,6 +251,12 @@ class Config:
     # 0: no cap. A day: a client reconnects once a day at worst.
     MAX_CONNECTION_SECS = _float("MAX_CONNECTION_SECS", 86400.0)
 
+    # Market quotes (GET /quote...): how long a request waits for the first tick of an instrument
+    # nobody streamed (then it is reported `pending`), and how long after the last quote naming
+    # it the replica keeps such an on-demand subscription (then UNSUBSCRIBE_GRACE_SECS applies).
+    QUOTE_WAIT_SECS = _float("QUOTE_WAIT_SECS", 3.0)
+    QUOTE_HOLD_SECS = _float("QUOTE_HOLD_SECS", 30.0)
+
     # The claim listing the Kite exchanges a token's data may come from (ticker.web.entitlements).
     JWT_ENTITLEMENTS_CLAIM = _env("JWT_ENTITLEMENTS_CLAIM", "exchanges")
 

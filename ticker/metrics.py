@@ -113,6 +113,15 @@ ENTITLEMENT_REFUSALS = Counter(
     ["exchange", "event"])
 
 
+# Market quotes (ticker.web.quotes): instruments by endpoint (quote, ohlc, ltp) and outcome
+# (answered, or the code it was omitted with: pending, capacity_exhausted, not_entitled, unknown_*).
+QUOTE_INSTRUMENTS = Counter("ticker_quote_instruments_total",
+                            "Instruments named in market-quote requests, by endpoint and outcome",
+                            ["endpoint", "outcome"])
+QUOTE_HOLDS = Gauge("ticker_quote_holds", "Instruments this replica subscribed on demand for market quotes, held now",
+                    multiprocess_mode="livesum")
+
+
 # --- Cluster-wide figures, read from Redis at scrape time -------------------------------------
 # Shards, beat jobs and account token checks run in Celery processes that come and go, so they
 # report to Redis and any replica exports the cluster's view. Every label here is bounded: a

@@ -32,6 +32,9 @@ KITE_ERRORS = {
     "/candles": ("/candles", {"instrument": "NSE:INFY"}, {}, 403, "TokenException"),
     "/instruments/historical/<token>/<interval>": (
         "/instruments/historical/408065/minute", {}, {"Authorization": "token key:not-a-jwt"}, 403, "TokenException"),
+    "/quote": ("/quote", {}, {"Authorization": "token key:not-a-jwt"}, 403, "TokenException"),
+    "/quote/ohlc": ("/quote/ohlc", {}, {}, 403, "TokenException"),
+    "/quote/ltp": ("/quote/ltp", {"i": "INFY"}, {"Authorization": "token key:not-a-jwt"}, 403, "TokenException"),
 }
 
 

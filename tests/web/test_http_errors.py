@@ -275,6 +275,7 @@ def test_a_redis_pool_with_no_connection_free_is_503_server_busy(bare_app, redis
     ("/instruments", {"q": "\x00"}), ("/instruments", {"q": "INF", "exchange": "\x00"}),
     ("/instruments", {"q": "INF", "segment": "N\x00"}), ("/kite/login/%00", {}),
     ("/kite/callback/%00", {"request_token": "x"}), ("/kite/callback", {"request_token": "x\x00"}),
+    ("/instruments", {"q": "INF", "x\x00": "1"}),
 ])
 def test_a_nul_in_a_path_or_query_is_a_bad_request_not_a_500(stack, make_token, path, params):
     response = requests.get(f"{stack['url']}{path}", params=params, timeout=10,

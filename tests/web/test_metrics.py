@@ -82,7 +82,8 @@ def test_scopes_split_replica_and_cluster_figures(stack):
 def test_no_label_is_per_instrument_or_per_user(stack):
     allowed = {"slot", "state", "owner", "account", "job", "outcome", "reason", "le", "quantile", "mode", "loop",
                "kind", "version", "implementation", "major", "minor", "patchlevel", "generation", "replica", "event",
-               "exchange"}  # a Kite exchange code or "other" (ticker.web.entitlements.metric_label)
+               "exchange",  # a Kite exchange code or "other" (ticker.web.entitlements.metric_label)
+               "endpoint"}  # quote, ohlc or ltp (ticker.web.quotes)
     for name, series in scrape(stack["url"]).items():
         for labels in series:
             assert {key for key, _ in labels} <= allowed, (name, labels)

@@ -20,6 +20,7 @@ LIMIT_EXCEEDED = "limit_exceeded"  # the connection already holds its maximum of
 UNKNOWN_TOKEN = "unknown_token"
 UNKNOWN_INSTRUMENT = "unknown_instrument"
 NOT_ENTITLED = "not_entitled"  # the token's entitlements do not cover this instrument's exchange
+QUOTE_PENDING = "quote_pending"  # instruments subscribed on demand for a quote sent no tick within QUOTE_WAIT_SECS
 UNKNOWN_EVENT = "unknown_event"
 INTERNAL = "internal_error"
 RATE_LIMITED = "rate_limited"  # too many messages (or connection attempts from one address) a second

@@ -30,13 +30,14 @@ raised inside become Kite's envelope too (503 `bus_unavailable`, `server_busy`,
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
 import redis
 import sqlalchemy.exc
-from flask import Response, jsonify, request
+from flask import Response, current_app, jsonify, request
 
 from ticker.bus.connection import PoolExhausted
 from ticker.logs import event
@@ -53,6 +54,14 @@ INPUT_EXCEPTION = "InputException"
 PERMISSION_EXCEPTION = "PermissionException"
 NETWORK_EXCEPTION = "NetworkException"
 GENERAL_EXCEPTION = "GeneralException"
+
+# A client polling quotes sends the same JWT many times a second, and verifying it (RS256, and
+# PyJWT's checks of every character) was the largest single cost of a small quote: a token
+# verified is taken as verified for this long (never past its `exp`). A JWKS key withdrawn
+# is thus refused up to this much later; the key set is refetched at most once a second anyway.
+VERIFIED_REUSE_SECS = 1.0
+MAX_VERIFIED = 10_000  # distinct tokens remembered; all forgotten at once beyond it
+_verified: dict[tuple[int, str], tuple[dict[str, Any], float]] = {}
 
 
 class KiteError(Exception):
@@ -97,7 +106,7 @@ def authenticate(headers: Any) -> dict[str, Any]:
     """The verified claims of the request's JWT; KiteError 403 `TokenException` (or 503
     `NetworkException` for `auth_unavailable`) with the code of docs/API.md otherwise."""
     try:
-        return auth.verify(credentials(headers))
+        return _verify(credentials(headers))
     except ClientError as exc:
         if exc.code == errors.AUTH_UNAVAILABLE:
             raise KiteError(503, NETWORK_EXCEPTION, exc.code, exc.message,
@@ -106,6 +115,25 @@ def authenticate(headers: Any) -> dict[str, Any]:
         if exc.code == errors.AUTH_REQUIRED:
             message = "a JWT is required: Authorization: token <api_key>:<jwt>, or Authorization: Bearer <jwt>"
         raise KiteError(403, TOKEN_EXCEPTION, exc.code, message) from exc
+
+
+def _verify(token: str | None) -> dict[str, Any]:
+    """auth.verify, reusing a verification of the same token for VERIFIED_REUSE_SECS."""
+    key = (id(current_app._get_current_object()), token or "")
+    now = time.monotonic()
+    reused = _verified.get(key)
+    if reused is not None and reused[1] > now and not _expired(reused[0]):
+        return reused[0]
+    claims = auth.verify(token)
+    if len(_verified) >= MAX_VERIFIED:
+        _verified.clear()
+    _verified[key] = (claims, now + VERIFIED_REUSE_SECS)
+    return claims
+
+
+def _expired(claims: dict[str, Any]) -> bool:
+    exp = claims.get("exp")
+    return isinstance(exp, int | float) and time.time() > exp + current_app.config["JWT_DECODE_LEEWAY"]
 
 
 def dependency_error(exc: Exception) -> KiteError | None:
@@ -147,4 +175,5 @@ def kite_endpoint(view: Callable[..., Any]) -> Callable[..., Response]:
                       path=request.path, error=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
             return error_response(failed)
 
+    handle.kite_envelope = True  # type: ignore[attr-defined]  (ticker.web.http_errors.refuse_nul leaves it be)
     return handle

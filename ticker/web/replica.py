@@ -38,6 +38,7 @@ from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users
 from ticker.web.listener import TickListener
 from ticker.web.live_candles import LiveCandles, candle_json
 from ticker.web.loops import Loop
+from ticker.web.quotes import QuoteCache, QuoteRelease
 from ticker.web.rooms import room_for
 from ticker.web.upstream import UpstreamNotices
 
@@ -104,7 +105,9 @@ class Replica:
             needed_candle_buckets=self.candles.needed_buckets, deliver_candles=self.candles.dispatch,
         )
         self.upstream = UpstreamNotices()
-        self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), UpstreamWatch(self)]
+        self.quotes = QuoteCache(self.redis, self.demand, config["QUOTE_HOLD_SECS"], sleep=socketio.sleep)
+        self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), UpstreamWatch(self),
+                                  QuoteRelease(self.quotes, socketio.sleep)]
         if (key_set := auth.key_set(config)) is not None:
             self.loops.append(KeySetRefresh(key_set, socketio.sleep))
 

@@ -47,12 +47,12 @@ def _instruments(value: Any, limit: int) -> list[str]:
     if len(value) > limit:
         raise ClientError(TOO_MANY_TOKENS, f"at most {limit} instruments per request; got {len(value)}")
     for name in value:
-        if not _is_symbol(name):
+        if not is_symbol(name):
             raise ClientError(BAD_REQUEST, f"not an \"EXCHANGE:TRADINGSYMBOL\" name: {str(name)[:40]!r}")
     return list(dict.fromkeys(name.upper() for name in value))
 
 
-def _is_symbol(name: Any) -> bool:
+def is_symbol(name: Any) -> bool:
     """"EXCHANGE:TRADINGSYMBOL" as Kite spells instruments: printable ASCII (so upper-casing
     keeps it the name the client sent), a letters-only exchange, then a symbol after the first
     colon, which may hold colons of its own (a BSE index is "BSE:BSE SENSEX SIXTY 65:35"; Kite
