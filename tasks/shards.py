@@ -33,6 +33,7 @@ def shard_settings(config, slot: str) -> ShardSettings:
         grace_secs=config["UNSUBSCRIBE_GRACE_SECS"],
         watchlist=dict.fromkeys(config["WATCHLIST_TOKENS"], DEFAULT_MODE),
         api_root=config["KITE_API_ROOT"],
+        tick_bus_url=config.get("TICK_BUS_URL", ""),
     )
 
 

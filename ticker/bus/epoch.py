@@ -25,7 +25,7 @@ from ticker.bus import keys
 # KEYS: the epoch hash. ARGV: the server's replication ID now.
 # Returns the current epoch id, starting a new epoch (larger than any before it) if there is
 # none or the server's replication ID changed since it began.
-_ENSURE = """
+ENSURE_EPOCH = """
 local id = tonumber(redis.call('hget', KEYS[1], 'id'))
 if id and redis.call('hget', KEYS[1], 'replid') == ARGV[1] then return id end
 local now = redis.call('time')
@@ -47,7 +47,7 @@ class BusEpoch:
 
     def __init__(self, client: redis.Redis):
         self.redis = client
-        self._ensure = client.register_script(_ENSURE)
+        self._ensure = client.register_script(ENSURE_EPOCH)
 
     def current(self) -> int:
         """The epoch id now (milliseconds since 1970 by Redis' clock when it began)."""
