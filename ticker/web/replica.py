@@ -20,8 +20,9 @@ from flask import Flask
 
 from ticker import metrics
 from ticker.bus import assignment, keys
-from ticker.bus.connection import PoolExhausted, redis_client
+from ticker.bus.connection import PoolExhausted, redis_client, tick_bus_client
 from ticker.bus.demand import ReplicaDemand, read_demand
+from ticker.bus.sharded import read_snapshots
 from ticker.bus.ticks import decode, project
 from ticker.bus.upstream import BUS_UNAVAILABLE, token_states
 from ticker.db import session_for
@@ -37,6 +38,7 @@ from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users
 from ticker.web.listener import TickListener
 from ticker.web.loops import Loop
 from ticker.web.rooms import room_for
+from ticker.web.sharded_listener import ShardedTickListener
 from ticker.web.upstream import UpstreamNotices
 
 log = logging.getLogger(__name__)
@@ -94,11 +96,15 @@ class Replica:
         self.rejected: Counter[str] = Counter()
         self.disconnected: Counter[str] = Counter()  # connections this replica cut, by code
         self.fanout = Fanout(socketio.server, self._on_slow, config["SLOW_CLIENT_SECS"])
-        self.listener = TickListener(
-            self.redis, keys.listener_wake(self.id), self.needed_buckets,
-            self.fanout.dispatch, self.fanout.flush, self.on_notice, sleep=socketio.sleep,
-            create_event=socketio.server.eio.create_event,
-        )
+        listener_args = (keys.listener_wake(self.id), self.needed_buckets, self.fanout.dispatch, self.fanout.flush,
+                         self.on_notice)
+        listener_options = {"sleep": socketio.sleep, "create_event": socketio.server.eio.create_event}
+        # Where ticks travel (Config.TICK_BUS_URL): this Redis, or a cluster by sharded pub/sub.
+        self.tick_bus = tick_bus_client(config["TICK_BUS_URL"]) if config.get("TICK_BUS_URL") else None
+        if self.tick_bus is None:
+            self.listener = TickListener(self.redis, *listener_args, **listener_options)
+        else:
+            self.listener = ShardedTickListener(self.redis, self.tick_bus, *listener_args, **listener_options)
         self.upstream = UpstreamNotices()
         self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), UpstreamWatch(self)]
         if (key_set := auth.key_set(config)) is not None:
@@ -251,7 +257,8 @@ class Replica:
         if not tokens:
             return
         try:
-            raws = self.redis.hmget(keys.LAST_TICKS, tokens)
+            raws = (self.redis.hmget(keys.LAST_TICKS, tokens) if self.tick_bus is None
+                    else read_snapshots(self.tick_bus, tokens))
         except redis.RedisError as exc:  # the live stream still follows; only the head start is lost
             log.warning("no snapshot for %d tokens of %s: %s", len(tokens), client.sid, exc)
             return
