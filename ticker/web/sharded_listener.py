@@ -56,13 +56,16 @@ class NodeFeed:
         self.liveness = Liveness()
         self.requested: set[int] = set()
 
+    # One command per bucket: the channels of one SSUBSCRIBE must share a hash slot (CROSSSLOT).
     def subscribe(self, buckets: set[int]) -> None:
-        self.pubsub.ssubscribe(*(keys.SHARDED_TICK_CHANNELS[b] for b in buckets))
-        self.requested |= buckets
+        for bucket in buckets:
+            self.pubsub.ssubscribe(keys.SHARDED_TICK_CHANNELS[bucket])
+            self.requested.add(bucket)
 
     def unsubscribe(self, buckets: set[int]) -> None:
-        self.pubsub.sunsubscribe(*(keys.SHARDED_TICK_CHANNELS[b] for b in buckets))
-        self.requested -= buckets
+        for bucket in buckets:
+            self.pubsub.sunsubscribe(keys.SHARDED_TICK_CHANNELS[bucket])
+            self.requested.discard(bucket)
 
     def close(self) -> None:
         try:
