@@ -3,6 +3,7 @@ free loopback ports, created with `redis-cli --cluster create`; stopped by PID."
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class LocalCluster:
         self.ports = [cluster_port() for _ in range(masters * (1 + replicas))]
         self.replicas = replicas
         self.servers: dict[int, Process] = {}
+        self.frozen: set[int] = set()  # SIGSTOPped: alive, silent
 
     @property
     def url(self) -> str:
@@ -66,7 +68,7 @@ class LocalCluster:
         return redis.Redis(port=port, decode_responses=True, socket_timeout=2)
 
     def alive_ports(self) -> list[int]:
-        return [port for port, server in self.servers.items() if server.alive()]
+        return [port for port, server in self.servers.items() if server.alive() and port not in self.frozen]
 
     def healthy(self) -> bool:
         try:
@@ -83,6 +85,11 @@ class LocalCluster:
 
     def master_of(self, slot: int) -> int:
         return next(port for port, ranges in self.masters().items() if any(a <= slot <= b for a, b in ranges))
+
+    def freeze(self, port: int) -> None:
+        """SIGSTOP a node: its connections stay open and nothing answers (a silent peer)."""
+        self.frozen.add(port)
+        self.servers[port].kill(signal.SIGSTOP)
 
     def kill(self, port: int) -> None:
         """SIGKILL a node: what a crashed machine looks like to the rest."""
