@@ -71,10 +71,17 @@ class LocalCluster:
         return [port for port, server in self.servers.items() if server.alive() and port not in self.frozen]
 
     def healthy(self) -> bool:
+        """Every live node sees the cluster ok, and every replica is in sync with its master
+        (a replica still syncing would not take over from a master that fails)."""
         try:
-            return all(self.client(p).cluster("info")["cluster_state"] == "ok" for p in self.alive_ports())
+            return all(self.client(p).cluster("info")["cluster_state"] == "ok" and self._synced(p)
+                       for p in self.alive_ports())
         except redis.RedisError:
             return False
+
+    def _synced(self, port: int) -> bool:
+        replication = self.client(port).info("replication")
+        return replication["role"] == "master" or replication.get("master_link_status") == "up"
 
     def masters(self) -> dict[int, list[tuple[int, int]]]:
         """port -> the hash slot ranges it serves, as a live node sees the cluster now."""

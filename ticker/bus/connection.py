@@ -116,7 +116,8 @@ def redis_client(url: str, purpose: str = "requests") -> redis.Redis:
 
 
 CLUSTER_SCHEME = "redis+cluster://"
-CLUSTER_MAX_CONNECTIONS_PER_NODE = 16  # a shard's flushes and a replica's snapshot reads
+CLUSTER_MAX_CONNECTIONS_PER_NODE = 16
+TICK_BUS_TIMEOUT_SECS = 1.0  # a shard's flushes and a replica's snapshot reads
 
 
 def cluster_seeds(url: str) -> list[tuple[str, int]]:
@@ -142,6 +143,10 @@ def tick_bus_client(url: str) -> RedisCluster:
     commands raise `redis.RedisError` (ClusterDownError while a failover is under way)."""
     options = connection_options()
     options.pop("health_check_interval")  # per-node pools: checked by the retries instead
+    # A flush's scripts take well under a millisecond: a node silent for a second is taken for
+    # failed (slot map refreshed, its buckets' ticks counted as lost) rather than stalling the
+    # shard's loop for SOCKET_TIMEOUT_SECS per try.
+    options.update(socket_connect_timeout=TICK_BUS_TIMEOUT_SECS, socket_timeout=TICK_BUS_TIMEOUT_SECS)
     nodes = [ClusterNode(host, port) for host, port in cluster_seeds(url)]
     return RedisCluster(startup_nodes=nodes, decode_responses=True,
                         max_connections=CLUSTER_MAX_CONNECTIONS_PER_NODE, **options)

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 # refreshes each one every few seconds, inside a flush it makes anyway.
 FENCE_REFRESH_SECS = 2.0
 MIN_FENCE_MS = 200  # a copy shorter than this is not worth writing: renew the lease first
+NODE_RETRY_SECS = 2.0  # a node that did not answer is asked again after this (a failover takes seconds)
 
 # KEYS: the bucket's copy of the lease, its fence hash. ARGV: slot, lease value, generation,
 # TTL ms. 1 if registered; 0 if a newer generation registered here before (we lost the lease).
@@ -91,7 +92,10 @@ class ShardedTickPublisher(TickPublisher):
         self.lease = lease
         self.lease_value = lease.value or ""
         self.seqs: dict[int, int] = {}
-        self.epochs: dict[int, int | None] = {}  # bucket -> epoch id; None while its node is unreachable
+        self.epochs: dict[int, int] = {}  # bucket -> the epoch id last read
+        self.unreachable: set[int] = set()  # buckets whose node did not answer the last epoch check
+        self.down_until: dict[str, float] = {}  # node -> not asked again before (monotonic)
+        self.map_refreshed = float("-inf")
         self.epoch = None
         self.epoch_checked = 0.0
         self.epochs_begun = 0
@@ -109,8 +113,12 @@ class ShardedTickPublisher(TickPublisher):
         self.epoch_checked = now
         fresh = self._read_epochs()
         for bucket, epoch in fresh.items():
+            if epoch is None:  # its node is unreachable now: its ticks wait (and are counted)
+                self.unreachable.add(bucket)
+                continue
+            self.unreachable.discard(bucket)
             before = self.epochs.get(bucket)
-            if epoch is not None and before is not None and epoch != before:
+            if before is not None and epoch != before:
                 self.epochs_begun += 1
                 log.warning("bus epoch of bucket %d moved from %s to %s: its tokens' seq starts again",
                             bucket, before, epoch)
@@ -134,6 +142,8 @@ class ShardedTickPublisher(TickPublisher):
                 break
         for bucket, outcome in results.items():
             epochs[bucket] = None if isinstance(outcome, Exception) else int(outcome)
+            if isinstance(outcome, redis.ConnectionError | redis.TimeoutError):
+                self._node_failed(self.cluster.get_node_from_key(keys.bucket_epoch(bucket)).name, outcome)
         if all(epoch is None for epoch in epochs.values()):
             raise redis.ConnectionError("no node of the tick bus cluster answered")
         return epochs
@@ -141,16 +151,33 @@ class ShardedTickPublisher(TickPublisher):
     def _ensure_epochs(self, by_node, nodes, epochs) -> dict[int, Any]:
         pipe, asked = self.cluster.pipeline(transaction=False), []
         for name, buckets in by_node.items():
+            if time.monotonic() < self.down_until.get(name, 0.0):
+                epochs.update(dict.fromkeys(buckets))
+                continue
             try:
                 replid = replication_id(self.cluster.get_redis_connection(nodes[name]))
             except redis.RedisError as exc:
-                log.warning("tick bus node %s unreachable (%s): its buckets wait", name, exc)
+                self._node_failed(name, exc)
                 epochs.update(dict.fromkeys(buckets))
                 continue
             for bucket in buckets:
                 self._queue(pipe, "epoch", [keys.bucket_epoch(bucket)], [replid])
                 asked.append(bucket)
         return dict(zip(asked, self._execute(pipe) if asked else [], strict=True))
+
+    def _node_failed(self, name: str, exc: Exception) -> None:
+        """A node did not answer: leave it alone for NODE_RETRY_SECS (each try may cost a socket
+        timeout), and ask the cluster where its slots live now (a failover moves them)."""
+        log.warning("tick bus node %s unreachable (%s): its buckets wait", name, exc)
+        now = time.monotonic()
+        self.down_until[name] = now + NODE_RETRY_SECS
+        self.epoch_checked = 0.0
+        if now - self.map_refreshed >= NODE_RETRY_SECS:
+            self.map_refreshed = now
+            try:
+                self.cluster.nodes_manager.initialize()
+            except redis.RedisError as refresh_error:
+                log.warning("tick bus: cannot refresh the slot map: %s", refresh_error)
 
     def _forget_seqs(self, bucket: int) -> None:
         bucket_of = keys.bucket_of
@@ -196,7 +223,7 @@ class ShardedTickPublisher(TickPublisher):
         ttls: dict[int, int] = {}
         for bucket, ticks in by_bucket.items():
             epoch = self.epochs.get(bucket)
-            if epoch is None:  # its node is unreachable: these ticks are lost, and counted
+            if epoch is None or bucket in self.unreachable:  # its node is unreachable: lost, and counted
                 self.unpublished += len(ticks)
                 continue
             if self.fenced_until.get(bucket, 0.0) - now < FENCE_REFRESH_SECS:
@@ -226,7 +253,8 @@ class ShardedTickPublisher(TickPublisher):
             elif isinstance(outcome, Exception):  # it may have run: its seqs stay used, clients see a gap
                 failures.append(outcome)
                 self.unpublished += len(by_bucket[bucket])
-                self.epoch_checked = 0.0  # a node failed: read the epochs again (a failover renews some)
+                self.unreachable.add(bucket)  # until an epoch check finds its node (a failover renews some)
+                self._node_failed(self.cluster.get_node_from_key(keys.bucket_epoch(bucket)).name, outcome)
         if failures and len(failures) == len(by_bucket):
             raise failures[0]
         if failures:
@@ -256,8 +284,13 @@ class ShardedTickPublisher(TickPublisher):
             tick["ingest_ts"] = now_ms
 
     def _queue(self, pipe, script: str, script_keys: list[str], args: list[Any]) -> None:
-        # ClusterPipeline refuses Script objects (no load_scripts), not the command itself.
-        pipe.execute_command("EVALSHA", self.scripts[script].sha, len(script_keys), *script_keys, *args)
+        # redis-py 8.1's ClusterPipeline blocks `evalsha()` and Script objects (redis/redis-py#2914),
+        # and routes a bare EVALSHA by asking a node COMMAND GETKEYS, a round trip per command
+        # (and a hang on a frozen node): the target is named here, from the local slot map.
+        # A MOVED or ASK reply still sends the command where the cluster says, by its keys.
+        node = self.cluster.get_node_from_key(script_keys[0])
+        pipe.execute_command("EVALSHA", self.scripts[script].sha, len(script_keys), *script_keys, *args,
+                             target_nodes=node)
 
     def _execute(self, pipe) -> list[Any]:
         """Run the pipeline: each command's reply or exception, in order. Where a node lacked

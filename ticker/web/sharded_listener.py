@@ -26,7 +26,9 @@ from collections import defaultdict
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 
 from ticker import metrics
 from ticker.bus import keys
@@ -45,16 +47,41 @@ from ticker.web.listener import (
 log = logging.getLogger(__name__)
 
 
+COALESCE_SECS = 0.005  # see _listen: a flush's batches from several masters, delivered together
+CHECK_SECS = 0.1  # how often each master's connection is checked for silence (and pinged)
+NODE_TIMEOUT_SECS = 1.0  # a master that has not answered a connect or a command by then is passed over
+
+
+def quick_options() -> dict:
+    """The service's socket options with short timeouts and no retries: a master that stopped
+    answering (frozen, partitioned) must not hold up the loop that serves every other master.
+    Reads of subscribed messages give their own timeout (READ_SECS); liveness is ours to check."""
+    return {**connection_options(), "socket_connect_timeout": NODE_TIMEOUT_SECS,
+            "socket_timeout": NODE_TIMEOUT_SECS, "retry_on_timeout": False, "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0}
+
+
+def slot_owners(host: str, port: int) -> list[tuple[int, int, str, int]]:
+    """(first slot, last slot, master host, master port) of every range, as the node at
+    host:port sees the cluster (CLUSTER SLOTS). Raises redis.RedisError."""
+    client = redis.Redis(host=host, port=port, decode_responses=True, **quick_options())
+    try:
+        return [(int(first), int(last), str(master[0]) or host, int(master[1]))
+                for first, last, master, *_ in client.execute_command("CLUSTER SLOTS")]
+    finally:
+        client.close()
+
+
 class NodeFeed:
     """One connection to one cluster master and the buckets SSUBSCRIBEd on it."""
 
     def __init__(self, name: str, host: str, port: int):
         self.name = name
-        options = {**connection_options(), "health_check_interval": 0}  # liveness is ours to check
-        self.client = redis.Redis(host=host, port=port, **options)
+        self.client = redis.Redis(host=host, port=port, **quick_options())
         self.pubsub = self.client.pubsub()
         self.liveness = Liveness()
         self.requested: set[int] = set()
+        self.backlog = False  # its last read stopped with batches still waiting
 
     # One command per bucket: the channels of one SSUBSCRIBE must share a hash slot (CROSSSLOT).
     def subscribe(self, buckets: set[int]) -> None:
@@ -84,7 +111,7 @@ class ShardedTickListener(TickListener):
         self.buckets = {channel.encode(): bucket for bucket, channel in enumerate(keys.SHARDED_TICK_CHANNELS)}
         self.feeds: dict[str, NodeFeed] = {}
         self.node_of: dict[int, str] = {}  # bucket -> the feed it is requested on
-        self.slot_map_stale = False
+        self.slot_map: list[tuple[int, int, str, int]] = []  # empty: to be read (CLUSTER SLOTS)
         self.retry_at = 0.0  # a master was lost: connect again no sooner than this
         self.down_feeds: dict[str, str] = {}  # master -> why its buckets are not subscribed now
 
@@ -100,13 +127,13 @@ class ShardedTickListener(TickListener):
     def _restart(self, reason: str, detail: str) -> None:
         for feed in list(self.feeds.values()):  # the control connection failed: start afresh
             self._close(feed)
-        self.slot_map_stale = True
+        self.slot_map = []
         super()._restart(reason, detail)
 
     def _listen(self, pubsub) -> None:
         self.liveness.reset()
         pubsub.subscribe(self.wake_channel, keys.REGISTRY_RELOADED)
-        next_sync = 0.0
+        next_sync = next_check = 0.0
         while True:
             now = time.monotonic()
             if self.dirty or now >= next_sync:
@@ -114,39 +141,48 @@ class ShardedTickListener(TickListener):
                 next_sync = now + 1.0
                 self._sync(pubsub, now)
             pending = self.flush()
-            for source in self._readable(pubsub, RETRY_FLUSH_SECS if pending else POLL_SECS):
-                if source is pubsub:
-                    message = pubsub.get_message(timeout=READ_SECS)
-                    self.liveness.heard()
-                    if message is not None:
-                        self._drain(pubsub, message)
-                else:
-                    self._guarded(source, self._read_feed)
+            ready = self._readable(pubsub, RETRY_FLUSH_SECS if pending else POLL_SECS)
+            for _round in range(len(self.feeds) + 1):
+                if not ready:
+                    break
+                self._read_sources(pubsub, ready)
+                # A shard's flush leaves for every master within a millisecond: what the other
+                # masters send within COALESCE_SECS joins the same delivery (one frame per
+                # client, as on one Redis, instead of one per master).
+                ready = self._readable(pubsub, COALESCE_SECS if len(self.feeds) > 1 else 0)
             self.flush()
             self._check_alive(pubsub)
-            for feed in list(self.feeds.values()):
-                self._guarded(feed, self._check_feed)
+            if now >= next_check:  # liveness counts in seconds: no need to look every turn
+                next_check = now + CHECK_SECS
+                for feed in list(self.feeds.values()):
+                    self._guarded(feed, self._check_feed)
             self.sleep(0)
+
+    def _read_sources(self, pubsub, sources: list[Any]) -> None:
+        for source in sources:
+            if source is pubsub:
+                message = pubsub.get_message(timeout=READ_SECS)
+                self.liveness.heard()
+                if message is not None:
+                    self._drain(pubsub, message)
+            else:
+                self._guarded(source, self._read_feed)
 
     def _readable(self, pubsub, wait: float) -> list[Any]:
         """The sources (the control PubSub, feeds) with something to read, waiting at most
-        `wait` for one. A feed whose connection fails here is given up."""
-        sources = [(pubsub, pubsub.connection), *((f, f.pubsub.connection) for f in self.feeds.values())]
-        ready, sockets = [], {}
-        for source, connection in sources:
-            try:
-                if connection.can_read(timeout=0):
-                    ready.append(source)
-                elif connection._sock is not None:
-                    sockets[connection._sock] = source
-            except redis.RedisError:
-                if source is pubsub:
-                    raise
-                self._lose(source, "error", "connection failed")
-        if ready or not sockets:
+        `wait` for one: one `select` over every socket. A feed's buffer is empty after
+        `_read_feed` unless it stopped at MAX_BATCHES_PER_FLUSH (`backlog`), so only the
+        control connection's buffer is asked (redis-py's `can_read`, a syscall per call)."""
+        ready: list[Any] = [feed for feed in self.feeds.values() if feed.backlog]
+        if pubsub.connection.can_read(timeout=0):
+            ready.append(pubsub)
+        sockets = {connection._sock: source for source, connection in
+                   ((pubsub, pubsub.connection), *((f, f.pubsub.connection) for f in self.feeds.values()))
+                   if connection._sock is not None and source not in ready}
+        if not sockets:
             return ready
-        readable, _, _ = select.select(list(sockets), [], [], wait)
-        return [sockets[sock] for sock in readable if sockets[sock] is pubsub or sockets[sock].name in self.feeds]
+        readable, _, _ = select.select(list(sockets), [], [], 0 if ready else wait)
+        return ready + [sockets[sock] for sock in readable]
 
     def _guarded(self, feed: NodeFeed, work) -> None:
         if feed.name not in self.feeds:
@@ -164,6 +200,7 @@ class ShardedTickListener(TickListener):
         """Every message already arriving on the feed, up to MAX_BATCHES_PER_FLUSH batches,
         batches taken straight off the connection (see TickListener._drain)."""
         connection, count = feed.pubsub.connection, 0
+        feed.backlog = False
         while count < MAX_BATCHES_PER_FLUSH and connection.can_read(timeout=0):
             response = connection.read_response(timeout=READ_SECS, disconnect_on_error=False, push_request=True)
             feed.liveness.heard()
@@ -174,6 +211,7 @@ class ShardedTickListener(TickListener):
             message = feed.pubsub.handle_message(response)
             if message is not None:
                 self._on_feed_message(feed, message)
+        feed.backlog = count >= MAX_BATCHES_PER_FLUSH
 
     def _on_feed_message(self, feed: NodeFeed, message: dict) -> None:
         bucket = self.buckets.get(message["channel"])
@@ -188,7 +226,7 @@ class ShardedTickListener(TickListener):
             log.warning("tick bus: bucket %d left %s; subscribing it where it lives now", bucket, feed.name)
             feed.requested.discard(bucket)
             self._forget({bucket})
-            self.slot_map_stale = self.dirty = True
+            self.slot_map, self.dirty = [], True
 
     def _check_feed(self, feed: NodeFeed) -> None:
         feed.liveness.check()
@@ -210,26 +248,52 @@ class ShardedTickListener(TickListener):
         self._unsubscribe(drop)
         add = needed - self.requested
         if add and now >= self.retry_at:
-            self._subscribe(add)
+            try:
+                self._subscribe(add)
+            except redis.RedisError as exc:  # no slot map now (every node silent, a slot unserved)
+                log.warning("tick bus: cannot place %d buckets yet (%s); trying again", len(add), exc)
+                self.down_feeds.setdefault("slot map", str(exc))
+                self.retry_at = now + RETRY_SECS
 
     def _subscribe(self, buckets: set[int]) -> None:
-        if self.slot_map_stale:
-            self.cluster.nodes_manager.initialize()  # where each slot lives after a failover
-            self.slot_map_stale = False
+        if not self.slot_map:
+            self.slot_map = self._read_slot_map()
         by_node: dict[str, set[int]] = defaultdict(set)
         nodes = {}
         for bucket in buckets:
-            node = self.cluster.get_node_from_key(keys.SHARDED_TICK_CHANNELS[bucket])
-            nodes[node.name] = node
-            by_node[node.name].add(bucket)
+            host, port = self._master_of(bucket)
+            nodes[f"{host}:{port}"] = (host, port)
+            by_node[f"{host}:{port}"].add(bucket)
         for name, node_buckets in by_node.items():
             feed = self.feeds.get(name)
             if feed is None:
-                feed = self.feeds[name] = NodeFeed(name, nodes[name].host, nodes[name].port)
+                feed = self.feeds[name] = NodeFeed(name, *nodes[name])
             self._guarded(feed, lambda f: f.subscribe(node_buckets))  # noqa: B023  (called at once)
             if name in self.feeds:
                 self.requested |= node_buckets
                 self.node_of.update(dict.fromkeys(node_buckets, name))
+
+    def _read_slot_map(self) -> list[tuple[int, int, str, int]]:
+        """Where each slot lives now, asked of the nodes this client knows, those not just lost
+        first, each given NODE_TIMEOUT_SECS (redis-py's own refresh waits out a frozen node's
+        full socket timeout, with retries, before it asks the next one). Raises
+        redis.ConnectionError when none answers."""
+        known = {(node.host, node.port) for node in self.cluster.nodes_manager.nodes_cache.values()}
+        known |= {(node.host, node.port) for node in self.cluster.nodes_manager.startup_nodes.values()}
+        for host, port in sorted(known, key=lambda node: (f"{node[0]}:{node[1]}" in self.down_feeds, node)):
+            try:
+                return slot_owners(host, port)
+            except redis.RedisError:
+                continue
+        raise redis.ConnectionError("no node of the tick bus cluster answered CLUSTER SLOTS")
+
+    def _master_of(self, bucket: int) -> tuple[str, int]:
+        slot = self.cluster.keyslot(keys.SHARDED_TICK_CHANNELS[bucket])
+        for first, last, host, port in self.slot_map:
+            if first <= slot <= last:
+                return host, port
+        self.slot_map = []
+        raise redis.exceptions.ClusterDownError(f"no master serves slot {slot} (bucket {bucket})")
 
     def _unsubscribe(self, buckets: set[int]) -> None:
         by_node: dict[str, set[int]] = defaultdict(set)
@@ -262,7 +326,7 @@ class ShardedTickListener(TickListener):
         self.last_failure = f"{feed.name}: {detail}"
         metrics.BUS_LISTENER_RECONNECTS.labels(reason=reason).inc()
         metrics.BUS_LISTENER_UP.set(0)
-        self.slot_map_stale = self.dirty = True
+        self.slot_map, self.dirty = [], True
         self.retry_at = time.monotonic() + retry_in
 
     def _close(self, feed: NodeFeed) -> None:
