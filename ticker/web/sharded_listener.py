@@ -47,7 +47,8 @@ from ticker.web.listener import (
 log = logging.getLogger(__name__)
 
 
-COALESCE_SECS = 0.005  # see _listen: a flush's batches from several masters, delivered together
+COALESCE_SECS = 0.005  # see _coalesce_wait: a flush's batches from several masters, delivered together
+COALESCE_MIN_BATCHES = 2
 CHECK_SECS = 0.1  # how often each master's connection is checked for silence (and pinged)
 NODE_TIMEOUT_SECS = 1.0  # a master that has not answered a connect or a command by then is passed over
 
@@ -142,14 +143,13 @@ class ShardedTickListener(TickListener):
                 self._sync(pubsub, now)
             pending = self.flush()
             ready = self._readable(pubsub, RETRY_FLUSH_SECS if pending else POLL_SECS)
+            batches, heard = self.batches, set()
             for _round in range(len(self.feeds) + 1):
                 if not ready:
                     break
                 self._read_sources(pubsub, ready)
-                # A shard's flush leaves for every master within a millisecond: what the other
-                # masters send within COALESCE_SECS joins the same delivery (one frame per
-                # client, as on one Redis, instead of one per master).
-                ready = self._readable(pubsub, COALESCE_SECS if len(self.feeds) > 1 else 0)
+                heard.update(ready)
+                ready = self._readable(pubsub, self._coalesce_wait(heard, self.batches - batches))
             self.flush()
             self._check_alive(pubsub)
             if now >= next_check:  # liveness counts in seconds: no need to look every turn
@@ -157,6 +157,16 @@ class ShardedTickListener(TickListener):
                 for feed in list(self.feeds.values()):
                     self._guarded(feed, self._check_feed)
             self.sleep(0)
+
+    def _coalesce_wait(self, heard: set, batches: int) -> float:
+        """How long to wait for more before delivering what this turn read. A shard's flush
+        leaves for every master within a millisecond, and a flush of several buckets likely
+        reaches several masters: when this turn read more than one batch but has not heard from
+        every master, what the others send within COALESCE_SECS joins the same delivery (one
+        frame per client, as on one Redis, rather than one per master). A lone batch (a quiet
+        market) waits for nothing."""
+        missing = any(feed not in heard for feed in self.feeds.values())
+        return COALESCE_SECS if missing and batches >= COALESCE_MIN_BATCHES else 0.0
 
     def _read_sources(self, pubsub, sources: list[Any]) -> None:
         for source in sources:
