@@ -13,7 +13,7 @@ from ticker.bus import keys, lease
 from ticker.bus.connection import cluster_seeds, tick_bus_client
 from ticker.bus.lease import ShardLease
 from ticker.bus.publisher import LeaseLost
-from ticker.bus.sharded import ShardedTickPublisher, read_snapshots
+from ticker.bus.sharded import ShardedTickPublisher, read_snapshots, split_mark
 from ticker.bus.ticks import decode, decode_batch
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def batches(pubsub, timeout: float = 1.0) -> list[list[dict]]:
     while time.monotonic() < deadline:
         message = pubsub.get_message(timeout=0.2)
         if message and message["type"] == "smessage":
-            got.append(decode_batch(message["data"]))
+            got.append(decode_batch(split_mark(message["data"])[2]))
     return got
 
 

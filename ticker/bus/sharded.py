@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -71,12 +72,27 @@ redis.call('set', KEYS[1], ARGV[2], 'px', ARGV[4])
 return 1
 """
 # KEYS: the copy of the lease, the snapshot hash, the epoch hash. ARGV: lease value, epoch id,
-# channel, batch. -1: the copy is not ours (missing or another holder's); -2: the epoch moved.
+# channel, batch, the flush's mark (`flush_mark`). -1: the copy is not ours (missing or another
+# holder's); -2: the epoch moved. The message is the mark, then the batch.
 _SHARDED_PUBLISH = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
 if redis.call('hget', KEYS[3], 'id') ~= ARGV[2] then return -2 end
-redis.call('spublish', ARGV[3], ARGV[4])
+redis.call('spublish', ARGV[3], ARGV[5] .. ARGV[4])
 """ + SNAPSHOTS_LUA + "return 1\n"
+
+
+def flush_mark(flush: str, buckets: Iterable[int]) -> bytes:
+    """The line before each batch of a flush on a cluster: which flush it belongs to and which
+    buckets it published to (a bit per bucket, in hex), so a replica can wait for the rest of
+    it, from every master, and send each client one frame per flush (ticker.web.sharded_listener)."""
+    return f"#{flush} {sum(1 << bucket for bucket in buckets):x}\n".encode()
+
+
+def split_mark(message: bytes) -> tuple[bytes, int, bytes]:
+    """(flush id, its buckets as a bit mask, batch) of a message from a cluster tick channel."""
+    mark, _, batch = message.partition(b"\n")
+    flush, _, buckets = mark[1:].rpartition(b" ")
+    return flush, int(buckets, 16), batch
 
 
 class ShardedTickPublisher(TickPublisher):
@@ -101,6 +117,7 @@ class ShardedTickPublisher(TickPublisher):
         self.epochs_begun = 0
         self.fenced_until: dict[int, float] = {}  # bucket -> monotonic time our copy there expires
         self.unpublished = 0
+        self.flushes = 0
         self.scripts = {name: cluster.register_script(text) for name, text in
                         (("register", _REGISTER), ("publish", _SHARDED_PUBLISH), ("epoch", ENSURE_EPOCH))}
 
@@ -221,18 +238,24 @@ class ShardedTickPublisher(TickPublisher):
         pipe = self.cluster.pipeline(transaction=False)
         plan: list[tuple[str, int]] = []
         ttls: dict[int, int] = {}
+        reachable = {}
         for bucket, ticks in by_bucket.items():
-            epoch = self.epochs.get(bucket)
-            if epoch is None or bucket in self.unreachable:  # its node is unreachable: lost, and counted
+            if self.epochs.get(bucket) is None or bucket in self.unreachable:  # lost, and counted
                 self.unpublished += len(ticks)
-                continue
+            else:
+                reachable[bucket] = ticks
+        self.flushes += 1
+        mark = flush_mark(f"{self.lease.slot}.{self.lease.generation}.{self.flushes}", reachable)
+        for bucket, ticks in reachable.items():
+            epoch = self.epochs[bucket]
             if self.fenced_until.get(bucket, 0.0) - now < FENCE_REFRESH_SECS:
                 plan.append(("register", bucket))
                 ttls[bucket] = self._register(bucket, pipe)
             plan.append(("publish", bucket))
             self._stamp(ticks, epoch, now_ms)
             self._queue(pipe, "publish", [self.lease_key(bucket), keys.bucket_last(bucket), keys.bucket_epoch(bucket)],
-                        [self.lease_value, epoch, keys.SHARDED_TICK_CHANNELS[bucket], pack(ticks, encode_all(ticks))])
+                        [self.lease_value, epoch, keys.SHARDED_TICK_CHANNELS[bucket], pack(ticks, encode_all(ticks)),
+                         mark])
         if not plan:
             return []
         return self._outcomes(plan, self._execute(pipe), by_bucket, now, ttls)

@@ -34,6 +34,7 @@ from ticker import metrics
 from ticker.bus import keys
 from ticker.bus.connection import connection_options
 from ticker.bus.liveness import ConnectionSilent, Liveness
+from ticker.bus.sharded import split_mark
 from ticker.web.listener import (
     BUCKET_LINGER_SECS,
     MAX_BATCHES_PER_FLUSH,
@@ -47,8 +48,7 @@ from ticker.web.listener import (
 log = logging.getLogger(__name__)
 
 
-COALESCE_SECS = 0.005  # see _coalesce_wait: a flush's batches from several masters, delivered together
-COALESCE_MIN_BATCHES = 2
+COALESCE_SECS = 0.01  # see _coalesce_wait: the longest a flush's first share waits for the others
 CHECK_SECS = 0.1  # how often each master's connection is checked for silence (and pinged)
 NODE_TIMEOUT_SECS = 1.0  # a master that has not answered a connect or a command by then is passed over
 
@@ -115,6 +115,7 @@ class ShardedTickListener(TickListener):
         self.slot_map: list[tuple[int, int, str, int]] = []  # empty: to be read (CLUSTER SLOTS)
         self.retry_at = 0.0  # a master was lost: connect again no sooner than this
         self.down_feeds: dict[str, str] = {}  # master -> why its buckets are not subscribed now
+        self.flushes: dict[bytes, list[int]] = {}  # this turn's flushes: [their buckets, buckets read] as bits
 
     # The loop ----------------------------------------------------------------------------
 
@@ -143,13 +144,13 @@ class ShardedTickListener(TickListener):
                 self._sync(pubsub, now)
             pending = self.flush()
             ready = self._readable(pubsub, RETRY_FLUSH_SECS if pending else POLL_SECS)
-            batches, heard = self.batches, set()
-            for _round in range(len(self.feeds) + 1):
+            self.flushes.clear()
+            until = time.monotonic() + COALESCE_SECS
+            for _round in range(2 * len(self.feeds) + 1):
                 if not ready:
                     break
                 self._read_sources(pubsub, ready)
-                heard.update(ready)
-                ready = self._readable(pubsub, self._coalesce_wait(heard, self.batches - batches))
+                ready = self._readable(pubsub, self._coalesce_wait(until))
             self.flush()
             self._check_alive(pubsub)
             if now >= next_check:  # liveness counts in seconds: no need to look every turn
@@ -158,15 +159,18 @@ class ShardedTickListener(TickListener):
                     self._guarded(feed, self._check_feed)
             self.sleep(0)
 
-    def _coalesce_wait(self, heard: set, batches: int) -> float:
-        """How long to wait for more before delivering what this turn read. A shard's flush
-        leaves for every master within a millisecond, and a flush of several buckets likely
-        reaches several masters: when this turn read more than one batch but has not heard from
-        every master, what the others send within COALESCE_SECS joins the same delivery (one
-        frame per client, as on one Redis, rather than one per master). A lone batch (a quiet
-        market) waits for nothing."""
-        missing = any(feed not in heard for feed in self.feeds.values())
-        return COALESCE_SECS if missing and batches >= COALESCE_MIN_BATCHES else 0.0
+    def _coalesce_wait(self, until: float) -> float:
+        """How long to wait for more before delivering what this turn read: while a flush read
+        in this turn still misses a batch of a bucket this replica subscribes to (each batch
+        names its flush's buckets, `ticker.bus.sharded.flush_mark`), until `until`; else not at
+        all. So a client gets one frame per shard flush, as on one Redis, rather than one per
+        master, and a flush of one bucket (a quiet market's lone tick) waits for nothing."""
+        if not self.flushes:
+            return 0.0
+        live = sum(1 << bucket for bucket in self.live)
+        if any(flush_buckets & live & ~got for flush_buckets, got in self.flushes.values()):
+            return max(0.0, until - time.monotonic())
+        return 0.0
 
     def _read_sources(self, pubsub, sources: list[Any]) -> None:
         for source in sources:
@@ -216,7 +220,10 @@ class ShardedTickListener(TickListener):
             feed.liveness.heard()
             bucket = self.buckets.get(response[1]) if response[0] == b"smessage" else None
             if bucket is not None:
-                count += self._deliver(response[2])
+                flush, flush_buckets, batch = split_mark(response[2])
+                if flush_buckets & (flush_buckets - 1):  # more than one bucket: others may follow
+                    self.flushes.setdefault(flush, [flush_buckets, 0])[1] |= 1 << bucket
+                count += self._deliver(batch)
                 continue
             message = feed.pubsub.handle_message(response)
             if message is not None:
