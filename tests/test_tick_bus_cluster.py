@@ -77,6 +77,8 @@ def test_clients_keep_their_ticks_through_the_failover_of_a_master(cluster_stack
     assert len(by_master) == 3, by_master
     tokens = sorted(by_master.values())
     clients = [RecordingClient().connect(cluster_stack["url"], make_token(f"cluster-{n}")) for n in range(2)]
+    for client in clients:
+        client.sio.on("upstream_restored", lambda data, c=client: c.events["upstream_restored"].append(data))
     try:
         for client in clients:
             reply = client.call("subscribe", {"tokens": tokens, "mode": "ltp"})
@@ -94,6 +96,12 @@ def test_clients_keep_their_ticks_through_the_failover_of_a_master(cluster_stack
                      30, "ticks of every token again after the failover")
             assert client.sio.connected  # the client never had to do anything
             assert client.events["unsubscribed"] == [], client.events["unsubscribed"]
+            # A notice, if the failover outlasted DOWN_NOTICE_SECS, names the lost master's tokens
+            # only, says why, and is followed by `upstream_restored`.
+            told = [e for e in client.events["error"] if e.get("code") == "upstream_unavailable"]
+            assert all(e["reason"] == "bus_unavailable" and e["tokens"] == [by_master[victim]] for e in told), told
+            if told:
+                wait_for(lambda: client.events["upstream_restored"], 10, "upstream_restored")  # noqa: B023
             for token in tokens:  # within an epoch, never backwards and never twice
                 ordered = [(tick["epoch"], tick["seq"]) for tick in client.ticks_for(token)]
                 assert ordered == sorted(set(ordered)), (token, ordered)

@@ -148,5 +148,6 @@ def tick_bus_client(url: str) -> RedisCluster:
     # shard's loop for SOCKET_TIMEOUT_SECS per try.
     options.update(socket_connect_timeout=TICK_BUS_TIMEOUT_SECS, socket_timeout=TICK_BUS_TIMEOUT_SECS)
     nodes = [ClusterNode(host, port) for host, port in cluster_seeds(url)]
-    return RedisCluster(startup_nodes=nodes, decode_responses=True,
+    # require_full_coverage off: while a master fails over, the other masters' buckets go on.
+    return RedisCluster(startup_nodes=nodes, decode_responses=True, require_full_coverage=False,
                         max_connections=CLUSTER_MAX_CONNECTIONS_PER_NODE, **options)

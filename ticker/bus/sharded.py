@@ -161,12 +161,14 @@ class ShardedTickPublisher(TickPublisher):
             epochs[bucket] = None if isinstance(outcome, Exception) else int(outcome)
             if isinstance(outcome, redis.ConnectionError | redis.TimeoutError):
                 self._node_failed(self.cluster.get_node_from_key(keys.bucket_epoch(bucket)).name, outcome)
-        if all(epoch is None for epoch in epochs.values()):
+        resting = any(time.monotonic() < until for until in self.down_until.values())
+        if all(epoch is None for epoch in epochs.values()) and not resting:  # the whole cluster is gone
             raise redis.ConnectionError("no node of the tick bus cluster answered")
         return epochs
 
     def _ensure_epochs(self, by_node, nodes, epochs) -> dict[int, Any]:
-        pipe, asked = self.cluster.pipeline(transaction=False), []
+        pipe: list[tuple[Any, tuple]] = []
+        asked = []
         for name, buckets in by_node.items():
             if time.monotonic() < self.down_until.get(name, 0.0):
                 epochs.update(dict.fromkeys(buckets))
@@ -180,7 +182,7 @@ class ShardedTickPublisher(TickPublisher):
             for bucket in buckets:
                 self._queue(pipe, "epoch", [keys.bucket_epoch(bucket)], [replid])
                 asked.append(bucket)
-        return dict(zip(asked, self._execute(pipe) if asked else [], strict=True))
+        return dict(zip(asked, self._execute(pipe), strict=True))
 
     def _node_failed(self, name: str, exc: Exception) -> None:
         """A node did not answer: leave it alone for NODE_RETRY_SECS (each try may cost a socket
@@ -193,7 +195,7 @@ class ShardedTickPublisher(TickPublisher):
             self.map_refreshed = now
             try:
                 self.cluster.nodes_manager.initialize()
-            except redis.RedisError as refresh_error:
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as refresh_error:
                 log.warning("tick bus: cannot refresh the slot map: %s", refresh_error)
 
     def _forget_seqs(self, bucket: int) -> None:
@@ -235,7 +237,7 @@ class ShardedTickPublisher(TickPublisher):
         """One pipelined round: register copies that are due, publish every bucket. Returns the
         buckets to try again; raises LeaseLost or (nothing published at all) RedisError."""
         now_ms, now = int(time.time() * 1000), time.monotonic()
-        pipe = self.cluster.pipeline(transaction=False)
+        pipe: list[tuple[Any, tuple]] = []
         plan: list[tuple[str, int]] = []
         ttls: dict[int, int] = {}
         reachable = {}
@@ -306,23 +308,56 @@ class ShardedTickPublisher(TickPublisher):
             tick["epoch"] = epoch
             tick["ingest_ts"] = now_ms
 
-    def _queue(self, pipe, script: str, script_keys: list[str], args: list[Any]) -> None:
-        # redis-py 8.1's ClusterPipeline blocks `evalsha()` and Script objects (redis/redis-py#2914),
-        # and routes a bare EVALSHA by asking a node COMMAND GETKEYS, a round trip per command
-        # (and a hang on a frozen node): the target is named here, from the local slot map.
-        # A MOVED or ASK reply still sends the command where the cluster says, by its keys.
+    def _queue(self, commands: list, script: str, script_keys: list[str], args: list[Any]) -> None:
+        """Add a script call, with the node that owns its keys, to `commands` (see `_execute`)."""
         node = self.cluster.get_node_from_key(script_keys[0])
-        pipe.execute_command("EVALSHA", self.scripts[script].sha, len(script_keys), *script_keys, *args,
-                             target_nodes=node)
+        commands.append((node, ("EVALSHA", self.scripts[script].sha, len(script_keys), *script_keys, *args)))
 
-    def _execute(self, pipe) -> list[Any]:
-        """Run the pipeline: each command's reply or exception, in order. Where a node lacked
-        our scripts (restarted, or a replica just promoted) they are loaded on every primary;
-        NOSCRIPT means the script did not run, and the caller tries it again."""
-        results = pipe.execute(raise_on_error=False)
+    def _execute(self, commands: list[tuple[Any, tuple]]) -> list[Any]:
+        """Run the commands in one ClusterPipeline: each one's reply or exception, in order.
+
+        Each is addressed to its node from the slot map: redis-py 8.1's ClusterPipeline blocks
+        `evalsha()` and Script objects (redis/redis-py#2914) and routes a bare EVALSHA by asking
+        a node COMMAND GETKEYS, a round trip per command (and a hang on a frozen node); a MOVED
+        or ASK reply still sends it where the cluster says, by its keys. When the pipeline fails
+        as a whole (a node refused the connection), each node's commands are sent again on
+        their own, so one lost master costs only its own (a script that did run is published
+        twice: its `seq`s repeat, and receivers drop a repeat). Where a node lacked our scripts
+        (restarted, or a replica just promoted) they are loaded on every primary; NOSCRIPT
+        means the script did not run, and the caller tries it again."""
+        if not commands:
+            return []
+        try:
+            results = self._pipeline(commands)
+        except (redis.RedisError, redis.exceptions.RedisClusterException):
+            results = self._per_node(commands)
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-            for script in self.scripts.values():
-                self.cluster.script_load(script.script)
+            try:
+                for script in self.scripts.values():
+                    self.cluster.script_load(script.script)
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+                log.warning("tick bus: could not load the scripts on every master: %s", exc)
+        return results
+
+    def _pipeline(self, commands: list[tuple[Any, tuple]]) -> list[Any]:
+        pipe = self.cluster.pipeline(transaction=False)
+        for node, args in commands:
+            pipe.execute_command(*args, target_nodes=node)
+        return pipe.execute(raise_on_error=False)
+
+    def _per_node(self, commands: list[tuple[Any, tuple]]) -> list[Any]:
+        by_node: dict[str, list[int]] = defaultdict(list)
+        for i, (node, _) in enumerate(commands):
+            by_node[node.name].append(i)
+        results: list[Any] = [None] * len(commands)
+        for indexes in by_node.values():
+            try:
+                outcomes = self._pipeline([commands[i] for i in indexes])
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+                failure = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
+                outcomes = [failure] * len(indexes)
+            for i, outcome in zip(indexes, outcomes, strict=True):
+                results[i] = outcome
         return results
 
 

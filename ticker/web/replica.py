@@ -317,6 +317,8 @@ class Replica:
                 states = token_states(self.background, tokens, now)
             except redis.RedisError:
                 states = dict.fromkeys(tokens, BUS_UNAVAILABLE)
+            if unheard := self.listener.unheard_buckets():  # a cluster master lost: its tokens only
+                states.update((t, BUS_UNAVAILABLE) for t in tokens if keys.bucket_of(t) in unheard)
         changes = self.upstream.update(states, now)
         for reason, down in changes.down.items():
             log.warning("upstream unavailable for %d tokens: %s", len(down), reason)

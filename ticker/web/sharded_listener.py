@@ -362,6 +362,9 @@ class ShardedTickListener(TickListener):
             if self.connected:
                 metrics.BUS_LISTENER_UP.set(1)
 
+    def unheard_buckets(self) -> set[int]:
+        return self.needed_buckets() - self.live if self.down_feeds else set()
+
     def report(self) -> dict[str, Any]:
         report = super().report()
         report["masters"] = sorted(self.feeds)
