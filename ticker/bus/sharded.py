@@ -4,8 +4,12 @@ Each bucket's channel, snapshot hash, epoch and fence share one hash tag (`keys.
 so they live on the one shard that owns its hash slot and one script can check the fence,
 `SPUBLISH` the batch and keep the snapshots, atomically. A flush runs one script per bucket it
 touches, pipelined per node (redis-py's ClusterPipeline writes every node's commands, then
-reads every reply): one round trip per flush, whatever the number of nodes. A web replica
-`SSUBSCRIBE`s each bucket it needs on the node that owns it (ticker.web.sharded_listener).
+reads every reply): one round trip per flush, whatever the number of nodes. Each message is a
+line naming the flush and its buckets (`flush_mark`), then the batch, so a web replica, which
+`SSUBSCRIBE`s each bucket it needs on the node that owns it (ticker.web.sharded_listener), can
+deliver a flush's batches from every master together. A master that does not answer costs
+only its buckets' ticks (counted in `unpublished`, their `seq`s skipped) while redis-py's slot
+map follows the failover; the shard's feed goes on.
 
 The fence. Leases stay on `REDIS_URL` (ticker.bus.lease): acquiring one is the only way to
 become a slot's publisher. A holder copies its lease value to each bucket it publishes to, as

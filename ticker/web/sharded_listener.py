@@ -5,7 +5,10 @@ listener holds one connection per master that owns a bucket its clients need, an
 `SSUBSCRIBE`s the buckets there; masters owning nothing it needs get no connection. Control
 notices (registry reloads, the replica's own wake-up) stay on `REDIS_URL`, on the connection
 `TickListener` keeps for them. One loop waits on every connection at once (`select`, which
-gevent and eventlet make cooperative) and reads batches raw, as `TickListener` does.
+gevent and eventlet make cooperative) and reads batches raw, as `TickListener` does. A shard's
+flush reaches the masters at slightly different moments; each batch names its flush's buckets
+(`ticker.bus.sharded.flush_mark`), and the loop delivers once it holds every batch of that
+flush it subscribes to (at most `COALESCE_SECS` later), so a client gets one frame per flush.
 
 Each master's connection is watched on its own (`ticker.bus.liveness`): a PING after a second
 of quiet, given up after `SILENT_SECS` without a word. A connection that fails (an error, a
@@ -13,8 +16,9 @@ refused connect, silence, a MOVED reply to a subscribe) or that the server unsub
 slot moved to another node: Redis sends `sunsubscribe`) costs only its own buckets: the
 listener refreshes the cluster's slot map and subscribes them again where they live now,
 retrying every `RETRY_SECS` while a failover is under way. Each loss is counted
-(`ticker_bus_listener_reconnects_total`, reason `silent`, `error`, `moved`), and /health reports
-the listener down until every needed bucket is subscribed again.
+(`ticker_bus_listener_reconnects_total`, reason `silent`, `error`, `moved`), /health reports
+the listener down until every needed bucket is subscribed again, and the replica tells the
+clients of those buckets' tokens `upstream_unavailable` `bus_unavailable` (`unheard_buckets`).
 """
 
 from __future__ import annotations
