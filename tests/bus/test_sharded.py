@@ -147,3 +147,21 @@ def test_a_stale_copy_of_the_lease_is_refused_by_the_fence(redis, cluster, short
     assert register(keys=[stale.lease_key(bucket), keys.bucket_fence(bucket)],
                     args=[slot, stale.lease_value, stale.lease.generation, 5000]) == 0
     assert cluster.get(fresh.lease_key(bucket)) == fresh.lease_value
+
+
+def test_the_bucket_itself_refuses_a_holder_whose_copy_was_replaced(redis, cluster):
+    """The holder still believes its copy current (registered a moment ago, so it does not
+    register again): the publish script alone must refuse it once a successor registered."""
+    slot, bucket = "test-sharded:4", 13
+    stale = holder(redis, cluster, slot, "taken-over")
+    stale.publish(ticks_for([token_in(bucket)]))
+    redis.delete(keys.shard_lease(slot))  # the slot changes hands (as after an expiry)
+    fresh = holder(redis, cluster, slot, "successor")
+    fresh.publish(ticks_for([token_in(bucket)]))
+    pubsub = subscriber(cluster, bucket)
+
+    with pytest.raises(LeaseLost):
+        stale.publish(ticks_for([token_in(bucket)], price=1.0))
+
+    assert batches(pubsub, timeout=0.5) == []  # nothing of the stale holder's reached anyone
+    assert decode(read_snapshots(cluster, [token_in(bucket)])[0])["last_price"] == 100.0
