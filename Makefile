@@ -5,7 +5,7 @@ PYTHON ?= python3
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help install services db run test lint packages browser bench-fanout bench-crowd bench-registry bench-ingest \
-	bench-recovery bench-ops bench-replicas bench-redis bench-candles bench-quotes chaos vendor-client
+	bench-recovery bench-ops bench-replicas bench-redis bench-candles bench-quotes bench-tick-bus chaos vendor-client
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ bench-ingest: install services ## Ingest benchmark: one shard process parsing an
 
 bench-candles: install services ## Candle builder: its CPU per tick against the shard's
 	$(BIN)/python -m bench.candles $(BENCH_ARGS)
+
+bench-tick-bus: install services ## Tick bus: one Redis vs a 3-master Redis Cluster, the same load
+	$(BIN)/python -m bench.tick_bus $(BENCH_ARGS)
 
 bench-recovery: install services ## Upstream recovery: first tick, reconnect, takeover medians
 	$(BIN)/python -m bench.recovery $(BENCH_ARGS)

@@ -129,10 +129,17 @@ class Bench:
     def stop_all(self) -> None:
         for process in reversed(list(self.started)):
             self.stop(process)
+        if getattr(self, "cluster", None) is not None:
+            self.cluster.stop()
 
     def bring_up(self) -> None:
         from ticker.registry.loader import load_instruments
 
+        if self.args.tick_bus == "cluster":  # ticks on a 3-master Redis Cluster (bench.tick_bus)
+            from tests.support.cluster import LocalCluster
+
+            self.cluster = LocalCluster(self.workdir / "cluster", masters=3, replicas=0).start()
+            self.env["TICK_BUS_URL"] = self.cluster.url
         redis_client(REDIS_URL).flushdb()
         recreate_database(DATABASE_URL)
         sim = self.start("sim", [sys.executable, "-m", "ticker.sim", "--port", str(self.sim_port), "--seed", "7",
@@ -327,6 +334,9 @@ def main() -> None:
     parser.add_argument("--designs", default="this,straightforward,defaults",
                         help="which designs to run: this, straightforward, defaults")
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections for the memory figure (0: skip)")
+    parser.add_argument("--tick-bus", choices=("redis", "cluster"), default="redis",
+                        help="where ticks travel: the one Redis, or a 3-master Redis Cluster started for the run "
+                             "(TICK_BUS_URL); compare `--designs this` runs of each")
     parser.add_argument("--write", action="store_true", help="write the figures into BENCHMARKS.md")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]

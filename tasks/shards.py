@@ -35,6 +35,7 @@ def shard_settings(config, slot: str) -> ShardSettings:
         api_root=config["KITE_API_ROOT"],
         record_dir=config["RECORD_DIR"],
         record_retention_days=config["RECORD_RETENTION_DAYS"],
+        tick_bus_url=config.get("TICK_BUS_URL", ""),
     )
 
 

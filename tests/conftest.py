@@ -85,6 +85,19 @@ def private_redis(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A Redis Cluster of the run's own (3 masters, each with a replica), stopped at its end.
+    Tests that kill a node must leave the cluster serving every slot (a replica promoted)."""
+    from tests.support.cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def database() -> str:
     """A fresh test database at the newest migration."""
     migrate.recreate_database(DATABASE_URL)

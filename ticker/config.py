@@ -125,6 +125,12 @@ class Config:
     REDIS_SSL_CA_CERTS = _env("REDIS_SSL_CA_CERTS")
     REDIS_SSL_CERTFILE = _env("REDIS_SSL_CERTFILE")
     REDIS_SSL_KEYFILE = _env("REDIS_SSL_KEYFILE")
+    # Where tick batches and snapshots travel: empty, on REDIS_URL (one Redis). Or a Redis
+    # Cluster (Redis >= 7), `redis+cluster://host:port[,host:port...]` naming any of its nodes:
+    # batches then go by sharded pub/sub (SPUBLISH/SSUBSCRIBE), each bucket's channel and
+    # snapshots on the one shard that owns its hash slot (ticker.bus.sharded). Everything else
+    # (leases, demand, Celery, the Socket.IO queue) stays on REDIS_URL.
+    TICK_BUS_URL = _env("TICK_BUS_URL")
     # A process's Redis connections for serving others (a replica's requests): at most this many
     # at once; a caller finding them all busy waits up to the wait, then gets `server_busy`.
     REDIS_MAX_CONNECTIONS = _int("REDIS_MAX_CONNECTIONS", 64)

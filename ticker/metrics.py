@@ -134,6 +134,8 @@ REGISTRY_RELOAD_JOB = "registry_reload"  # the beat job that reloads the instrum
 _SHARD_FIELDS = {
     "ticks_ingested": ("ticker_shard_ticks_ingested", "counter", "Ticks parsed from the Kite feed by this shard"),
     "ticks": ("ticker_shard_ticks_published", "counter", "Ticks published to Redis by this shard"),
+    "ticks_unpublished": ("ticker_shard_ticks_unpublished", "counter",
+                          "Ticks lost because the tick bus node of their bucket could not be reached (cluster)"),
     "frames": ("ticker_shard_frames_received", "counter", "Binary frames received from the Kite feed"),
     "reconnects": ("ticker_shard_reconnects", "counter", "Times the shard's feed dropped and was reopened"),
     "gap_secs": ("ticker_shard_feed_gap_seconds", "counter", "Seconds the shard's feed was down"),

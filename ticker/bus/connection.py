@@ -39,6 +39,7 @@ from urllib.parse import quote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.driver_info import DriverInfo
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
@@ -260,3 +261,41 @@ def redis_client(url: str, purpose: str = "requests") -> redis.Redis:
         options.update(socket_connect_timeout=PROBE_TIMEOUT_SECS, socket_timeout=PROBE_TIMEOUT_SECS,
                        retry_on_timeout=False, retry=Retry(NoBackoff(), 0))
     return redis.Redis(connection_pool=connection_pool(url, size, wait, decode_responses=True, **options))
+
+
+CLUSTER_SCHEME = "redis+cluster://"
+CLUSTER_MAX_CONNECTIONS_PER_NODE = 16
+TICK_BUS_TIMEOUT_SECS = 1.0  # a shard's flushes and a replica's snapshot reads
+
+
+def cluster_seeds(url: str) -> list[tuple[str, int]]:
+    """The (host, port) seeds of a `redis+cluster://host:port[,host:port...]` URL. Raises
+    ValueError for any other URL: the tick bus has one way to name a cluster."""
+    if not url.startswith(CLUSTER_SCHEME):
+        raise ValueError(f"TICK_BUS_URL must start with {CLUSTER_SCHEME}: {url!r}")
+    seeds = []
+    for seed in url.removeprefix(CLUSTER_SCHEME).split("/", 1)[0].split(","):
+        host, _, port = seed.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"a cluster seed is host:port, not {seed!r} (in {url!r})")
+        seeds.append((host, int(port)))
+    return seeds
+
+
+@lru_cache(maxsize=4)
+def tick_bus_client(url: str) -> RedisCluster:
+    """A Redis Cluster client for the tick bus (`Config.TICK_BUS_URL`), decoding replies to
+    `str`, with the socket options of `redis_client`. redis-py's RedisCluster follows MOVED and
+    ASK, refreshes its slot map after them and after a connection error (a failover), and
+    retries the command on the node now serving the slot. Raises ValueError for a malformed URL;
+    commands raise `redis.RedisError` (ClusterDownError while a failover is under way)."""
+    options = connection_options()
+    options.pop("health_check_interval")  # per-node pools: checked by the retries instead
+    # A flush's scripts take well under a millisecond: a node silent for a second is taken for
+    # failed (slot map refreshed, its buckets' ticks counted as lost) rather than stalling the
+    # shard's loop for SOCKET_TIMEOUT_SECS per try.
+    options.update(socket_connect_timeout=TICK_BUS_TIMEOUT_SECS, socket_timeout=TICK_BUS_TIMEOUT_SECS)
+    nodes = [ClusterNode(host, port) for host, port in cluster_seeds(url)]
+    # require_full_coverage off: while a master fails over, the other masters' buckets go on.
+    return RedisCluster(startup_nodes=nodes, decode_responses=True, require_full_coverage=False,
+                        max_connections=CLUSTER_MAX_CONNECTIONS_PER_NODE, **options)

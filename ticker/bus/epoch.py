@@ -28,9 +28,9 @@ from ticker.bus import keys
 # (Redis 5 and later replicate scripts by their effects, so reading INFO before writing is allowed.)
 REPLID_LUA = "string.match(redis.call('info', 'replication'), 'master_replid:(%w+)') or ''"
 
-# KEYS: the epoch hash. Returns the current epoch id, starting a new epoch (larger than any
+# KEYS: the epoch hash (ARGV is ignored). Returns the current epoch id, starting a new epoch (larger than any
 # before it) if there is none or the server's replication ID changed since it began.
-_ENSURE = """
+ENSURE_EPOCH = """
 local replid = REPLID_LUA
 local id = tonumber(redis.call('hget', KEYS[1], 'id'))
 if id and redis.call('hget', KEYS[1], 'replid') == replid then return id end
@@ -48,7 +48,7 @@ class BusEpoch:
 
     def __init__(self, client: redis.Redis):
         self.redis = client
-        self._ensure = client.register_script(_ENSURE)
+        self._ensure = client.register_script(ENSURE_EPOCH)
 
     def current(self) -> int:
         """The epoch id now (milliseconds since 1970 by Redis' clock when it began)."""

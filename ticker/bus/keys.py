@@ -32,6 +32,42 @@ def channel_for(token: int) -> str:
     return TICK_CHANNELS[bucket_of(token)]
 
 
+# On a Redis Cluster (`Config.TICK_BUS_URL`) each bucket's channel and keys share one hash tag,
+# so they live on one shard and one script can check the fence, publish and keep the snapshots.
+
+
+def bucket_tag(bucket: int) -> str:
+    return f"{{tb{bucket}}}"
+
+
+def sharded_tick_channel(bucket: int) -> str:
+    """The bucket's channel for SPUBLISH/SSUBSCRIBE on a cluster."""
+    return f"{CHANNELS}:{bucket_tag(bucket)}:ticks"
+
+
+SHARDED_TICK_CHANNELS = tuple(sharded_tick_channel(bucket) for bucket in range(TICK_BUCKETS))
+
+
+def bucket_last(bucket: int) -> str:
+    """Hash token -> JSON of its last tick, for the tokens of one bucket (cluster)."""
+    return f"{PREFIX}:{bucket_tag(bucket)}:last"
+
+
+def bucket_epoch(bucket: int) -> str:
+    """The bus epoch (ticker.bus.epoch) of one bucket, beside the snapshots it covers (cluster)."""
+    return f"{PREFIX}:{bucket_tag(bucket)}:epoch"
+
+
+def bucket_lease(bucket: int, slot: str) -> str:
+    """The bucket's copy of a shard's lease value, expiring with the holder's local validity."""
+    return f"{PREFIX}:{bucket_tag(bucket)}:lease:{slot}"
+
+
+def bucket_fence(bucket: int) -> str:
+    """Hash slot -> highest lease generation ever registered at this bucket (never goes back)."""
+    return f"{PREFIX}:{bucket_tag(bucket)}:fence"
+
+
 LAST_TICKS = f"{PREFIX}:last"  # hash: token -> JSON of its last tick (snapshot for new subscribers)
 EPOCH = f"{PREFIX}:epoch"  # hash {id, replid}: the run of Redis state seqs count in (ticker.bus.epoch)
 

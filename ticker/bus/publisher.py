@@ -30,12 +30,9 @@ SNAPSHOT_CHUNK = 200  # snapshots per HSET in the Lua script (its unpack has a s
 # one encoded tick per line. The snapshots are cut from the batches here, so each tick crosses
 # to Redis once. (cjson reads a token as a double; Redis writes a double that holds an integer,
 # as every token below 2^53 does, back as that integer.)
-_FENCED_PUBLISH = """
-if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
-if redis.call('hget', KEYS[3], 'id') ~= ARGV[2] then return -2 end
-for i = 3, #ARGV, 2 do
-  redis.call('publish', ARGV[i], ARGV[i + 1])
-end
+# The snapshot half, shared with the cluster's per-bucket script (ticker.bus.sharded): KEYS[2] is
+# the snapshot hash, and ARGV from the third on, two by two, are (channel, batch).
+SNAPSHOTS_LUA = """
 local fields = {}
 for i = 4, #ARGV, 2 do
   local batch = ARGV[i]
@@ -54,8 +51,13 @@ for i = 4, #ARGV, 2 do
   end
 end
 if #fields > 0 then redis.call('hset', KEYS[2], unpack(fields)) end
-return 1
 """.replace("SNAPSHOT_CHUNK", str(2 * SNAPSHOT_CHUNK))
+_FENCED_PUBLISH = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('hget', KEYS[3], 'id') ~= ARGV[2] then return -2 end
+for i = 3, #ARGV, 2 do
+  redis.call('publish', ARGV[i], ARGV[i + 1])
+end""" + SNAPSHOTS_LUA + "return 1\n"
 
 
 EPOCH_CHECK_SECS = 1.0  # how often the publisher asks whether the epoch moved without Redis losing it
@@ -69,6 +71,8 @@ class TickPublisher:
     """Stamps each tick with a per-token `seq`, its `epoch` and `ingest_ts`, then publishes one
     batch per channel (`ticker.bus.ticks.pack`) and keeps each token's last tick as the snapshot
     for new subscribers, in one fenced round trip per flush."""
+
+    unpublished = 0  # ticks lost to an unreachable bus (one Redis: a failed flush raises instead)
 
     def __init__(self, client: redis.Redis, lease_key: str, lease_value: str):
         self.redis = client

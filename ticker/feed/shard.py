@@ -48,7 +48,8 @@ import websocket
 
 from ticker.bus import assignment, keys
 from ticker.bus.lease import RENEW_EVERY_SECS, ShardLease
-from ticker.bus.publisher import LeaseLost, TickPublisher
+from ticker.bus.publisher import LeaseLost
+from ticker.bus.sharded import tick_publisher
 from ticker.feed import rejection, subscriptions
 from ticker.feed.connection import (
     CONNECT_TIMEOUT_SECS,
@@ -103,6 +104,7 @@ class ShardSettings:
     api_root: str = ""  # Kite's REST root, to confirm an ambiguous refusal of the token
     record_dir: str = ""  # where to record every frame received (ticker.feed.recorder); empty: off
     record_retention_days: int = 7
+    tick_bus_url: str = ""  # Config.TICK_BUS_URL: empty, ticks go to the shard's own Redis
 
 
 @dataclass
@@ -165,7 +167,7 @@ class ShardRunner:
         self.load_credentials = load_credentials
         self.on_token_rejected = on_token_rejected
         self.should_stop = should_stop
-        self.publisher = TickPublisher(client, keys.shard_lease(settings.slot), lease.value or "")
+        self.publisher = tick_publisher(client, lease, settings.tick_bus_url)
         self.backoff = Backoff()
         self.credentials = load_credentials()
         self.frames = FrameHandler(settings.slot, self.credentials.api_key, client, self.publisher,
@@ -409,6 +411,7 @@ class ShardRunner:
             self.error = None
             self.down_since = time.monotonic()
         counters = {**self.stats, "ticks": self.frames.ticks, "frames": self.frames.frames,
+                    "ticks_unpublished": self.publisher.unpublished,
                     "watchdog_closes": self.watchdog.closes,
                     **{f"malformed_{kind}": n for kind, n in self.frames.malformed.items()}}
         if self.recorder:

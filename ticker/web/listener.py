@@ -140,6 +140,11 @@ class TickListener:
             report["reason"] = f"the tick listener is not receiving from Redis ({self.last_failure or 'connecting'})"
         return report
 
+    def unheard_buckets(self) -> set[int]:
+        """Buckets needed but not heard from while the listener as a whole is connected (a
+        lost master of a cluster tick bus); one Redis is all or nothing (`connected`)."""
+        return set()
+
     def wait_live(self, buckets: set[int], timeout: float, candles: bool = False) -> bool:
         """Block (cooperatively) until every bucket's channel (tick channels, or with `candles`
         candle channels) is subscribed, or `timeout`; True if they are."""

@@ -20,8 +20,9 @@ from flask import Flask
 
 from ticker import metrics
 from ticker.bus import assignment, keys
-from ticker.bus.connection import PoolExhausted, redis_client
+from ticker.bus.connection import PoolExhausted, redis_client, tick_bus_client
 from ticker.bus.demand import ReplicaDemand, read_demand
+from ticker.bus.sharded import read_snapshots
 from ticker.bus.ticks import decode, project
 from ticker.bus.upstream import BUS_UNAVAILABLE, token_states
 from ticker.candles import store as candle_store
@@ -40,6 +41,7 @@ from ticker.web.live_candles import LiveCandles, candle_json
 from ticker.web.loops import Loop
 from ticker.web.quotes import QuoteCache, QuoteRelease
 from ticker.web.rooms import room_for
+from ticker.web.sharded_listener import ShardedTickListener
 from ticker.web.upstream import UpstreamNotices
 
 log = logging.getLogger(__name__)
@@ -98,12 +100,18 @@ class Replica:
         self.disconnected: Counter[str] = Counter()  # connections this replica cut, by code
         self.fanout = Fanout(socketio.server, self._on_slow, config["SLOW_CLIENT_SECS"])
         self.candles = LiveCandles(self.send, self._is_behind)
-        self.listener = TickListener(
-            self.redis, keys.listener_wake(self.id), self.needed_buckets,
-            self.fanout.dispatch, self._flush, self.on_notice, sleep=socketio.sleep,
-            create_event=socketio.server.eio.create_event,
-            needed_candle_buckets=self.candles.needed_buckets, deliver_candles=self.candles.dispatch,
-        )
+        listener_args = (keys.listener_wake(self.id), self.needed_buckets, self.fanout.dispatch, self._flush,
+                         self.on_notice)
+        listener_options = {"sleep": socketio.sleep, "create_event": socketio.server.eio.create_event}
+        # Where ticks travel (Config.TICK_BUS_URL): this Redis, or a cluster by sharded pub/sub.
+        # Live candles travel on this Redis only (the builder reads the single-Redis bus).
+        self.tick_bus = tick_bus_client(config["TICK_BUS_URL"]) if config.get("TICK_BUS_URL") else None
+        if self.tick_bus is None:
+            self.listener = TickListener(self.redis, *listener_args, **listener_options,
+                                         needed_candle_buckets=self.candles.needed_buckets,
+                                         deliver_candles=self.candles.dispatch)
+        else:
+            self.listener = ShardedTickListener(self.redis, self.tick_bus, *listener_args, **listener_options)
         self.upstream = UpstreamNotices()
         self.quotes = QuoteCache(self.redis, self.demand, config["QUOTE_HOLD_SECS"], sleep=socketio.sleep)
         self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), UpstreamWatch(self),
@@ -260,7 +268,8 @@ class Replica:
         if not tokens:
             return
         try:
-            raws = self.redis.hmget(keys.LAST_TICKS, tokens)
+            raws = (self.redis.hmget(keys.LAST_TICKS, tokens) if self.tick_bus is None
+                    else read_snapshots(self.tick_bus, tokens))
         except redis.RedisError as exc:  # the live stream still follows; only the head start is lost
             log.warning("no snapshot for %d tokens of %s: %s", len(tokens), client.sid, exc)
             return
@@ -350,6 +359,8 @@ class Replica:
                 states = token_states(self.background, tokens, now)
             except redis.RedisError:
                 states = dict.fromkeys(tokens, BUS_UNAVAILABLE)
+            if unheard := self.listener.unheard_buckets():  # a cluster master lost: its tokens only
+                states.update((t, BUS_UNAVAILABLE) for t in tokens if keys.bucket_of(t) in unheard)
         changes = self.upstream.update(states, now)
         for reason, down in changes.down.items():
             log.warning("upstream unavailable for %d tokens: %s", len(down), reason)
