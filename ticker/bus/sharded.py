@@ -52,7 +52,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ticker.bus import keys
-from ticker.bus.epoch import ENSURE_EPOCH, replication_id
+from ticker.bus.epoch import ENSURE_EPOCH
 from ticker.bus.lease import ShardLease
 from ticker.bus.publisher import EPOCH_CHECK_SECS, SNAPSHOTS_LUA, LeaseLost, TickPublisher
 from ticker.bus.ticks import decode, encode_all, pack
@@ -177,14 +177,14 @@ class ShardedTickPublisher(TickPublisher):
             if time.monotonic() < self.down_until.get(name, 0.0):
                 epochs.update(dict.fromkeys(buckets))
                 continue
-            try:
-                replid = replication_id(self.cluster.get_redis_connection(nodes[name]))
+            try:  # the epoch script reads the node's replication ID itself; this asks whether it answers
+                self.cluster.get_redis_connection(nodes[name]).ping()
             except redis.RedisError as exc:
                 self._node_failed(name, exc)
                 epochs.update(dict.fromkeys(buckets))
                 continue
             for bucket in buckets:
-                self._queue(pipe, "epoch", [keys.bucket_epoch(bucket)], [replid])
+                self._queue(pipe, "epoch", [keys.bucket_epoch(bucket)], [])
                 asked.append(bucket)
         return dict(zip(asked, self._execute(pipe), strict=True))
 
