@@ -130,6 +130,7 @@ def service_env(workdir, jwt_keys, sim_port) -> dict[str, str]:
         JWT_ISSUER=ISSUER,
         UNSUBSCRIBE_GRACE_SECS="2",
         QUOTE_HOLD_SECS="2",
+        CANDLE_INTERVALS="second,minute,5minute,15minute,60minute",  # every interval's path is tested
         CORS_ALLOWED_ORIGINS="*",
         WEB_HOST="127.0.0.1",  # given PORT, a web replica would listen on every interface
     )

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import requests
+from kiteconnect import KiteConnect
 from sqlalchemy import text
 
 from tests.support.clients import RecordingClient
@@ -108,6 +109,15 @@ def test_clients_keep_their_ticks_through_the_failover_of_a_master(cluster_stack
         health = requests.get(f"{cluster_stack['url']}/health", timeout=5)
         assert health.status_code == 200, health.text
         assert "lost" in cluster_stack["web"].output()  # the listener noticed, and resubscribed
+
+        # Quotes are read from the cluster's snapshots; live candles are refused, saying why.
+        kite = KiteConnect("any_api_key", root=cluster_stack["url"])
+        kite.set_access_token(make_token("cluster-quotes"))
+        quoted = kite.ltp([str(token) for token in tokens])
+        assert sorted(q["instrument_token"] for q in quoted.values()) == tokens, quoted
+        assert all(q["last_price"] > 0 for q in quoted.values()), quoted
+        refused = clients[0].call("subscribe", {"tokens": tokens[:1], "candles": ["minute"]})
+        assert refused["error"]["code"] == "bad_request" and "Cluster" in refused["error"]["message"], refused
     finally:
         for client in clients:
             client.close()

@@ -138,6 +138,11 @@ def candles_run() -> None:
     from ticker.db import engine_for
 
     config = current_app.config
+    if config.get("TICK_BUS_URL"):
+        # The builder reads the single-Redis tick channels; on a cluster bus it would read
+        # nothing and build nothing, without a word. Refuse instead, saying why.
+        raise click.ClickException("candles need the tick bus on REDIS_URL: the builder does not read a "
+                                   "cluster tick bus (TICK_BUS_URL) yet")
     stopping: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, _frame: stopping.append(number))

@@ -182,7 +182,9 @@ class Config:
     CANDLE_CLOSE_GRACE_SECS = _float("CANDLE_CLOSE_GRACE_SECS", 3.0)
     # The intervals built (ticker.candles.build.INTERVALS); each costs the builder CPU per tick
     # (BENCHMARKS.md, "Candles"), `second` the most.
-    CANDLE_INTERVALS = _list("CANDLE_INTERVALS", "second,minute,5minute,15minute,60minute")
+    # The intervals built: a minute by default (each one more costs the builder CPU per tick,
+    # `second` the most: BENCHMARKS.md, "Candles"); any of second, minute, 5minute, 15minute, 60minute.
+    CANDLE_INTERVALS = _list("CANDLE_INTERVALS", "minute")
     CANDLE_RETENTION_DAYS = _int("CANDLE_RETENTION_DAYS", 30)
 
     # Socket.IO server.
@@ -273,3 +275,4 @@ class TestConfig(Config):
     ENV = "test"
     REDIS_URL = _env("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
     DATABASE_URL = _env("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ticker_test")
+    CANDLE_INTERVALS = _list("CANDLE_INTERVALS", "second,minute,5minute,15minute,60minute")  # every rule tested

@@ -146,7 +146,11 @@ def client_event(name: str) -> Callable:
 
 @client_event("subscribe")
 def on_subscribe(client: Client, data: Any) -> dict:
-    wanted = parse_subscribe(data, current_app.config["MAX_TOKENS_PER_REQUEST"], current_app.config["CANDLE_INTERVALS"])
+    config = current_app.config
+    # Live candles come from the builder, which reads the single-Redis tick bus only: on a
+    # cluster bus (TICK_BUS_URL) no interval is built, and asking for one is refused as such.
+    built = () if config.get("TICK_BUS_URL") else config["CANDLE_INTERVALS"]
+    wanted = parse_subscribe(data, config["MAX_TOKENS_PER_REQUEST"], built)
     names, rejected = _resolve(client, wanted.instruments, wanted.tokens)
     accepted, refused = _admit(client, wanted.tokens)
     state = replica()

@@ -28,6 +28,7 @@ from flask import Blueprint, Response, current_app, request
 from ticker import metrics
 from ticker.bus import assignment, keys
 from ticker.bus.demand import ReplicaDemand
+from ticker.bus.sharded import read_snapshots
 from ticker.bus.ticks import MODE_RANK
 from ticker.web import errors
 from ticker.web.entitlements import Entitlements, entitlements_from, metric_label
@@ -110,8 +111,12 @@ class QuoteCache:
     token is marked held before Redis is asked, so two requests never count it twice."""
 
     def __init__(self, client: redis.Redis, demand: ReplicaDemand, hold_secs: float,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+                 tick_bus: Any = None):
         self.redis = client
+        # A cluster tick bus (Config.TICK_BUS_URL) keeps each bucket's snapshots on its own
+        # shard: the ticks are read there, after the registry lookup.
+        self.tick_bus = tick_bus
         self.demand = demand
         self.hold_secs = hold_secs
         self.sleep = sleep
@@ -133,17 +138,29 @@ class QuoteCache:
         token_of = [int(t) if t else None for t in by_name.split(",")] if symbols else []
         name_of = [name or None for name in by_token.split("\n")] if tokens else []
         found = [t for t in token_of if t is not None] + [t for t, n in zip(tokens, name_of, strict=True) if n]
-        pairs = zip(raws.split("\n"), modes.split(","), strict=True) if found else ()
+        raws_of = raws.split("\n") if found else []
+        if found and self.tick_bus is not None:
+            raws_of = self._snapshots(found)
+        pairs = zip(raws_of, modes.split(","), strict=True) if found else ()
         return Lookup(token_of, name_of, {t: (raw or None, mode or None) for t, (raw, mode) in zip(found, pairs,
                                                                                                  strict=True)})
 
     def last_ticks(self, tokens: list[int]) -> dict[int, tuple]:
         """token -> (its last tick's JSON or None, the mode streamed or None)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(keys.LAST_TICKS, tokens)
-        pipe.hmget(keys.ASSIGNED_MODE, tokens)
-        raws, modes = pipe.execute()
+        if self.tick_bus is not None:
+            raws, modes = self._snapshots(tokens), self.redis.hmget(keys.ASSIGNED_MODE, tokens)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hmget(keys.LAST_TICKS, tokens)
+            pipe.hmget(keys.ASSIGNED_MODE, tokens)
+            raws, modes = pipe.execute()
         return dict(zip(tokens, zip(raws, modes, strict=True), strict=True))
+
+    def _snapshots(self, tokens: list[int]) -> list[str | None]:
+        """The last tick (JSON) of each token, None where there is none, wherever the bus keeps them."""
+        if self.tick_bus is None:
+            return self.redis.hmget(keys.LAST_TICKS, tokens)
+        return read_snapshots(self.tick_bus, tokens)
 
     def ready(self, found: dict[int, tuple], tokens: list[int], endpoint: str) -> tuple[dict[int, Cut], dict]:
         """Of `tokens` (with `found` from `lookup` or `last_ticks`), the last ticks of those a
@@ -173,7 +190,7 @@ class QuoteCache:
         waiting = list(tokens)
         while waiting and time.monotonic() < deadline:
             self.sleep(POLL_SECS)
-            for token, raw in zip(waiting, self.redis.hmget(keys.LAST_TICKS, waiting), strict=True):
+            for token, raw in zip(waiting, self._snapshots(waiting), strict=True):
                 cut = self.cuts.get(raw) if raw else None
                 if cut is not None and answers(cut.mode, endpoint) and cut.position != stale.get(token):
                     arrived[token] = cut

@@ -113,7 +113,8 @@ class Replica:
         else:
             self.listener = ShardedTickListener(self.redis, self.tick_bus, *listener_args, **listener_options)
         self.upstream = UpstreamNotices()
-        self.quotes = QuoteCache(self.redis, self.demand, config["QUOTE_HOLD_SECS"], sleep=socketio.sleep)
+        self.quotes = QuoteCache(self.redis, self.demand, config["QUOTE_HOLD_SECS"], sleep=socketio.sleep,
+                                 tick_bus=self.tick_bus)
         self.loops: list[Loop] = [Heartbeat(self), ExpirySweep(self), UpstreamWatch(self),
                                   QuoteRelease(self.quotes, socketio.sleep)]
         if (key_set := auth.key_set(config)) is not None:

@@ -25,6 +25,9 @@ class Subscribe:
 
 def _candles(value: Any, built: Iterable[str]) -> list[str]:
     built = [name for name in INTERVALS if name in built]
+    if value and not built:
+        raise ClientError(BAD_REQUEST, "no candles are built by this service (CANDLE_INTERVALS is empty, or the "
+                                       "tick bus is a Redis Cluster, which the candle builder does not read)")
     if not isinstance(value, list) or not all(isinstance(v, str) and v in built for v in value):
         raise ClientError(BAD_REQUEST, f"'candles' must be a list of intervals: {', '.join(built)}")
     return list(dict.fromkeys(value))
