@@ -51,6 +51,7 @@ if __name__ == "__main__":
     # passes, which otherwise stall delivery for tens of milliseconds on a large heap.
     gc.freeze()
     host, port, backlog = app.config["WEB_HOST"], app.config["WEB_PORT"], app.config["LISTEN_BACKLOG"]
+    app.logger.info("web replica listening on %s:%d (%s)", host, port, ASYNC_MODE)  # which interfaces, said once
     if ASYNC_MODE == "eventlet":
         import eventlet.green.socket
         import eventlet.wsgi

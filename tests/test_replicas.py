@@ -77,6 +77,25 @@ def test_a_replica_that_keeps_failing_is_started_again_with_a_growing_wait(caplo
     replica.proc.wait(10)
 
 
+def test_replicas_listen_on_loopback_unless_web_host_says_otherwise(tmp_path, monkeypatch):
+    """Given PORT, a lone replica listens on every interface (a platform's router needs it);
+    the launcher's replicas sit behind a proxy on this host, where that would let clients go
+    round it."""
+    monkeypatch.delenv("WEB_HOST", raising=False)
+    monkeypatch.setenv("PORT", "5000")
+    seen = tmp_path / "host"
+    argv = [sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write(os.environ['WEB_HOST'])", str(seen)]
+    supervisor = Supervisor(plan(1, 5000, usable_cores(), pin=False), argv=argv)
+    replica = supervisor.replicas[0]
+    replica.start(supervisor.argv)
+    replica.proc.wait(10)
+    assert seen.read_text() == "127.0.0.1"
+    monkeypatch.setenv("WEB_HOST", "0.0.0.0")  # compose: the proxy is another container
+    replica.start(supervisor.argv)
+    replica.proc.wait(10)
+    assert seen.read_text() == "0.0.0.0"
+
+
 # The real thing.
 
 def consecutive_free_ports(count: int) -> int:

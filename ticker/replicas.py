@@ -51,6 +51,7 @@ RESTART_DELAY_MAX_SECS = 30.0
 HEALTHY_RUN_SECS = 60.0  # a replica that ran this long had no failure in a row: the backoff resets
 POLL_SECS = 0.2  # how often the supervisor looks for replicas that exited
 PR_SET_PDEATHSIG = 1  # prctl(2)
+LOOPBACK = "127.0.0.1"  # where replicas listen unless WEB_HOST is set: behind a proxy on this host
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,16 @@ class RunningReplica:
         self.starts = 0
 
     def start(self, argv: list[str]) -> None:
-        env = {**os.environ, "PORT": str(self.slot.port)}
+        # Behind a proxy on this host: loopback unless WEB_HOST says otherwise (compose sets
+        # 0.0.0.0, its proxy being another container). Given PORT, a lone replica would take
+        # every interface (a platform's router needs that), and clients could go round nginx.
+        env = {**os.environ, "PORT": str(self.slot.port), "WEB_HOST": os.environ.get("WEB_HOST") or LOOPBACK}
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, preexec_fn=lambda: _prepare_child(self.slot.core))
         self.started_at, self.restart_at = time.monotonic(), None
         self.starts += 1
         core = "unpinned" if self.slot.core is None else f"core {self.slot.core}"
-        log.info("replica %d started: pid %d, port %d, %s%s", self.slot.index, self.proc.pid, self.slot.port, core,
-                 f" (start {self.starts})" if self.starts > 1 else "")
+        log.info("replica %d started: pid %d, %s:%d, %s%s", self.slot.index, self.proc.pid, env["WEB_HOST"],
+                 self.slot.port, core, f" (start {self.starts})" if self.starts > 1 else "")
 
     def exited(self) -> int | None:
         """The exit code when the process has just been found to have exited (once), else None."""
