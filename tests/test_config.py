@@ -4,6 +4,8 @@ configuration module each time, since the service reads them once, at import).""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 
 import pytest
@@ -58,3 +60,21 @@ def test_an_unknown_certificate_requirement_fails_at_start(config):
 def test_herokus_postgres_url_spelling_is_accepted():
     assert sqlalchemy_url("postgres://u:p@db.example:5432/d") == "postgresql+psycopg2://u:p@db.example:5432/d"
     assert sqlalchemy_url("postgresql://u@h/d") == "postgresql+psycopg2://u@h/d"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PORT": "abc"}, "PORT='abc': expected an integer"),
+    ({"QUOTE_WAIT_SECS": "-5"}, "QUOTE_WAIT_SECS='-5': expected a number of at least 0"),
+    ({"REDIS_SSL_CA_CERTS": "/nonexistent/ca.pem"}, "REDIS_SSL_CA_CERTS='/nonexistent/ca.pem': no such readable file"),
+])
+def test_a_setting_that_cannot_work_stops_the_process_at_start_naming_it(env, message):
+    result = subprocess.run([sys.executable, "-c", "import ticker.config"], env={**os.environ, **env},
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_an_empty_number_setting_is_its_default():
+    result = subprocess.run([sys.executable, "-c", "from ticker.config import Config; print(Config.WEB_CONCURRENCY,"
+                             " Config.WEB_PORT)"], env={**os.environ, "WEB_CONCURRENCY": "", "PORT": ""},
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.stdout.split() == ["0", "5000"], result.stderr

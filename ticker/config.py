@@ -15,12 +15,28 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
+def _number(name: str, default: int | float, kind: type) -> int | float:
+    """A setting that is a count or a duration: unset or empty is the default (platforms and
+    compose files set empty variables); anything but a number of that kind, or a negative one,
+    stops the process at start naming the setting."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected {'an integer' if kind is int else 'a number'}") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r}: expected a number of at least 0")
+    return value
+
+
 def _int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+    return int(_number(name, default, int))
 
 
 def _float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+    return float(_number(name, default, float))
 
 
 def _list(name: str, default: str = "") -> list[str]:
@@ -29,6 +45,16 @@ def _list(name: str, default: str = "") -> list[str]:
 
 def _read(path: str) -> str | None:
     return Path(path).read_text() if path else None
+
+
+def _file(name: str) -> str:
+    """A setting naming a file the service reads later (a certificate): a path that is not a
+    readable file stops the process at start naming the setting, rather than every connection
+    failing later with an error that does not name it."""
+    path = os.environ.get(name, "").strip()
+    if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+        raise ValueError(f"{name}={path!r}: no such readable file")
+    return path
 
 
 def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -122,9 +148,9 @@ class Config:
     # (Heroku Redis presents a self-signed one: `none`), the CA bundle it must verify against
     # (else the system's), and a client certificate and key for servers that require one.
     REDIS_SSL_CERT_REQS = _choice("REDIS_SSL_CERT_REQS", "required", ("required", "optional", "none"))
-    REDIS_SSL_CA_CERTS = _env("REDIS_SSL_CA_CERTS")
-    REDIS_SSL_CERTFILE = _env("REDIS_SSL_CERTFILE")
-    REDIS_SSL_KEYFILE = _env("REDIS_SSL_KEYFILE")
+    REDIS_SSL_CA_CERTS = _file("REDIS_SSL_CA_CERTS")
+    REDIS_SSL_CERTFILE = _file("REDIS_SSL_CERTFILE")
+    REDIS_SSL_KEYFILE = _file("REDIS_SSL_KEYFILE")
     # Where tick batches and snapshots travel: empty, on REDIS_URL (one Redis). Or a Redis
     # Cluster (Redis >= 7), `redis+cluster://host:port[,host:port...]` naming any of its nodes:
     # batches then go by sharded pub/sub (SPUBLISH/SSUBSCRIBE), each bucket's channel and
