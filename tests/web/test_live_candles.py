@@ -2,6 +2,8 @@
 gets today's candles so far, then each candle's updates (one per candle per frame at most) and
 its completion, matching what the historical API later answers for the same candles."""
 
+import os
+import signal
 from datetime import datetime, timedelta
 
 import pytest
@@ -69,3 +71,28 @@ def test_a_bad_candles_list_is_refused(stack, make_token):
     finally:
         client.close()
     assert reply["error"]["code"] == "bad_request" and "minute" in reply["error"]["message"]
+
+
+def test_candle_subscribers_are_told_when_the_builder_stops_and_when_it_is_back(stack, make_token):
+    """A builder that stops reporting (here frozen with SIGSTOP: stuck, as a process can be)
+    is a fault the clients holding candles are told about, with a code, and told again when
+    it is over; their candle subscriptions are kept and updates flow again."""
+    builder = stack["candles"]
+    watcher = RecordingClient().connect(stack["url"], make_token("candle-outage"))
+    watcher.sio.on("candles_restored", lambda data: watcher.events["candles_restored"].append(data))
+    try:
+        watcher.call("subscribe", {"tokens": [INFY], "mode": "full", "candles": ["second"]})
+        wait_for(lambda: len(candles_of(watcher)) >= 3, 20, "live candles")
+        os.kill(builder.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: any(e.get("code") == "candles_unavailable" for e in watcher.events["error"]), 15,
+                     "candles_unavailable")
+        finally:
+            os.kill(builder.pid, signal.SIGCONT)
+        told = next(e for e in watcher.events["error"] if e.get("code") == "candles_unavailable")
+        assert told["reason"] == "builder_down", told
+        wait_for(lambda: watcher.events["candles_restored"], 15, "candles_restored")
+        after = len(candles_of(watcher))
+        wait_for(lambda: len(candles_of(watcher)) > after, 15, "live candles again")
+    finally:
+        watcher.close()

@@ -28,6 +28,7 @@ TOO_MANY_CONNECTIONS = "too_many_connections"  # the user already holds its maxi
 SERVER_BUSY = "server_busy"  # this replica is full or overloaded: retry with backoff (or another replica)
 BUS_UNAVAILABLE = "bus_unavailable"  # this replica cannot reach Redis now: retry with backoff
 UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # ticks for some tokens stopped; subscriptions are kept
+CANDLES_UNAVAILABLE = "candles_unavailable"  # no candle builder is running: live candles stopped; subscriptions kept
 # The `reason` of an `upstream_unavailable` (ticker.bus.upstream), and what the client is told.
 UPSTREAM_REASONS = {
     "token_expired": "Kite refused the access token these instruments are streamed with (Kite expires tokens every "

@@ -22,8 +22,13 @@ import orjson
 
 from ticker.bus import keys
 from ticker.candles.build import kite_time
+from ticker.web.errors import CANDLES_UNAVAILABLE
 
 EVENT = "candles"
+RESTORED_EVENT = "candles_restored"
+# Why live candles stopped (the `reason` of `candles_unavailable`).
+BUILDER_DOWN = "builder_down"  # the builder stopped reporting (killed, stuck, lost Redis)
+NO_BUILDER = "no_builder"  # no builder ever reported to this Redis: the `candles` process is not running
 
 
 def candle_json(token: int, interval: str, values: list, closed: bool) -> dict[str, Any]:
@@ -45,6 +50,28 @@ class LiveCandles:
         self.pending: dict[str, dict[tuple[int, str, int], dict]] = {}  # sid -> (token, interval, start) -> update
         self.priming: set[str] = set()  # clients whose history is being read: no live updates yet
         self.sent = 0
+        self.builder_up: bool | None = None  # as last seen (Replica.check_candles); None: not looked yet
+        self.down_reason = ""
+
+    def builder_seen(self, up: bool, reason: str = "") -> None:
+        """Note whether a candle builder is reporting. Going down (or found down at the first
+        look) tells every client holding candles `error` `candles_unavailable` with `reason`;
+        coming back after that tells them `candles_restored`. Their candle subscriptions are
+        kept either way."""
+        was, self.builder_up, self.down_reason = self.builder_up, up, reason
+        if up and was is False:
+            for sid in list(self.wanted):
+                self.emit(sid, RESTORED_EVENT, {})
+        elif not up and was is not False:
+            for sid in list(self.wanted):
+                self.tell_down(sid)
+
+    def tell_down(self, sid: str) -> None:
+        """Tell one client that live candles are not being built now, and why."""
+        why = {NO_BUILDER: "no candle builder is running (the `candles` process)",
+               BUILDER_DOWN: "the candle builder stopped reporting"}.get(self.down_reason, "no candle builder")
+        self.emit(sid, "error", {"code": CANDLES_UNAVAILABLE, "reason": self.down_reason,
+                                 "message": f"{why}: live candles resume by themselves when it is back"})
 
     def needed_buckets(self) -> set[int]:
         return {keys.bucket_of(token) for token, _ in self.members}

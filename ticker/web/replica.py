@@ -26,6 +26,7 @@ from ticker.bus.sharded import read_snapshots
 from ticker.bus.ticks import decode, project
 from ticker.bus.upstream import BUS_UNAVAILABLE, token_states
 from ticker.candles import store as candle_store
+from ticker.candles.builder import builder_report
 from ticker.db import session_for
 from ticker.extensions import socketio
 from ticker.registry.instruments import Registry
@@ -37,7 +38,7 @@ from ticker.web.fanout import Fanout
 from ticker.web.jwks import KeySetRefresh
 from ticker.web.limits import AttemptWindow, TokenBucket, UserConnections, users_connected
 from ticker.web.listener import TickListener
-from ticker.web.live_candles import LiveCandles, candle_json
+from ticker.web.live_candles import BUILDER_DOWN, NO_BUILDER, LiveCandles, candle_json
 from ticker.web.loops import Loop
 from ticker.web.quotes import QuoteCache, QuoteRelease
 from ticker.web.rooms import room_for
@@ -308,6 +309,8 @@ class Replica:
         if not self.listener.wait_live({keys.bucket_of(t) for t in tokens}, LIVE_WAIT_SECS, candles=True):
             log.warning("candle channels not live after %.1fs; sending today's candles anyway", LIVE_WAIT_SECS)
         pairs = [(t, i) for t in tokens if t in client.subscriptions for i in intervals]
+        if self.candles.builder_up is False:
+            self.candles.tell_down(client.sid)
         self.candles.begin_history(client.sid, set(pairs))
         history: list[dict] = []
         try:
@@ -317,6 +320,18 @@ class Replica:
             log.warning("no candle history for %d series of %s: %s", len(pairs), client.sid, exc)
         finally:
             self.candles.end_history(client.sid, history)
+
+    def check_candles(self, now: float) -> None:
+        """While clients hold live candles, whether a candle builder reports (once a turn of the
+        upstream watch): its clients are told when it stops and when it is back."""
+        if not self.candles.wanted:
+            return
+        try:
+            report = builder_report(self.background, now)
+        except redis.RedisError:  # the bus is down: its own notices cover that
+            return
+        up = bool(report and report["up"])
+        self.candles.builder_seen(up, "" if up else BUILDER_DOWN if report else NO_BUILDER)
 
     # Upstream overflow --------------------------------------------------------------------
 
@@ -593,7 +608,9 @@ class UpstreamWatch(ReplicaLoop):
 
     def turn(self) -> None:
         self.replica.check_overflow()
-        self.replica.track_upstream(time.time())
+        now = time.time()
+        self.replica.track_upstream(now)
+        self.replica.check_candles(now)
 
 
 def cluster_stats(client: Any) -> dict[str, Any]:
