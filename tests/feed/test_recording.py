@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from tests.support.processes import ROOT
 from ticker.feed import protocol
 from ticker.feed.recording import (
     BINARY,
@@ -84,3 +88,18 @@ def test_a_day_merges_its_files_by_receive_time(tmp_path):
 def test_the_day_is_the_ist_date():
     assert trading_date(1_764_441_000) == "2025-11-30"  # 2025-11-29T18:30Z is midnight in IST
     assert trading_date(1_764_440_999) == "2025-11-29"
+
+
+def test_a_replay_of_a_day_with_a_file_that_is_not_a_recording_says_which_at_start(tmp_path):
+    day = "2025-11-28"
+    write_recording(tmp_path / day / "good.frames.gz", "s", [(1.0, BINARY, b"\x00")])
+    (tmp_path / day / "bad.frames.gz").write_bytes(b"garbage, not gzip")
+    flask = str(Path(sys.executable).parent / "flask")
+    for argv in ([sys.executable, "-m", "ticker.sim", "--replay", str(tmp_path)],
+                 [flask, "--app", "ticker", "sim", "run", "--replay", str(tmp_path)]):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert result.returncode == 2, result.stderr
+        assert "bad.frames.gz: not a frame recording" in result.stderr and "Traceback" not in result.stderr
+    missing = subprocess.run([sys.executable, "-m", "ticker.sim", "--replay", str(tmp_path / "nowhere")],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert missing.returncode == 2 and "no such directory" in missing.stderr, missing.stderr

@@ -153,5 +153,5 @@ def test_replay_speed_and_day():
     for bad in ("0", "-1", "fast"):
         with pytest.raises(ValueError):
             parse_speed(bad)
-    with pytest.raises(ValueError, match="no recording"):
+    with pytest.raises(ValueError, match="no such directory"):
         ReplaySpec("/nonexistent", "2026-01-01").chosen_day()

@@ -178,6 +178,19 @@ def day_files(directory: Path, day: str) -> list[Path]:
     return sorted((Path(directory) / day).glob(f"*{SUFFIX}"))
 
 
+def check_day(directory: Path, day: str) -> list[Path]:
+    """The files of one IST date, each checked to begin as a recording of this format. Raises
+    RecordingError naming the first that does not (not gzip, another format or version)."""
+    files = day_files(directory, day)
+    for path in files:
+        try:
+            with gzip.open(path, "rb") as stream:
+                _read_header(stream, path)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise RecordingError(f"{path}: not a frame recording ({exc})") from exc
+    return files
+
+
 def read_day(directory: Path, day: str) -> Iterator[RecordedFrame]:
     """Every frame of one IST date, from all its files (all slots, every restart), merged in
     order of receive time. Frames of one file keep their order."""

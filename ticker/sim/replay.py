@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ticker.feed import protocol
-from ticker.feed.recording import BINARY, TEXT, RecordedFrame, read_day, recorded_days
+from ticker.feed.recording import BINARY, TEXT, RecordedFrame, check_day, read_day, recorded_days
 from ticker.feed.sharding import slot_api_key
 from ticker.sim.universe import SEGMENT_NUMBERS, Instrument
 
@@ -75,10 +75,14 @@ class ReplaySpec:
 
     def chosen_day(self) -> str:
         """The day to replay. ValueError when the directory holds no recording of it."""
-        days = recorded_days(Path(self.directory))
+        root = Path(self.directory)
+        if not root.is_dir():
+            raise ValueError(f"{self.directory}: {'not a directory' if root.exists() else 'no such directory'}")
+        days = recorded_days(root)
         day = self.day or (days[-1] if days else None)
         if day is None or day not in days:
             raise ValueError(f"no recording of {self.day or 'any day'} in {self.directory} (it holds {days})")
+        check_day(root, day)  # RecordingError, a ValueError, names a file that is not a recording
         return day
 
 
