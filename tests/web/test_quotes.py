@@ -149,6 +149,19 @@ def test_an_on_demand_subscription_is_released_after_the_hold_and_the_grace(stac
     wait_for(lambda: redis.hget(keys.ASSIGNED_SLOT, token) is None, 20, "the on-demand subscription to go")
 
 
+def test_polling_an_instrument_keeps_it_streamed(stack, database, redis, make_token):
+    """A quote answered from a stream kept only by the upstream's grace period holds it again:
+    polled more often than QUOTE_HOLD_SECS + UNSUBSCRIBE_GRACE_SECS (2 + 2 s here), an instrument
+    is never dropped and subscribed again."""
+    (token, name), = instruments(database, "NSE", 1, skip=260)
+    jwt = make_token("poller")
+    assert raw(stack["url"], "/quote/ltp", jwt, [name]).json()["subscribed"] == [name]
+    for _ in range(4):
+        time.sleep(3)  # past the hold: the next quote finds the stream in its grace period
+        reply = raw(stack["url"], "/quote/ltp", jwt, [name]).json()
+        assert reply["subscribed"] == [] and reply["data"][name]["instrument_token"] == token, reply
+
+
 @pytest.fixture(scope="module")
 def cut_off(stack, processes, service_env, workdir):
     """A web replica whose Redis is behind a proxy the test can cut; under eventlet, where the

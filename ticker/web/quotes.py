@@ -177,7 +177,7 @@ class QuoteCache:
                 ready[token] = cut
             else:
                 stale[token] = cut.position
-        self._refresh(ready)
+        self._keep(ready, endpoint)
         return ready, stale
 
     def subscribe(self, tokens: list[int], endpoint: str, stale: dict[int, tuple], wait_secs: float) -> dict[int, Cut]:
@@ -231,6 +231,18 @@ class QuoteCache:
             self.demand.remove(tokens, mode)  # a removal Redis missed is repaired by the heartbeat
         metrics.QUOTE_HOLDS.set(len(self.held))
         return [t for tokens in expired.values() for t in tokens]
+
+    def _keep(self, tokens: dict[int, Any], endpoint: str) -> None:
+        """Polling keeps an instrument streamed: each answered token is held (again), not only
+        those this replica subscribed, since one answered from an upstream grace period would
+        otherwise be dropped while quotes still name it."""
+        if all(token in self.held for token in tokens):  # the common case: refresh in place
+            self._refresh(tokens)
+            return
+        try:
+            self.hold(list(tokens), TICK_MODE[endpoint])
+        except redis.RedisError:  # answered all the same; the next quote holds them
+            self._refresh(tokens)
 
     def _refresh(self, tokens: dict[int, Any]) -> None:
         until = self.clock() + self.hold_secs
