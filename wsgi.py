@@ -60,7 +60,12 @@ if __name__ == "__main__":
         # server serves at most 1024 connections at once unless told otherwise.
         family, *_, address = eventlet.green.socket.getaddrinfo(host, port)[0]
         listener = eventlet.listen(address, family, backlog=backlog)
+        from ticker.web.http_errors import request_line_too_long
         from ticker.web.kite_quotes import MAX_REQUEST_LINE_BYTES
+
+        # eventlet (0.41) answers a longer request line with this module global, an empty body
+        # by default: JSON in the service's shape instead, as under gevent.
+        eventlet.wsgi.RESPONSE_414 = request_line_too_long("HTTP/1.0")
 
         eventlet.wsgi.server(listener, app, log_output=False, max_size=app.config["MAX_CONNECTIONS"] + 100,
                              url_length_limit=MAX_REQUEST_LINE_BYTES)  # Kite's 1000 instruments a quote

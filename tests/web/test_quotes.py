@@ -241,3 +241,15 @@ def test_quotes_on_a_kept_alive_connection_wait_for_no_delayed_ack(stack, databa
         client.ltp([name])
         took.append(time.perf_counter() - started)
     assert statistics.median(took) < 0.035, took
+
+
+def test_a_request_line_too_long_for_the_server_is_kites_input_exception(stack, cut_off, make_token):
+    """The server refuses a request line longer than it reads before any route: in JSON, so
+    KiteConnect raises InputException rather than failing to parse an empty body (gevent: the
+    stack's replica; eventlet: the cut-off one)."""
+    names = [f"NSE:{'X' * 60}{n}" for n in range(4000)]
+    for url in (stack["url"], cut_off[0].url):
+        reply = raw(url, "/quote/ltp", make_token("long-line"), names)
+        assert reply.status_code == 414 and reply.json()["code"] == "request_too_large", reply.text
+        with pytest.raises(kite_errors.InputException):
+            kite(url, make_token("long-line")).ltp(names)

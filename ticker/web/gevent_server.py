@@ -6,12 +6,16 @@ import socket
 
 from gevent import pywsgi
 
+from ticker.web.http_errors import request_line_too_long
 from ticker.web.kite_quotes import MAX_REQUEST_LINE_BYTES
 
 # gevent reads its request-line (and header-line) limit from this module global at each request
 # (gevent 24/25, `WSGIHandler.read_requestline`): a quote for Kite's 1000 instruments needs more
 # than its 8 KiB. A longer line is still refused, with 414.
 pywsgi.MAX_REQUEST_LINE = MAX_REQUEST_LINE_BYTES
+# ...and answers it with this module global (gevent 26.9, `WSGIHandler.handle_one_request`):
+# an empty body by default, which KiteConnect fails to parse; JSON in the service's shape instead.
+pywsgi._REQUEST_TOO_LONG_RESPONSE = request_line_too_long("HTTP/1.1")
 
 # The request line and headers are read through this buffer; gevent's default (8 KiB) then
 # stays allocated for as long as a WebSocket lives on the connection.
