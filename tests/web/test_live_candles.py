@@ -4,6 +4,7 @@ its completion, matching what the historical API later answers for the same cand
 
 import os
 import signal
+import time
 from datetime import datetime, timedelta
 
 import pytest
@@ -11,7 +12,11 @@ from kiteconnect import KiteConnect
 
 from tests.support.clients import RecordingClient
 from tests.support.processes import wait_for
+from ticker.bus import keys
+from ticker.candles import store
+from ticker.candles.build import Candle, day_of, kite_time
 from ticker.clock import IST
+from ticker.db import engine_for
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +101,23 @@ def test_candle_subscribers_are_told_when_the_builder_stops_and_when_it_is_back(
         wait_for(lambda: len(candles_of(watcher)) > after, 15, "live candles again")
     finally:
         watcher.close()
+
+
+def test_the_day_so_far_includes_the_candles_only_postgresql_still_holds(stack, database, redis, make_token):
+    """Redis lost today's lists (a restart, a failover) while PostgreSQL kept the completed
+    candles: a new subscriber's history has them, as the historical API does."""
+    token = INFY
+    day_start = int(time.time() + 19_800) // 86_400 * 86_400 - 19_800  # 00:00 IST today
+    kept = Candle(token, "minute", [day_start + 3_600, 101.5, 102.0, 101.0, 101.75, 900, 0], closed=True)
+    store.write(engine_for(database), [kept])
+    redis.delete(keys.candles_of(store.day_name(day_of(kept.start)), "minute", token))
+    watcher = RecordingClient().connect(stack["url"], make_token("after-redis-loss"))
+    try:
+        watcher.call("subscribe", {"tokens": [token], "mode": "quote", "candles": ["minute"]})
+        wait_for(lambda: candles_of(watcher), 10, "the day so far")
+        history = candles_of(watcher)[0]
+    finally:
+        watcher.close()
+    first = next(c for c in history if c["instrument_token"] == token)
+    assert (first["date"], first["open"], first["close"], first["volume"], first["closed"]) == (
+        kite_time(kept.start), 101.5, 101.75, 900, True), history

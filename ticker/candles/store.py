@@ -231,6 +231,27 @@ def read(engine: Engine, token: int, interval: str, start: datetime, end: dateti
         return [list(row) for row in cursor.fetchall()]
 
 
+def stored_today(engine: Engine, series: list[tuple[int, str]], now: float) -> dict[tuple[int, str], list[list]]:
+    """Today's (IST) completed candles of each `(token, interval)` series that PostgreSQL holds,
+    oldest first, as `[start epoch s, o, h, l, c, v, oi]`, in one query: what `today_many`
+    cannot give once Redis lost its day lists (a restart, a failover)."""
+    wanted = [(token, interval) for token, interval in series if interval not in REDIS_ONLY]
+    out: dict[tuple[int, str], list[list]] = {pair: [] for pair in series}
+    if not wanted:
+        return out
+    start = datetime.fromtimestamp(day_of(int(now)) * DAY_SECS - IST_OFFSET_SECS, IST)
+    with engine.begin() as connection:
+        cursor = connection.connection.cursor()
+        cursor.execute(
+            "SELECT instrument_token, interval, extract(epoch FROM ts)::bigint, open, high, low, close, volume, oi "
+            "FROM candles WHERE instrument_token = ANY(%s) AND interval = ANY(%s) AND ts >= %s ORDER BY ts",
+            (sorted({t for t, _ in wanted}), sorted({i for _, i in wanted}), start))
+        for token, interval, *row in cursor.fetchall():
+            if (token, interval) in out:
+                out[(token, interval)].append(row)
+    return out
+
+
 def _ist_date(ts: int) -> date:
     return date.fromordinal(date(1970, 1, 1).toordinal() + (ts + IST_OFFSET_SECS) // DAY_SECS)
 

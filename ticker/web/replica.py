@@ -15,7 +15,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg2
 import redis
+import sqlalchemy.exc
 from flask import Flask
 
 from ticker import metrics
@@ -27,7 +29,7 @@ from ticker.bus.ticks import decode, project
 from ticker.bus.upstream import BUS_UNAVAILABLE, token_states
 from ticker.candles import store as candle_store
 from ticker.candles.builder import builder_report
-from ticker.db import session_for
+from ticker.db import engine_for, session_for
 from ticker.extensions import socketio
 from ticker.registry.instruments import Registry
 from ticker.web import auth, errors
@@ -314,12 +316,29 @@ class Replica:
         self.candles.begin_history(client.sid, set(pairs))
         history: list[dict] = []
         try:
-            for (token, interval), rows in candle_store.today_many(self.redis, pairs, time.time()).items():
+            for (token, interval), rows in self._candles_today(pairs, time.time()).items():
                 history += [candle_json(token, interval, row[:7], row[7]) for row in rows]
-        except redis.RedisError as exc:  # the live updates still follow; only the day so far is lost
-            log.warning("no candle history for %d series of %s: %s", len(pairs), client.sid, exc)
         finally:
             self.candles.end_history(client.sid, history)
+
+    def _candles_today(self, pairs: list[tuple[int, str]], now: float) -> dict[tuple[int, str], list[list]]:
+        """Today's candles of each series, `[start, o, h, l, c, v, oi, closed]` oldest first:
+        Redis's (the forming candle, and what PostgreSQL may not hold yet) over PostgreSQL's
+        (what Redis lost in a restart or failover). Either store failing costs only its part:
+        the live updates still follow."""
+        merged: dict[tuple[int, str], dict[int, list]] = {pair: {} for pair in pairs}
+        try:
+            stored = candle_store.stored_today(engine_for(self.config["DATABASE_URL"]), pairs, now)
+            for pair, rows in stored.items():
+                merged[pair].update((row[0], [*row, True]) for row in rows)
+        except (sqlalchemy.exc.SQLAlchemyError, psycopg2.Error) as exc:
+            log.warning("no stored candles for %d series: %s", len(pairs), exc)
+        try:
+            for pair, rows in candle_store.today_many(self.redis, pairs, now).items():
+                merged[pair].update((row[0], row) for row in rows)
+        except redis.RedisError as exc:
+            log.warning("no candles of today from Redis for %d series: %s", len(pairs), exc)
+        return {pair: [rows[start] for start in sorted(rows)] for pair, rows in merged.items()}
 
     def check_candles(self, now: float) -> None:
         """While clients hold live candles, whether a candle builder reports (once a turn of the
