@@ -47,6 +47,9 @@ def test_a_plan_that_cannot_run_is_refused():
         plan(-1, 5000, [0], pin=True)
     with pytest.raises(ValueError):
         plan(2, 65535, [0], pin=True)
+    with pytest.raises(ValueError, match="more than 4 replicas per core"):
+        plan(5000, 5000, [0, 1], pin=True)
+    assert len(plan(8, 5000, [0, 1], pin=True)) == 8  # four a core: allowed
 
 
 def test_the_upstream_is_sticky_and_names_every_replica():

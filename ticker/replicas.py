@@ -51,6 +51,7 @@ RESTART_DELAY_MAX_SECS = 30.0
 HEALTHY_RUN_SECS = 60.0  # a replica that ran this long had no failure in a row: the backoff resets
 POLL_SECS = 0.2  # how often the supervisor looks for replicas that exited
 PR_SET_PDEATHSIG = 1  # prctl(2)
+MAX_REPLICAS_PER_CORE = 4  # beyond it replicas only take turns on the cores: surely a typo
 LOOPBACK = "127.0.0.1"  # where replicas listen unless WEB_HOST is set: behind a proxy on this host
 
 
@@ -70,6 +71,9 @@ def plan(concurrency: int, base_port: int, cores: list[int], pin: bool) -> list[
     negative concurrency or a port past 65535."""
     if concurrency < 0:
         raise ValueError(f"WEB_CONCURRENCY must be 0 (one per core) or more, not {concurrency}")
+    if concurrency > MAX_REPLICAS_PER_CORE * max(1, len(cores)):
+        raise ValueError(f"WEB_CONCURRENCY={concurrency} is more than {MAX_REPLICAS_PER_CORE} replicas per core "
+                         f"of the {len(cores)} this host gives: a replica is one core's worth (0: one per core)")
     count = concurrency or max(1, len(cores))
     if base_port + count - 1 > 65535:
         raise ValueError(f"{count} replicas from port {base_port} go past port 65535")
@@ -227,8 +231,15 @@ def check(slots: list[ReplicaSlot], timeout: float = 3.0) -> list[str]:
 
 def main(args: list[str]) -> int:
     configure_logging(Config.LOG_LEVEL)
-    slots = configured_slots()
     command = args[0] if args else "run"
+    if command in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
+    try:
+        slots = configured_slots()
+    except ValueError as exc:  # a setting that cannot work: say which, without a traceback
+        print(f"ticker.replicas: {exc}", file=sys.stderr)
+        return 2
     if command == "upstream":
         print(nginx_upstream(slots, Config.WEB_UPSTREAM_HOST), end="")
         return 0
