@@ -90,8 +90,9 @@ def run_job(client: redis.Redis, database_url: str, name: str, body: Callable[[]
     finally:
         try:
             lock.release()
-        except redis.exceptions.LockError:
-            log.warning("job %s outlived its %ss lock", name, lock_secs)
+        except redis.exceptions.LockError:  # expired (the job ran past it) or lost with Redis's state
+            log.warning("job %s no longer held its lock when it ended after %.1fs (the lock lasts %ss: it ran "
+                        "past it, or Redis lost it)", name, time.time() - started, lock_secs)
 
 
 def _epoch(value: datetime | None) -> float | None:
