@@ -22,7 +22,7 @@ from flask import Blueprint, current_app, request
 
 from ticker.bus.connection import redis_client
 from ticker.candles import store
-from ticker.candles.build import DEFAULT_INTERVAL, INTERVALS, kite_time
+from ticker.candles.build import DAY_SECS, DEFAULT_INTERVAL, INTERVALS, IST_OFFSET_SECS, day_of, kite_time
 from ticker.clock import IST
 from ticker.db import engine_for, session_for
 from ticker.registry.instruments import MAX_TOKEN, exchanges_of, tokens_by_symbol
@@ -94,7 +94,8 @@ def candles(token: int, interval: str, start: datetime, end: datetime, with_oi: 
     rows = {r[0]: r for r in store.read(engine_for(current_app.config["DATABASE_URL"]), token, interval, start, end)}
     low, high = start.timestamp(), end.timestamp()
     now = datetime.now(IST).timestamp()
-    if low <= now and high >= now - 86_400:  # today's candles may not be in PostgreSQL yet
+    today_starts = day_of(int(now)) * DAY_SECS - IST_OFFSET_SECS  # 00:00 IST
+    if low <= now and high >= today_starts:  # today's candles may not be in PostgreSQL yet: Redis has them
         for row in store.today(redis_client(current_app.config["REDIS_URL"]), token, interval, now):
             if low <= row[0] <= high:
                 rows[row[0]] = row[:7]
