@@ -230,7 +230,7 @@ def test_replicas_behind_nginx_serve_polling_and_websocket_and_a_killed_one_come
         wait_for(lambda: healthy(base + holder), 60, "the restarted replica to be ready")
         log = launcher.output()[len(launcher_log):]
         assert f"replica {holder} (pid {pids[holder]}, port {base + holder}) exited with signal 9" in log
-        assert f"replica {holder} started: pid {replica_pids(log)[holder]}, port {base + holder}" in log
+        assert f"replica {holder} started: pid {replica_pids(log)[holder]}, 127.0.0.1:{base + holder}" in log
         assert replica_pids(log).keys() == {holder}, "the other replica kept running"
         assert launcher.alive()
     finally:
