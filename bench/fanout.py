@@ -196,22 +196,29 @@ class Bench:
         self.loads = getattr(self, "loads", 0) + 1
         argv = ["node", str(ROOT / "bench" / "fanout_load.mjs"), str(path)]
         process = self.start(f"load-{self.loads}", pinned(LOAD_CORE, argv))
-        seen = 0
-        deadline = time.monotonic() + job["warmup"] + job["seconds"] + 600
-        while time.monotonic() < deadline:
-            lines = process.output().splitlines()
-            for line in lines[seen:]:
-                if line.startswith("{"):
-                    message = json.loads(line)
-                    on_line(message)
-                    if message["event"] in ("end", "failed"):
-                        self.stop(process)
-                        return message
-            seen = len(lines)
-            if not process.alive():
-                raise RuntimeError(f"load generator exited:\n{process.output()[-2000:]}")
-            time.sleep(0.05)
-        raise RuntimeError("load generator timed out")
+        message = follow_load(process, on_line, time.monotonic() + job["warmup"] + job["seconds"] + 600)
+        self.stop(process)
+        return message
+
+
+def follow_load(process, on_line, deadline: float) -> dict:
+    """Hand each JSON line the load generator prints to `on_line` until its `end` (or
+    `failed`) line, which is returned. Raises RuntimeError when it exits first or `deadline`
+    (monotonic) passes."""
+    seen = 0
+    while time.monotonic() < deadline:
+        lines = process.output().splitlines()
+        for line in lines[seen:]:
+            if line.startswith("{"):
+                message = json.loads(line)
+                on_line(message)
+                if message["event"] in ("end", "failed"):
+                    return message
+        seen = len(lines)
+        if not process.alive():
+            raise RuntimeError(f"load generator exited:\n{process.output()[-2000:]}")
+        time.sleep(0.05)
+    raise RuntimeError("load generator timed out")
 
 
 def stream_run(bench: Bench, design: str, mode: str, clients: int, per_client: int) -> dict:

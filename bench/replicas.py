@@ -141,29 +141,15 @@ def one_run(bench, redis, run_id: int, replicas: int, clients: int, per_client: 
 
 def load(bench, job: dict, on_line, pinned) -> dict:
     """bench.fanout's `Bench.load`, also keeping the load generator's pid for its CPU."""
-    from bench.fanout import ROOT
+    from bench.fanout import ROOT, follow_load
 
     path = bench.workdir / "job.json"
     path.write_text(json.dumps(job))
     process = bench.start(f"load-{time.monotonic_ns()}",
                           pinned(LOAD_CORE, ["node", str(ROOT / "bench" / "fanout_load.mjs"), str(path)]))
     bench.load_pid = process.pid
-    seen = 0
-    deadline = time.monotonic() + job["warmup"] + job["seconds"] + 300
     try:
-        while time.monotonic() < deadline:
-            lines = process.output().splitlines()
-            for line in lines[seen:]:
-                if line.startswith("{"):
-                    message = json.loads(line)
-                    on_line(message)
-                    if message["event"] in ("end", "failed"):
-                        return message
-            seen = len(lines)
-            if not process.alive():
-                raise RuntimeError(f"load generator exited:\n{process.output()[-2000:]}")
-            time.sleep(0.05)
-        raise RuntimeError("load generator timed out")
+        return follow_load(process, on_line, time.monotonic() + job["warmup"] + job["seconds"] + 300)
     finally:
         bench.stop(process)
 
@@ -219,6 +205,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
+    args.tick_bus = "redis"  # bench.fanout's Bench reads it: one Redis here
     workdir = Path(tempfile.mkdtemp(prefix="replicas-bench-"))
     redis_port = free_port()
     redis_process = start_redis(redis_port, workdir, "bench-redis")
