@@ -135,7 +135,7 @@ class Bench:
     def bring_up(self) -> None:
         from ticker.registry.loader import load_instruments
 
-        if self.args.tick_bus == "cluster":  # ticks on a 3-master Redis Cluster (bench.tick_bus)
+        if getattr(self.args, "tick_bus", "redis") == "cluster":  # ticks on a 3-master Redis Cluster (bench.tick_bus)
             from tests.support.cluster import LocalCluster
 
             self.cluster = LocalCluster(self.workdir / "cluster", masters=3, replicas=0).start()

@@ -205,7 +205,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    args.tick_bus = "redis"  # bench.fanout's Bench reads it: one Redis here
     workdir = Path(tempfile.mkdtemp(prefix="replicas-bench-"))
     redis_port = free_port()
     redis_process = start_redis(redis_port, workdir, "bench-redis")
