@@ -60,8 +60,8 @@ if __name__ == "__main__":
         # server serves at most 1024 connections at once unless told otherwise.
         family, *_, address = eventlet.green.socket.getaddrinfo(host, port)[0]
         listener = eventlet.listen(address, family, backlog=backlog)
-        from ticker.web.http_errors import request_line_too_long
         from ticker.web.kite_quotes import MAX_REQUEST_LINE_BYTES
+        from ticker.web.kite_rest import request_line_too_long
 
         # eventlet (0.41) answers a longer request line with this module global, an empty body
         # by default: JSON in the service's shape instead, as under gevent.

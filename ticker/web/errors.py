@@ -14,6 +14,7 @@ TOKEN_TOO_LARGE = "token_too_large"  # longer than ticker.web.auth.MAX_TOKEN_BYT
 AUTH_UNAVAILABLE = "auth_unavailable"  # the JWKS keys are unavailable for too long: retry with backoff
 CONNECTION_MAX_AGE = "connection_max_age"  # the connection lived MAX_CONNECTION_SECS: reconnect
 BAD_REQUEST = "bad_request"  # a message of the wrong shape
+REQUEST_TOO_LARGE = "request_too_large"  # an HTTP request body or request line beyond what the server reads
 TOO_MANY_TOKENS = "too_many_tokens"  # one request names more tokens than allowed
 CAPACITY_EXHAUSTED = "capacity_exhausted"  # every upstream Kite connection is full
 LIMIT_EXCEEDED = "limit_exceeded"  # the connection already holds its maximum of tokens

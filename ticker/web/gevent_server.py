@@ -6,8 +6,8 @@ import socket
 
 from gevent import pywsgi
 
-from ticker.web.http_errors import request_line_too_long
 from ticker.web.kite_quotes import MAX_REQUEST_LINE_BYTES
+from ticker.web.kite_rest import request_line_too_long
 
 # gevent reads its request-line (and header-line) limit from this module global at each request
 # (gevent 24/25, `WSGIHandler.read_requestline`): a quote for Kite's 1000 instruments needs more

@@ -21,7 +21,6 @@ A 503 carries `Retry-After`. Each error is counted in `ticker_http_errors_total{
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 
@@ -43,23 +42,9 @@ HTTP_CODES = {
     401: errors.AUTH_REQUIRED,
     404: errors.NOT_FOUND,
     405: errors.METHOD_NOT_ALLOWED,
-    413: "request_too_large",
+    413: errors.REQUEST_TOO_LARGE,
     429: errors.RATE_LIMITED,
 }
-
-
-def request_line_too_long(http_version: str) -> bytes:
-    """The raw HTTP response the server itself sends for a request line longer than it reads
-    (`ticker.web.kite_quotes.MAX_REQUEST_LINE_BYTES`), before any route: 414 with a JSON body
-    in this service's error shape and, since the long lines are Kite-style quote requests,
-    Kite's envelope too (`error_type` InputException: KiteConnect raises that rather than
-    failing to parse an empty body)."""
-    body = json.dumps({"status": "error", "error_type": "InputException", "data": None,
-                       "code": "request_too_large",
-                       "message": "the request line is too long: name fewer instruments per request"}).encode()
-    head = (f"{http_version} 414 Request URI Too Long\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
 
 
 BUSY_RETRY_AFTER_SECS = 1  # a full pool frees up as soon as requests in flight finish

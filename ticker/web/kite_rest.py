@@ -35,6 +35,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+import orjson
 import redis
 import sqlalchemy.exc
 from flask import Response, current_app, jsonify, request
@@ -76,6 +77,11 @@ class KiteError(Exception):
         self.message = message
         self.headers = headers or {}
 
+    def envelope(self) -> dict[str, Any]:
+        """Kite's error body: `{"status": "error", "message", "data": null, "error_type", "code"}`."""
+        return {"status": "error", "message": self.message, "data": None, "error_type": self.error_type,
+                "code": self.code}
+
 
 def success(data: Any) -> Response:
     """Kite's success envelope around `data`."""
@@ -84,12 +90,23 @@ def success(data: Any) -> Response:
 
 def error_response(exc: KiteError) -> Response:
     """Kite's error envelope for `exc`, counted in ticker_http_errors_total."""
-    response = jsonify({"status": "error", "message": exc.message, "data": None, "error_type": exc.error_type,
-                        "code": exc.code})
+    response = jsonify(exc.envelope())
     response.status_code = exc.status
     response.headers.update(exc.headers)
     HTTP_ERRORS.labels(exc.code).inc()
     return response
+
+
+def request_line_too_long(http_version: str) -> bytes:
+    """The raw HTTP response the server itself sends for a request line longer than it reads
+    (`ticker.web.kite_quotes.MAX_REQUEST_LINE_BYTES`), before any route: 414 with Kite's error
+    envelope (`InputException`: KiteConnect raises that rather than failing to parse an empty
+    body), which holds this service's `{code, message}` too. Not counted: no route runs."""
+    body = orjson.dumps(KiteError(414, INPUT_EXCEPTION, errors.REQUEST_TOO_LARGE,
+                                  "the request line is too long: name fewer instruments per request").envelope())
+    head = (f"{http_version} 414 Request URI Too Long\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
 
 
 def credentials(headers: Any) -> str | None:
