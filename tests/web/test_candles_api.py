@@ -53,8 +53,15 @@ def test_historical_data_through_kiteconnect_matches_the_ticks(stack, make_token
         start, end = window()
         wait_for(lambda: len(kite.historical_data(INFY, start, end, "second", oi=True)) >= 3, 15,
                  "second candles")
-        rows = kite.historical_data(INFY, start, end, "second", oi=True)
+        # The client's ticks first, then the candles once the builder has reached the client's
+        # last second: every earlier second is then complete on both sides (a tick of a later
+        # second reached both after all of its own). Read the other way round, the last candle
+        # fetched may still be forming while the client goes on receiving its second's ticks.
         trades = traded_by_second(client.ticks_for(INFY))
+        last = max(trades)
+        wait_for(lambda: kite.historical_data(INFY, start, end, "second")[-1]["date"].isoformat() >= last, 10,
+                 f"the builder's candle of {last}")
+        rows = kite.historical_data(INFY, start, end, "second", oi=True)
     finally:
         client.close()
     assert all(set(row) == {"date", "open", "high", "low", "close", "volume", "oi"} for row in rows)
