@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 import socketio
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.clients import clients_connected
 from tests.support.processes import ROOT, Process, port_open, wait_for
 from ticker.replicas import ReplicaSlot, Supervisor, nginx_upstream, plan, restart_delay, usable_cores
 
@@ -153,12 +153,6 @@ def replica_pids(output: str) -> dict[int, int]:
     return {int(index): int(pid) for index, pid in re.findall(r"replica (\d+) started: pid (\d+)", output)}
 
 
-def clients_connected(port: int) -> float:
-    scrape = requests.get(f"http://127.0.0.1:{port}/metrics?scope=replica", timeout=5).text
-    family = next(f for f in text_string_to_metric_families(scrape) if f.name == "ticker_clients_connected")
-    return sum(sample.value for sample in family.samples)
-
-
 def healthy(port: int) -> bool:
     try:
         return requests.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200
@@ -215,7 +209,8 @@ def test_replicas_behind_nginx_serve_polling_and_websocket_and_a_killed_one_come
         # Polling works only if every request of a session reaches the replica holding it.
         clients = [Listening(url, make_token(f"replicas-{t}"), t) for t in ("polling", "websocket")]
         wait_for(lambda: all(c.ticks >= 3 for c in clients), 20, "ticks through nginx on both transports")
-        holder, = wait_for(lambda: [i for i in (0, 1) if clients_connected(base + i) == 2], 10,
+        holder, = wait_for(lambda: [i for i in (0, 1) if clients_connected(f"http://127.0.0.1:{base + i}") == 2],
+                           10,
                            "one replica to hold both clients (ip_hash: one client address)")
 
         launcher_log = launcher.output()

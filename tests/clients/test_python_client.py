@@ -24,6 +24,7 @@ from ticker_client.policy import backoff_delay, connect_refusal_is_final, reauth
 from ticker_client.subscriptions import Subscriptions
 
 from tests.clients.conftest import CLIENT_SRC
+from tests.support.clients import clients_connected
 from tests.support.processes import wait_for
 from tests.support.proxy import TcpProxy
 from ticker.bus import ticks as bus_ticks
@@ -223,6 +224,29 @@ def test_over_long_polling_the_subscriptions_made_before_connect_are_sent(ticker
     client.ticker.subscribe([token])
     client.ticker.connect(threaded=True)
     client.wait_for_modes({token: "quote"})
+
+
+@pytest.mark.parametrize("transport", ["polling", "websocket"])
+def test_close_returns_at_once_and_the_service_is_told(ticker, stack, database, transport):
+    """`close()` ends the session with the service at once, on either transport, every time.
+    (It once raced its own session's end: a second disconnect emptied Engine.IO's send queue
+    before the CLOSE packet left, so the service kept the session until its ping timed out and
+    `close()` blocked for Engine.IO's 30-second write-loop timeout, one time in two.)"""
+    token, = equities(database, 1)
+    before = clients_connected(stack["url"])
+    for attempt in range(4):
+        client = ticker(transports=[transport])
+        client.ticker.subscribe([token])
+        client.ticker.connect(threaded=True)
+        client.wait_for_modes({token: "quote"})
+        assert clients_connected(stack["url"]) == before + 1
+        closing = threading.Thread(target=client.ticker.close, daemon=True)
+        closing.start()
+        closing.join(5)
+        assert not closing.is_alive(), f"close() still running after 5 s (attempt {attempt + 1})"
+        wait_for(lambda: clients_connected(stack["url"]) == before, 3,
+                 f"the service to see the client leave (attempt {attempt + 1})")
+        wait_for(lambda c=client: c.events["on_close"], 3, "on_close")
 
 
 # (3) Reconnect: the connection is cut; every token comes back in its mode.

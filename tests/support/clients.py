@@ -7,9 +7,19 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import requests
 import socketio
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.processes import wait_for
+
+
+def clients_connected(url: str) -> float:
+    """The `ticker_clients_connected` gauge of the replica at `url` (`http://host:port`)."""
+    scrape = requests.get(f"{url}/metrics", params={"scope": "replica"}, timeout=5).text
+    family = next(f for f in text_string_to_metric_families(scrape) if f.name == "ticker_clients_connected")
+    return sum(sample.value for sample in family.samples)
+
 
 EVENTS = ("connected", "subscribed", "unsubscribed", "ticks", "pong", "error", "reauthed", "candles")
 

@@ -103,6 +103,7 @@ class KiteTicker:
         self._subscriptions = Subscriptions()
         self._gaps = GapTracker()
         self._lock = threading.Lock()
+        self._hang_up_lock = threading.Lock()
         self._in_flight = False  # a subscribe/unsubscribe awaits its ack
         self._refusals = 0  # requests refused for now in a row (`server_busy`…): their backoff grows
         self._retrying = True  # cleared by stop_retry()
@@ -217,7 +218,7 @@ class KiteTicker:
         except socketio.exceptions.ConnectionError as exc:
             code = refusal.get("code")
             self._call("on_error", code or CLOSE_ABNORMAL, refusal.get("message") or str(exc))
-            self._quietly(sio.disconnect)
+            self._hang_up(sio)
             serial.stop()
             return False, policy.connect_refusal_is_final(code, self.token_provider is not None)
         self._call("on_open")
@@ -238,12 +239,23 @@ class KiteTicker:
         if code == CLOSE_ABNORMAL:
             self._call("on_error", code, "connection lost")
         self._call("on_close", code, "closed by the client" if clean else "connection lost")
-        self._quietly(sio.disconnect)
+        self._hang_up(sio)
 
     def _disconnect(self) -> None:
         sio = self.ws
         if sio is not None:
-            self._quietly(sio.disconnect)
+            self._hang_up(sio)
+
+    def _hang_up(self, sio: socketio.Client) -> None:
+        """Disconnect `sio` if its Engine.IO session is still open, else leave it to whoever is
+        closing it. `close()` and the end of a session both hang up, from two threads: a second
+        `disconnect()` while the first is under way runs python-engineio's `Client._reset`, which
+        empties the send queue (python-engineio 4.x), so the CLOSE packet never left over
+        long-polling, the service kept the session until its ping timed out, and `close()` waited
+        out Engine.IO's 30-second write-loop timeout."""
+        with self._hang_up_lock:
+            if sio.eio.state == "connected":
+                self._quietly(sio.disconnect)
 
     # -- events from the service -------------------------------------------------------------
 
