@@ -95,7 +95,9 @@ def start_replica(workdir: Path, redis_url: str, public: Path) -> tuple[Process,
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "KITE_"))},
            "PORT": str(port), "REDIS_URL": redis_url, "TICKER_ENV": "test", "JWT_PUBLIC_KEY_FILE": str(public),
            "TICKER_INSTANCE_DIR": str(workdir), "LOG_LEVEL": "WARNING",
-           "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/ticker_bench"}
+           "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/ticker_bench",
+           # One user sends every request: counted as any user's, never refused.
+           "MAX_REST_REQUESTS_PER_USER_PER_SEC": "100000000"}
     web = Process("web", [sys.executable, "wsgi.py"], env, workdir)
     wait_for(lambda: port_open(port) or not web.alive(), 30, "the replica to listen")
     assert web.alive(), web.output()[-2000:]

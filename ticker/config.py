@@ -235,6 +235,9 @@ class Config:
     MAX_MESSAGES_PER_SEC = _float("MAX_MESSAGES_PER_SEC", 20.0)  # client -> server events, per connection
     MAX_CONNECTIONS_PER_USER = _int("MAX_CONNECTIONS_PER_USER", 20)  # across every replica
     MAX_CONNECTS_PER_ADDRESS_PER_SEC = _float("MAX_CONNECTS_PER_ADDRESS_PER_SEC", 20.0)
+    # Requests a second each user (JWT `sub`) may make to the Kite-shaped HTTP endpoints (quotes,
+    # candles) on one replica; beyond it 429 `rate_limited`. 0: no limit.
+    MAX_REST_REQUESTS_PER_USER_PER_SEC = _int("MAX_REST_REQUESTS_PER_USER_PER_SEC", 20)
     # Proxies in front of the replicas that append to X-Forwarded-For (nginx in docker-compose: 1).
     # The client's address is the entry the farthest of them appended; 0 ignores the header,
     # which any client can forge, and takes the socket's peer address.

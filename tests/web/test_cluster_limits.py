@@ -1,19 +1,24 @@
-"""Connection limits that hold across replicas and behind proxies, with real replicas and clients:
-a user's connections are counted on every replica together (and a killed replica's stop counting
-by themselves), and the connection-attempt limit counts the address a trusted proxy reports."""
+"""Limits that hold across replicas and behind proxies, with real replicas and clients: a user's
+connections are counted on every replica together (and a killed replica's stop counting by
+themselves), a user's requests to the Kite-shaped endpoints are counted by each replica, and
+the connection-attempt limit counts the address a trusted proxy reports."""
 
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta
 
 import pytest
 import requests
 import socketio
+from kiteconnect import KiteConnect
+from kiteconnect.exceptions import NetworkException
 
 from tests.support.clients import RecordingClient
 from tests.support.processes import wait_for
-from tests.web.webproc import start_web
+from tests.web.webproc import start_web, start_webs
 from ticker.bus.demand import REPLICA_TTL_SECS
+from ticker.clock import IST
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +100,51 @@ def test_without_trusted_proxies_the_header_is_ignored(stack, processes, service
     forged = attempt_codes(web.url, [f"10.3.0.{n}" for n in range(6)])
 
     assert forged.count("rate_limited") >= 2, forged
+
+
+def test_a_users_quote_and_candle_requests_are_limited_by_each_replica(stack, processes, service_env, workdir,
+                                                                        make_token):
+    """Beyond MAX_REST_REQUESTS_PER_USER_PER_SEC, Kite's 429 NetworkException (what Kite answers
+    its own limits with), so the official client raises NetworkException; candles count with
+    quotes; other users are not touched; the next second the user is served again. Each replica
+    counts its own (behind ip_hash, one address's requests all reach one replica)."""
+    limit = 4
+    a, b = start_webs(processes, service_env, workdir, ["web-rest-a", "web-rest-b"],
+                      MAX_REST_REQUESTS_PER_USER_PER_SEC=str(limit))
+    rita, sam = make_token("rita"), make_token("sam")
+    for web in (a, b):  # INFY streams from now on, so every quote below is answered at once
+        wait_for(lambda web=web: kite(web.url, sam).ltp(["NSE:INFY"]), 10, "a first quote", interval=1.1)
+    time.sleep(1.1)
+
+    session = requests.Session()
+    replies = [session.get(f"{a.url}/quote/ltp", params={"i": "NSE:INFY"},
+                           headers={"Authorization": f"token any:{rita}"}, timeout=10)
+               for _ in range(3 * limit)]  # well within two seconds
+    statuses = [reply.status_code for reply in replies]
+    assert set(statuses) == {200, 429} and statuses.count(200) <= 2 * limit, statuses  # one second, or two
+    refused = next(reply for reply in replies if reply.status_code == 429)
+    assert refused.json() == {"status": "error", "error_type": "NetworkException", "data": None,
+                              "code": "rate_limited",
+                              "message": f"too many requests: at most {limit} a second per user"}
+    assert refused.headers["Retry-After"] == "1"
+    with pytest.raises(NetworkException, match="too many requests") as raised:
+        kite(a.url, rita).historical_data(408065, *candle_window(), "minute")  # candles count too
+    assert raised.value.code == 429
+
+    assert kite(a.url, sam).ltp(["NSE:INFY"])["NSE:INFY"]["last_price"] > 0  # another user: served
+    assert kite(b.url, rita).ltp(["NSE:INFY"])["NSE:INFY"]["last_price"] > 0  # another replica's count
+    time.sleep(1.1)
+    assert kite(a.url, rita).ltp(["NSE:INFY"])["NSE:INFY"]["last_price"] > 0  # the next second
+    scrape = requests.get(f"{a.url}/metrics", params={"scope": "replica"}, timeout=5).text
+    assert 'ticker_http_errors_total{reason="rate_limited"}' in scrape
+
+
+def kite(url: str, jwt: str) -> KiteConnect:
+    client = KiteConnect(api_key="any", root=url)
+    client.set_access_token(jwt)
+    return client
+
+
+def candle_window() -> tuple[datetime, datetime]:
+    now = datetime.now(IST).replace(tzinfo=None, microsecond=0)
+    return now - timedelta(minutes=5), now

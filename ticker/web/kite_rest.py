@@ -19,7 +19,9 @@ name of the kiteconnect exception the official client raises (`TokenException`,
 `code` is this service's stable code (docs/API.md), which Kite's clients ignore. A refused JWT
 answers 403 `TokenException` as Kite does for a bad access token (kiteconnect then calls its
 `session_expiry_hook`), or 503 `NetworkException` `auth_unavailable` when the server cannot
-verify tokens at all. Every error is counted in `ticker_http_errors_total{reason=code}`.
+verify tokens at all. A user over MAX_REST_REQUESTS_PER_USER_PER_SEC is answered 429
+`NetworkException` `rate_limited` with `Retry-After: 1`, as Kite answers its own rate limits.
+Every error is counted in `ticker_http_errors_total{reason=code}`.
 
 Use: decorate a view of a blueprint with `@kite_endpoint`; it gets the verified claims and
 returns the `data` of the success envelope, or raises KiteError. Redis and database failures
@@ -168,6 +170,21 @@ def dependency_error(exc: Exception) -> KiteError | None:
     return None
 
 
+def _count_request(user: str) -> None:
+    """Count a request of `user` against MAX_REST_REQUESTS_PER_USER_PER_SEC on this replica
+    (a one-second window, ticker.web.limits.AttemptWindow); KiteError 429 `NetworkException`
+    `rate_limited` beyond it, as Kite answers its own rate limits (kiteconnect raises
+    NetworkException). Counted here, not in Redis: a round trip would add a third to a small
+    quote's CPU (BENCHMARKS.md, "Market quotes"), and a user's requests from one address stay
+    on one replica behind the documented proxy (ip_hash)."""
+    from ticker.web.replica import replica  # the replica imports the blueprints using this module
+
+    if not replica().rest_requests.allow(user):
+        limit = current_app.config["MAX_REST_REQUESTS_PER_USER_PER_SEC"]
+        raise KiteError(429, NETWORK_EXCEPTION, errors.RATE_LIMITED,
+                        f"too many requests: at most {limit} a second per user", {"Retry-After": "1"})
+
+
 def kite_endpoint(view: Callable[..., Any]) -> Callable[..., Response]:
     """A view answering in Kite's envelopes: called as `view(claims, **kwargs)` with the
     verified JWT claims; what it returns is the success envelope's `data`, unless it returns a
@@ -178,7 +195,9 @@ def kite_endpoint(view: Callable[..., Any]) -> Callable[..., Response]:
     @wraps(view)
     def handle(**kwargs: Any) -> Response:
         try:
-            result = view(authenticate(request.headers), **kwargs)
+            claims = authenticate(request.headers)
+            _count_request(str(claims.get("sub")))
+            result = view(claims, **kwargs)
             return result if isinstance(result, Response) else success(result)
         except KiteError as exc:
             return error_response(exc)

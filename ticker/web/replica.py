@@ -98,6 +98,8 @@ class Replica:
         self.user_connections_drifted = False  # a Redis error left the cluster-wide count behind
         self.joined_at: dict[int, int] = {}  # token -> demand version of its latest local subscribe
         self.attempts = AttemptWindow(config["MAX_CONNECTS_PER_ADDRESS_PER_SEC"])
+        # Each user's requests to the Kite-shaped HTTP endpoints this second (0: no limit).
+        self.rest_requests = AttemptWindow(config["MAX_REST_REQUESTS_PER_USER_PER_SEC"] or float("inf"))
         self.gate = AdmissionGate(config["MAX_CONCURRENT_REQUESTS"], config["REQUEST_QUEUE_WAIT_SECS"])
         self.rejected: Counter[str] = Counter()
         self.disconnected: Counter[str] = Counter()  # connections this replica cut, by code
