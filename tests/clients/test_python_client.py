@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from kiteconnect import KiteTicker as OracleTicker
@@ -249,6 +249,45 @@ def test_close_returns_at_once_and_the_service_is_told(ticker, stack, database, 
         wait_for(lambda c=client: c.events["on_close"], 3, "on_close")
 
 
+def test_live_candles_come_with_todays_history_and_outlive_a_mode_change_and_a_reconnect(ticker, stack, database):
+    host, port = stack["url"].rsplit("//", 1)[1].split(":")
+    proxy = TcpProxy((host, int(port))).start()
+    try:
+        token = equities(database, 10)[9]
+        client = ticker(root=f"http://127.0.0.1:{proxy.port}")
+        kws, candles = client.ticker, []
+        kws.on_candles = lambda ws, got: candles.extend(got)
+        kws.subscribe_candles([token], ["minute", "second"])
+        kws.connect(threaded=True)
+
+        wait_for(lambda: {c["interval"] for c in candles} == {"minute", "second"}, 15, "today's candles")
+        assert kws.subscribed_tokens == {token: "quote"}
+        assert all(c["instrument_token"] == token and c["date"].utcoffset() == timedelta(hours=5, minutes=30)
+                   and c["date"].second == 0 for c in candles if c["interval"] == "minute")
+        kws.set_mode(kws.MODE_FULL, [token])
+        client.wait_for_modes({token: "full"})
+        seen = len(candles)
+        wait_for(lambda: any(c["closed"] and c["interval"] == "second" for c in candles[seen:]), 10,
+                 "candles to go on after the mode change")
+
+        assert proxy.reset() >= 1
+        wait_for(lambda: client.events["on_reconnect"], 5, "on_reconnect")
+        seen = len(candles)
+        wait_for(lambda: {c["interval"] for c in candles[seen:]} == {"minute", "second"}, 15,
+                 "candles again after the reconnect")
+        client.wait_for_modes({token: "full"})
+
+        kws.subscribe_candles([token], ["hour"])  # no such interval: refused, the ticks go on
+        wait_for(lambda: any(e[0] == "bad_request" for e in client.events["on_error"]), 5, "the refusal")
+        time.sleep(1)  # the subscribe without candles that follows the refusal is acknowledged
+        seen, ticks = len(candles), len(client.ticks)
+        time.sleep(2.5)
+        assert len(candles) == seen and len(client.ticks) > ticks
+        assert kws.subscribed_tokens == {token: "full"}
+    finally:
+        proxy.stop()
+
+
 # (3) Reconnect: the connection is cut; every token comes back in its mode.
 
 def test_reconnects_and_resubscribes_every_token_in_its_mode(ticker, stack, database):
@@ -339,6 +378,31 @@ def test_subscriptions_go_one_request_at_a_time_and_resubscribe_after_a_reconnec
     assert refusals == [("not_entitled", "2: no")] and subs.wanted == {1: "quote"}
     assert subs.next_request() is None
     subs.connection_lost()
+    assert subs.next_request() == ("subscribe", {"tokens": [1], "mode": "quote"})
+
+
+def test_a_tokens_candles_go_with_every_subscribe_of_it():
+    subs = Subscriptions()
+    subs.want([1], "quote")
+    subs.want_candles([1, 2], ["second", "minute"], "ltp")
+    request = subs.next_request()
+    assert request == ("subscribe", {"tokens": [1], "mode": "quote", "candles": ["minute", "second"]})
+    subs.acked(*request, {"tokens": [1], "mode": "quote", "total": 1, "rejected": [], "candles": ["minute", "second"]})
+    request = subs.next_request()
+    assert request == ("subscribe", {"tokens": [2], "mode": "ltp", "candles": ["minute", "second"]})
+    subs.acked(*request, {"tokens": [2], "mode": "ltp", "total": 2, "rejected": []})
+    subs.want([1], "full")  # a new mode keeps the candles
+    request = subs.next_request()
+    assert request == ("subscribe", {"tokens": [1], "mode": "full", "candles": ["minute", "second"]})
+    subs.acked(*request, {"tokens": [1], "mode": "full", "total": 2, "rejected": []})
+    subs.want_candles([2], ["hour"], "quote")
+    request = subs.next_request()
+    subs.refused(request[1])  # an interval not built: the token stays, without candles
+    request = subs.next_request()
+    assert request == ("subscribe", {"tokens": [2], "mode": "ltp"})
+    subs.acked(*request, {"tokens": [2], "mode": "ltp", "total": 2, "rejected": []})
+    subs.drop([1])
+    subs.want([1], "quote")  # subscribed again: the old candles are not wanted again
     assert subs.next_request() == ("subscribe", {"tokens": [1], "mode": "quote"})
 
 

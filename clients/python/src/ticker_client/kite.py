@@ -20,7 +20,7 @@ import socketio
 from . import policy
 from .ordered import Serial, serialize
 from .subscriptions import Subscriptions
-from .ticks import GapTracker, to_kite
+from .ticks import GapTracker, candle_of, to_kite
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ class KiteTicker:
     `on_message(ws, payload, is_binary)` (the JSON text of each event), `on_open(ws)`,
     `on_order_update(ws, data)` (kept for compatibility; the service does not stream orders).
     Besides: `on_gap(ws, token, expected_seq, got_seq)` when ticks of a token went missing,
-    `on_upstream_unavailable(ws, tokens, reason)` and `on_upstream_restored(ws, tokens)`.
+    `on_upstream_unavailable(ws, tokens, reason)` and `on_upstream_restored(ws, tokens)`; and
+    for live candles (`subscribe_candles`), `on_candles(ws, candles)` and
+    `on_candles_restored(ws)` (their outage comes to `on_error` as `candles_unavailable`).
     """
 
     MODE_FULL = "full"
@@ -98,7 +100,7 @@ class KiteTicker:
         self._ready: socketio.Client | None = None
         for name in ("on_ticks", "on_open", "on_close", "on_error", "on_connect", "on_message", "on_reconnect",
                      "on_noreconnect", "on_order_update", "on_gap", "on_upstream_unavailable",
-                     "on_upstream_restored"):
+                     "on_upstream_restored", "on_candles", "on_candles_restored"):
             setattr(self, name, None)
         self._subscriptions = Subscriptions()
         self._gaps = GapTracker()
@@ -171,6 +173,23 @@ class KiteTicker:
         if mode not in (self.MODE_LTP, self.MODE_QUOTE, self.MODE_FULL):
             raise ValueError(f"unknown mode {mode!r}")
         self._subscriptions.want(instrument_tokens, mode)
+        self._pump()
+        return True
+
+    def subscribe_candles(self, instrument_tokens, intervals) -> bool:
+        """Receive live candles of `intervals` (Kite's names: `second`, `minute`, `5minute`,
+        `15minute`, `60minute`; those the service builds, `CANDLE_INTERVALS`) for
+        `instrument_tokens`, replacing the intervals they had; tokens not subscribed yet are
+        subscribed in quote mode. Empty `intervals` stops their candles, not their ticks.
+
+        `on_candles(ws, candles)` gets lists of candle dicts (docs/API.md, "Live candles"):
+        first today's candles so far of each token and interval, then each change at most once
+        a frame; `date` is a timezone-aware datetime in IST as `KiteConnect.historical_data`
+        gives it, `closed` is True once the candle is complete. After a reconnect today's
+        candles come again: key them by `(instrument_token, interval, date)`. An interval the
+        service does not build comes to `on_error` as `bad_request`, and the tokens' ticks go
+        on without candles."""
+        self._subscriptions.want_candles(instrument_tokens, intervals, self.MODE_QUOTE)
         self._pump()
         return True
 
@@ -274,6 +293,8 @@ class KiteTicker:
         sio.on("error", self._on_service_error)
         sio.on("unsubscribed", self._on_unsubscribed)
         sio.on("upstream_restored", self._on_upstream_restored)
+        sio.on("candles", self._on_candles)
+        sio.on("candles_restored", self._on_candles_restored)
 
     def _on_connected(self, hello: dict[str, Any]) -> None:
         self._ready = self.ws
@@ -320,6 +341,17 @@ class KiteTicker:
     def _on_upstream_restored(self, event: dict[str, Any]) -> None:
         self._raw("upstream_restored", event)
         self._call("on_upstream_restored", event.get("tokens", []))
+
+    def _on_candles(self, candles: list) -> None:
+        self._raw("candles", candles)
+        wanted = self._subscriptions.wanted_candles
+        mine = [candle_of(c) for c in candles if c.get("interval") in wanted.get(c.get("instrument_token"), ())]
+        if mine:  # not those of tokens or intervals given up since
+            self._call("on_candles", mine)
+
+    def _on_candles_restored(self, event: Any = None) -> None:
+        self._raw("candles_restored", event)
+        self._call("on_candles_restored")
 
     # -- subscriptions: one request at a time ------------------------------------------------
 

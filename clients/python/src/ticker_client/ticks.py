@@ -48,6 +48,19 @@ def to_kite(tick: dict[str, Any]) -> dict[str, Any]:
     return with_datetimes(kite)
 
 
+def candle_of(candle: dict[str, Any]) -> dict[str, Any]:
+    """A live candle (docs/API.md, "Live candles") with its `date` as a timezone-aware datetime
+    in IST (`2026-11-30T10:02:00+0530`), as `KiteConnect.historical_data` gives a row's date;
+    the other keys as the service sent them."""
+    date = candle.get("date")
+    if isinstance(date, str):
+        try:
+            return {**candle, "date": datetime.strptime(date, "%Y-%m-%dT%H:%M:%S%z")}
+        except ValueError:
+            return dict(candle)
+    return dict(candle)
+
+
 Position = tuple[int, int]  # (epoch, seq): orders one token's ticks across epochs
 
 
