@@ -107,6 +107,20 @@ def test_connection_max_age_reconnects_with_a_fresh_jwt_and_resubscribes_what_is
     assert after == {(ltp_token, "ltp"), (second, "full")}
 
 
+def test_live_candles_come_again_after_a_reconnect(built, replicas, service_env, database):  # noqa: F811
+    token, = tokens_of(database, "NSE", 1, skip=345)
+    seen = session("candles", replicas["max_age"], service_env, {"tokens": [token]})
+
+    assert seen["reply"]["candles"] == ["minute"] and seen["reply"]["tokens"] == [token]
+    cut = seen["disconnects"][0]
+    resent = [s["payload"] for s in seen["sent"] if s["at"] > cut["at"]][0]
+    assert resent == {"tokens": [token], "instruments": [], "mode": "quote", "candles": ["minute"]}
+    for connection in (1, 2):  # today's candles on each connection, the forming one among them
+        got = [candle for at, candle in seen["candles"] if at == connection]
+        assert got and all(c["instrument_token"] == token and c["interval"] == "minute" for c in got)
+        assert any(not c["closed"] for c in got) and all(c["date"].endswith(":00+0530") for c in got)
+
+
 class HoldingProxy(TcpProxy):
     """A TcpProxy that can hold the server's bytes: while held it reads nothing from the server,
     whose connection has a receive buffer of a few KiB, so the server's writes soon wait."""

@@ -2,9 +2,10 @@
 // connection, driven by tests/clients/test_js_client_lifecycle.py. The JWTs come from `getToken`,
 // signed here (RS256) with the test run's private key, so each one is fresh when asked for.
 // Prints one JSON line: what the session saw.
-// usage: node tests/js/package_lifecycle.mjs renew|max_age|gap URL PRIVATE_KEY_FILE '{...}'
+// usage: node tests/js/package_lifecycle.mjs renew|max_age|gap|candles URL PRIVATE_KEY_FILE '{...}'
 //   both: {"aud": ..., "iss": ...} (the service's JWT_AUDIENCE, JWT_ISSUER), and
-//   renew: {"tokens": [token]}; max_age: {"ltp": [token], "names": ["NSE:A", "NSE:B"]}
+//   renew: {"tokens": [token]}; max_age: {"ltp": [token], "names": ["NSE:A", "NSE:B"]};
+//   candles: {"tokens": [token]} (on a replica that cuts connections: candles on both sides of the cut)
 import { createSign, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 
@@ -73,6 +74,13 @@ const ticksSince = (at, token) => seen.ticks.filter((t) => t.at > at && t.token 
 let done = () => false;
 if (scenario === "gap") {
   seen.seqs = {}; // token -> [[seq, snapshot], ...] as received (the rest below)
+} else if (scenario === "candles") {
+  seen.candles = []; // [connection (1, then 2 after the cut), candle] as received
+  const connection = () => seen.disconnects.length + 1; // `connect` comes only after the resubscribe's history
+  client.on("candles", (candles) => candles.forEach((c) => seen.candles.push([connection(), c])));
+  seen.reply = await client.subscribe(wanted.tokens, "quote", { candles: ["minute"] });
+  // Done once candles came on a connection after the server's cut.
+  done = () => seen.candles.some(([at]) => at >= 2) && seen.connects >= 2;
 } else if (scenario === "renew") {
   await client.subscribe(wanted.tokens, "ltp");
   // Done once ticks flowed for a second after the renewal that followed the server's warning.

@@ -11,8 +11,10 @@ import { Emitter } from "./emitter.js";
 import { type EpochChange, type Gap, SeqTracker } from "./gaps.js";
 import { expiryOf, renewalDelayMs } from "./jwt.js";
 import {
+  type Candle,
   type Connected,
   type ErrorCode,
+  type Interval,
   type PongReply,
   type ReauthReply,
   RETRYABLE_CODES,
@@ -70,6 +72,10 @@ export type TickerEvents = {
   reauthed: ReauthReply;
   /** Ticks flow again for these tokens after an `upstream_unavailable`. */
   upstream_restored: UpstreamRestored;
+  /** Live candles of the tokens subscribed with `candles`: first today's so far, then each change. */
+  candles: Candle[];
+  /** A candle builder reports again after `candles_unavailable`: candle updates resume. */
+  candles_restored: Record<string, never>;
   /** The server refused the connection (`connect_error` with a code). */
   refused: Refusal;
   /** Every error the server told: `error` events, refusals, rejected tokens, failed requests. */
@@ -159,10 +165,15 @@ export class TickerClient extends Emitter<TickerEvents> {
    * rejects with a TickerError (`bad_request`, `too_many_tokens`, `server_busy`, …, or `timeout`).
    * Each rejected token is also told as an event of its code (`not_entitled`, …). Held tokens
    * are resubscribed after every reconnect, names by name (so they follow a renumbering).
+   *
+   * `candles` (intervals such as `["minute"]`) also streams the items' live candles as `candles`
+   * events (docs/API.md "Live candles"), kept across reconnects (today's candles come again:
+   * key them by `instrument_token`, `interval`, `date`). As on the server, a subscribe sets its
+   * items' intervals anew: subscribing them again without `candles` stops their candles.
    */
-  async subscribe(items: Item[], mode: Mode = "quote"): Promise<SubscribeReply> {
+  async subscribe(items: Item[], mode: Mode = "quote", options: { candles?: Interval[] } = {}): Promise<SubscribeReply> {
     const { tokens, instruments } = split(items);
-    const reply = await this.request<SubscribeReply>("subscribe", { tokens, instruments, mode });
+    const reply = await this.request<SubscribeReply>("subscribe", withCandles({ tokens, instruments, mode }, options.candles));
     this.record(reply, tokens, instruments);
     return reply;
   }
@@ -215,6 +226,8 @@ export class TickerClient extends Emitter<TickerEvents> {
     socket.on("ticks", (ticks: Tick[]) => this.onTicks(ticks));
     socket.on("error", (error: ServerError) => this.onError(error));
     socket.on("upstream_restored", (event: UpstreamRestored) => this.emit("upstream_restored", event));
+    socket.on("candles", (candles: Candle[]) => this.emit("candles", candles));
+    socket.on("candles_restored", () => this.emit("candles_restored", {}));
     socket.on("subscribed", (reply: SubscribeReply) => this.onSubscribed(reply));
     socket.on("unsubscribed", (reply: UnsubscribeReply) => this.onUnsubscribed(reply));
     socket.on("disconnect", (reason: string) => this.onDisconnect(reason));
@@ -319,25 +332,24 @@ export class TickerClient extends Emitter<TickerEvents> {
     this.reauthTimer = setTimeout(() => this.reauth().catch(() => undefined), delay);
   }
 
-  /** Send what was held before the connection dropped, by mode, within the request limit. */
+  /** Send what was held before the connection dropped, by mode and candles, within the request limit. */
   private async resubscribe(): Promise<SubscribeReply[]> {
-    const byMode = this.held.takePlan();
     const size = this.limits?.max_tokens_per_request ?? 1000;
     const replies: SubscribeReply[] = [];
-    for (const [mode, items] of byMode) {
+    for (const { mode, candles, items } of this.held.takePlan()) {
       for (let i = 0; i < items.length; i += size) {
-        const reply = await this.resubscribeOnce(items.slice(i, i + size), mode);
+        const reply = await this.resubscribeOnce(items.slice(i, i + size), mode, candles);
         if (reply) replies.push(reply);
       }
     }
     return replies;
   }
 
-  private async resubscribeOnce(items: Item[], mode: Mode): Promise<SubscribeReply | null> {
+  private async resubscribeOnce(items: Item[], mode: Mode, candles: Interval[]): Promise<SubscribeReply | null> {
     const { tokens, instruments } = split(items);
     for (let attempt = 0; attempt < RESUBSCRIBE_ATTEMPTS && this.socket.connected; attempt++) {
       try {
-        const reply = await this.send<SubscribeReply>("subscribe", { tokens, instruments, mode });
+        const reply = await this.send<SubscribeReply>("subscribe", withCandles({ tokens, instruments, mode }, candles));
         this.record(reply, tokens, instruments);
         return reply;
       } catch (err) {
@@ -405,4 +417,9 @@ function split(items: Item[]): { tokens: number[]; instruments: string[] } {
     tokens: items.filter((item): item is number => typeof item === "number"),
     instruments: items.filter((item): item is string => typeof item === "string").map((name) => name.toUpperCase()),
   };
+}
+
+/** A subscribe's payload, with `candles` when some intervals are asked for (none: no key). */
+function withCandles<P extends object>(payload: P, candles: Interval[] | undefined): P & { candles?: Interval[] } {
+  return candles && candles.length ? { ...payload, candles } : payload;
 }

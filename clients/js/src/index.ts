@@ -5,10 +5,12 @@ export type { Refusal, TickerClientOptions, TickerEvents } from "./client.js";
 export { SeqTracker } from "./gaps.js";
 export type { EpochChange, Gap, SeqEvent } from "./gaps.js";
 export { Subscriptions } from "./subscriptions.js";
-export type { Item } from "./subscriptions.js";
+export type { Item, Plan } from "./subscriptions.js";
 export { expiryOf, renewalDelayMs } from "./jwt.js";
 export { RETRYABLE_CODES } from "./protocol.js";
 export type {
+  Candle,
+  Interval,
   Connected, ErrorCode, Limits, PongReply, ReauthReply, Rejection, ServerError, SubscribeReply,
   UnsubscribeReply, UpstreamReason, UpstreamRestored,
 } from "./protocol.js";

@@ -14,7 +14,7 @@ export type ErrorCode =
   // per-token rejections and withdrawals
   | "unknown_token" | "unknown_instrument" | "not_entitled" | "limit_exceeded" | "capacity_exhausted"
   // outages, and codes that end a connection
-  | "upstream_unavailable" | "slow_consumer" | "connection_max_age";
+  | "upstream_unavailable" | "candles_unavailable" | "slow_consumer" | "connection_max_age";
 
 /** Codes a client made no mistake to get: retrying later (with backoff) can succeed. */
 export const RETRYABLE_CODES: ReadonlySet<string> = new Set([
@@ -47,11 +47,32 @@ export interface Rejection {
   message: string;
 }
 
+/** Candle intervals, Kite's names (those the service builds: its `CANDLE_INTERVALS`). */
+export type Interval = "second" | "minute" | "5minute" | "15minute" | "60minute";
+
+/** A live candle (docs/API.md "Live candles"); the latest for `(instrument_token, interval, date)` wins. */
+export interface Candle {
+  instrument_token: number;
+  interval: Interval;
+  /** The candle's start, ISO 8601 in IST: `2026-11-30T10:02:00+0530`. */
+  date: string;
+  open: number;
+  high: number;
+  low: number;
+  close: number;
+  volume: number;
+  oi: number;
+  /** True once the candle is complete (final). */
+  closed: boolean;
+}
+
 /** The reply to `subscribe`; also sent unasked (with `reason`) when a renumbering moves a name. */
 export interface SubscribeReply {
   /** Accepted tokens (names as their tokens). */
   tokens: number[];
   mode: Mode;
+  /** The candle intervals asked for, when some were. */
+  candles?: Interval[];
   /** Tokens the connection now holds. */
   total: number;
   rejected: Rejection[];

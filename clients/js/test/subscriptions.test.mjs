@@ -5,7 +5,9 @@ import { test } from "node:test";
 import { Subscriptions } from "../dist/index.js";
 
 const reply = (tokens, mode = "full", rejected = [], extra = {}) => ({ tokens, mode, total: tokens.length, rejected, ...extra });
-const plan = (subs) => Object.fromEntries(subs.takePlan());
+// The resubscribe plan keyed by mode (and its candle intervals, when it has some).
+const plan = (subs) =>
+  Object.fromEntries(subs.takePlan().map((p) => [p.candles.length ? `${p.mode} ${p.candles}` : p.mode, p.items]));
 
 test("names resolved in one request are each tied to their own token", () => {
   const subs = new Subscriptions();
@@ -60,4 +62,12 @@ test("a renumbered name keeps its place and takes the new token", () => {
   assert.deepEqual(Object.fromEntries(subs.named()), { "NSE:A": [201], "NSE:B": [102] });
   subs.drop([201]);
   assert.deepEqual(plan(subs), { full: ["NSE:B"] });
+});
+
+test("a token's candle intervals are those of its last subscribe, and come back after a reconnect", () => {
+  const subs = new Subscriptions();
+  subs.record(reply([7, 8], "quote", [], { candles: ["second", "minute"] }), [7, 8], []);
+  subs.record(reply([101], "quote", [], { candles: ["minute"] }), [], ["NSE:A"]);
+  subs.record(reply([8], "full"), [8], []); // subscribed again without candles: its candles stop
+  assert.deepEqual(plan(subs), { "quote minute": ["NSE:A"], "quote minute,second": [7], full: [8] });
 });

@@ -78,10 +78,15 @@ export class TickerClient extends Emitter {
      * rejects with a TickerError (`bad_request`, `too_many_tokens`, `server_busy`, …, or `timeout`).
      * Each rejected token is also told as an event of its code (`not_entitled`, …). Held tokens
      * are resubscribed after every reconnect, names by name (so they follow a renumbering).
+     *
+     * `candles` (intervals such as `["minute"]`) also streams the items' live candles as `candles`
+     * events (docs/API.md "Live candles"), kept across reconnects (today's candles come again:
+     * key them by `instrument_token`, `interval`, `date`). As on the server, a subscribe sets its
+     * items' intervals anew: subscribing them again without `candles` stops their candles.
      */
-    async subscribe(items, mode = "quote") {
+    async subscribe(items, mode = "quote", options = {}) {
         const { tokens, instruments } = split(items);
-        const reply = await this.request("subscribe", { tokens, instruments, mode });
+        const reply = await this.request("subscribe", withCandles({ tokens, instruments, mode }, options.candles));
         this.record(reply, tokens, instruments);
         return reply;
     }
@@ -132,6 +137,8 @@ export class TickerClient extends Emitter {
         socket.on("ticks", (ticks) => this.onTicks(ticks));
         socket.on("error", (error) => this.onError(error));
         socket.on("upstream_restored", (event) => this.emit("upstream_restored", event));
+        socket.on("candles", (candles) => this.emit("candles", candles));
+        socket.on("candles_restored", () => this.emit("candles_restored", {}));
         socket.on("subscribed", (reply) => this.onSubscribed(reply));
         socket.on("unsubscribed", (reply) => this.onUnsubscribed(reply));
         socket.on("disconnect", (reason) => this.onDisconnect(reason));
@@ -239,25 +246,24 @@ export class TickerClient extends Emitter {
         const delay = renewalDelayMs(exp, Date.now(), this.options.reauthBeforeSecs);
         this.reauthTimer = setTimeout(() => this.reauth().catch(() => undefined), delay);
     }
-    /** Send what was held before the connection dropped, by mode, within the request limit. */
+    /** Send what was held before the connection dropped, by mode and candles, within the request limit. */
     async resubscribe() {
-        const byMode = this.held.takePlan();
         const size = this.limits?.max_tokens_per_request ?? 1000;
         const replies = [];
-        for (const [mode, items] of byMode) {
+        for (const { mode, candles, items } of this.held.takePlan()) {
             for (let i = 0; i < items.length; i += size) {
-                const reply = await this.resubscribeOnce(items.slice(i, i + size), mode);
+                const reply = await this.resubscribeOnce(items.slice(i, i + size), mode, candles);
                 if (reply)
                     replies.push(reply);
             }
         }
         return replies;
     }
-    async resubscribeOnce(items, mode) {
+    async resubscribeOnce(items, mode, candles) {
         const { tokens, instruments } = split(items);
         for (let attempt = 0; attempt < RESUBSCRIBE_ATTEMPTS && this.socket.connected; attempt++) {
             try {
-                const reply = await this.send("subscribe", { tokens, instruments, mode });
+                const reply = await this.send("subscribe", withCandles({ tokens, instruments, mode }, candles));
                 this.record(reply, tokens, instruments);
                 return reply;
             }
@@ -326,4 +332,8 @@ function split(items) {
         tokens: items.filter((item) => typeof item === "number"),
         instruments: items.filter((item) => typeof item === "string").map((name) => name.toUpperCase()),
     };
+}
+/** A subscribe's payload, with `candles` when some intervals are asked for (none: no key). */
+function withCandles(payload, candles) {
+    return candles && candles.length ? { ...payload, candles } : payload;
 }

@@ -7,10 +7,13 @@
  * that way (a name's token also asked by token or by another name, or refused by token), a name
  * is tied to every token the names of that request resolved to. Unsubscribing a token forgets
  * every name tied to it; a token still held without its name is then resubscribed by token.
+ * Each token and name also keeps the candle intervals its last subscribe asked for (a subscribe
+ * sets them anew, as the service does).
  */
 export class Subscriptions {
     constructor() {
         this.held = new Map();
+        this.candles = new Map();
         this.names = new Map();
         this.renumbering = []; // names whose token a renumbering took, until the new one comes
     }
@@ -24,8 +27,14 @@ export class Subscriptions {
     }
     /** Note what the server accepted of a subscribe of `tokens` and (upper-cased) `instruments`. */
     record(reply, tokens, instruments) {
-        for (const token of reply.tokens)
+        const candles = [...(reply.candles ?? [])].sort();
+        for (const token of reply.tokens) {
             this.held.set(token, reply.mode);
+            if (candles.length)
+                this.candles.set(token, candles);
+            else
+                this.candles.delete(token);
+        }
         const refusedNames = new Set(reply.rejected.map((r) => r.token).filter((t) => typeof t === "string"));
         const refusedTokens = reply.rejected.map((r) => r.token).filter((t) => typeof t === "number");
         const asked = new Set(tokens);
@@ -33,11 +42,11 @@ export class Subscriptions {
         const byName = reply.tokens.filter((token) => !asked.has(token));
         const exact = byName.length === resolved.length && refusedTokens.every((t) => asked.has(t));
         resolved.forEach((name, i) => {
-            this.names.set(name, { mode: reply.mode, tokens: new Set(exact ? [byName[i]] : byName) });
+            this.names.set(name, { mode: reply.mode, candles, tokens: new Set(exact ? [byName[i]] : byName) });
         });
         for (const named of this.names.values()) {
             if (reply.tokens.some((token) => named.tokens.has(token)))
-                named.mode = reply.mode;
+                Object.assign(named, { mode: reply.mode, candles });
         }
     }
     /** Tokens `names` is tied to (for an unsubscribe by name); forgets those names. */
@@ -48,8 +57,10 @@ export class Subscriptions {
     }
     /** Forget `tokens` (unsubscribed, or withdrawn by the server) and every name tied to one. */
     drop(tokens) {
-        for (const token of tokens)
+        for (const token of tokens) {
             this.held.delete(token);
+            this.candles.delete(token);
+        }
         for (const [name, named] of this.names) {
             if (tokens.some((token) => named.tokens.has(token)))
                 this.names.delete(name);
@@ -63,7 +74,10 @@ export class Subscriptions {
             this.renumbering.push(name);
             tokens.forEach((token) => named.tokens.delete(token));
         }
-        tokens.forEach((token) => this.held.delete(token));
+        tokens.forEach((token) => {
+            this.held.delete(token);
+            this.candles.delete(token);
+        });
     }
     /** The server subscribed by itself (`subscribed` with a reason); the new tokens of a renumbering. */
     serverSubscribed(reply) {
@@ -78,22 +92,28 @@ export class Subscriptions {
         }
     }
     /**
-     * What to ask for after a reconnect, by mode: names by name, tokens held without a name by
-     * token. Forgets everything: the replies are recorded afresh.
+     * What to ask for after a reconnect, by mode and candle intervals: names by name, tokens held
+     * without a name by token. Forgets everything: the replies are recorded afresh.
      */
     takePlan() {
-        const byMode = new Map();
-        const add = (mode, item) => byMode.set(mode, [...(byMode.get(mode) ?? []), item]);
+        const plans = new Map();
+        const add = (mode, candles, item) => {
+            const key = `${mode} ${candles.join(",")}`;
+            if (!plans.has(key))
+                plans.set(key, { mode, candles, items: [] });
+            plans.get(key).items.push(item);
+        };
         const covered = new Set();
         for (const [name, named] of this.names) {
-            add(named.mode, name);
+            add(named.mode, named.candles, name);
             named.tokens.forEach((token) => covered.add(token));
         }
         for (const [token, mode] of this.held)
             if (!covered.has(token))
-                add(mode, token);
+                add(mode, this.candles.get(token) ?? [], token);
         this.held.clear();
+        this.candles.clear();
         this.names.clear();
-        return byMode;
+        return [...plans.values()];
     }
 }
