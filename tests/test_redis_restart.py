@@ -12,8 +12,6 @@ replicas rebuild the registry's mirror from PostgreSQL.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import redis as redis_lib
 import requests
@@ -21,11 +19,10 @@ from sqlalchemy import text
 
 from tests.support.clients import RecordingClient
 from tests.support.processes import (
-    VENV_BIN,
-    Process,
-    celery_argvs,
     free_port,
     port_open,
+    service_processes,
+    simulator_env,
     start_redis,
     stop_all,
     wait_for,
@@ -44,21 +41,9 @@ def private_stack(service_env, registry, database, tmp_path, make_token):
     port, sim_port = free_port(), free_port()
     url = f"redis://127.0.0.1:{port}/0"
     servers = [start_redis(port, tmp_path, "redis-1")]
-    sim = f"127.0.0.1:{sim_port}"
-    env = {**service_env, "REDIS_URL": url, "TICKER_CHANNEL_NAMESPACE": "restart", "KITE_API_ROOT": f"http://{sim}",
-           "KITE_TICKER_ROOT": f"ws://{sim}", "KITE_LOGIN_ROOT": f"http://{sim}"}
+    env = {**service_env, "REDIS_URL": url, "TICKER_CHANNEL_NAMESPACE": "restart", **simulator_env(sim_port)}
     webs = {mode: free_port() for mode in MODES}
-    argvs = celery_argvs("restart")
-    processes = [
-        Process("r-sim", [sys.executable, "-m", "ticker.sim", "--port", str(sim_port), "--seed", "7",
-                          "--tick-rate", "4"], env, tmp_path),
-        Process("r-worker", argvs["worker"], env, tmp_path),
-        Process("r-jobs", argvs["jobs"], env, tmp_path),
-        Process("r-beat", [str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-s", str(tmp_path / "beat"),
-                           "-l", "INFO"], env, tmp_path),
-        *(Process(f"r-web-{mode}", [sys.executable, "wsgi.py"], {**env, "PORT": str(port), "ASYNC_MODE": mode},
-                  tmp_path) for mode, port in webs.items()),
-    ]
+    processes = service_processes("restart", env, tmp_path, sim_port, webs)
     urls = {mode: f"http://127.0.0.1:{port}" for mode, port in webs.items()}
     try:
         for mode, web_port in webs.items():

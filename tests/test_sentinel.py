@@ -14,7 +14,6 @@ message queue and the Celery broker follow the failover too. The time to recover
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import pytest
@@ -22,7 +21,17 @@ import requests
 from sqlalchemy import text
 
 from tests.support.clients import RecordingClient
-from tests.support.processes import ROOT, VENV_BIN, Process, celery_argvs, free_port, port_open, stop_all, wait_for
+from tests.support.processes import (
+    ROOT,
+    VENV_BIN,
+    Process,
+    free_port,
+    port_open,
+    service_processes,
+    simulator_env,
+    stop_all,
+    wait_for,
+)
 from tests.support.sentinel import SentinelDeployment
 from ticker.bus import keys
 from ticker.bus.message_queue import LiveRedisManager
@@ -41,26 +50,14 @@ def sentinel_stack(service_env, registry, database, tmp_path):
     """The whole service on a Sentinel deployment of its own, with a simulator of its own."""
     deployment = SentinelDeployment(tmp_path).start()
     sim_port = free_port()
-    sim = f"127.0.0.1:{sim_port}"
     # The channel namespace of this process's emitter (the database number's: ticker.config).
     env = {**service_env, "REDIS_URL": deployment.url(0), "TICKER_CHANNEL_NAMESPACE": Config.CHANNEL_NAMESPACE,
-           "KITE_API_ROOT": f"http://{sim}",
-           "KITE_TICKER_ROOT": f"ws://{sim}", "KITE_LOGIN_ROOT": f"http://{sim}"}
+           **simulator_env(sim_port)}
     webs = {mode: free_port() for mode in MODES}
-    argvs = celery_argvs("sentinel")
     processes: list[Process] = []
     try:
         deployment.wait_ready()
-        processes += [
-            Process("s-sim", [sys.executable, "-m", "ticker.sim", "--port", str(sim_port), "--seed", "7",
-                              "--tick-rate", "4"], env, tmp_path),
-            Process("s-worker", argvs["worker"], env, tmp_path),
-            Process("s-jobs", argvs["jobs"], env, tmp_path),
-            Process("s-beat", [str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-s", str(tmp_path / "beat"),
-                               "-l", "INFO"], env, tmp_path),
-            *(Process(f"s-web-{mode}", [sys.executable, "wsgi.py"], {**env, "PORT": str(port), "ASYNC_MODE": mode},
-                      tmp_path) for mode, port in webs.items()),
-        ]
+        processes += service_processes("sentinel", env, tmp_path, sim_port, webs)
         urls = {mode: f"http://127.0.0.1:{port}" for mode, port in webs.items()}
         for mode, web_port in webs.items():
             wait_for(lambda: port_open(web_port), 30, f"the {mode} web replica")  # noqa: B023

@@ -8,8 +8,6 @@ simulator of its own feeds it (the session's stack holds connections of the same
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import requests
 from kiteconnect import KiteConnect
@@ -17,11 +15,10 @@ from sqlalchemy import text
 
 from tests.support.clients import RecordingClient
 from tests.support.processes import (
-    VENV_BIN,
-    Process,
-    celery_argvs,
     free_port,
     port_open,
+    service_processes,
+    simulator_env,
     start_redis,
     stop_all,
     wait_for,
@@ -37,20 +34,9 @@ pytestmark = pytest.mark.integration
 def cluster_stack(service_env, registry, database, redis_cluster, tmp_path):
     port, sim_port, web_port = free_port(), free_port(), free_port()
     server = start_redis(port, tmp_path, "redis-main")
-    sim = f"127.0.0.1:{sim_port}"
     env = {**service_env, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "TICKER_CHANNEL_NAMESPACE": "cluster",
-           "TICK_BUS_URL": redis_cluster.url, "KITE_API_ROOT": f"http://{sim}", "KITE_TICKER_ROOT": f"ws://{sim}",
-           "KITE_LOGIN_ROOT": f"http://{sim}"}
-    argvs = celery_argvs("cluster")
-    processes = [
-        Process("c-sim", [sys.executable, "-m", "ticker.sim", "--port", str(sim_port), "--seed", "7",
-                          "--tick-rate", "4"], env, tmp_path),
-        Process("c-worker", argvs["worker"], env, tmp_path),
-        Process("c-jobs", argvs["jobs"], env, tmp_path),
-        Process("c-beat", [str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-s", str(tmp_path / "beat"),
-                           "-l", "INFO"], env, tmp_path),
-        Process("c-web", [sys.executable, "wsgi.py"], {**env, "PORT": str(web_port)}, tmp_path),
-    ]
+           "TICK_BUS_URL": redis_cluster.url, **simulator_env(sim_port)}
+    processes = service_processes("cluster", env, tmp_path, sim_port, {"": web_port})
     url = f"http://127.0.0.1:{web_port}"
     try:
         wait_for(lambda: port_open(web_port), 30, "the web replica")

@@ -127,3 +127,28 @@ def start_redis(port: int, workdir: Path, name: str = "redis") -> Process:
     wait_for(lambda: port_open(port) or not process.alive(), 10, f"{name} to listen")
     assert process.alive(), process.output()
     return process
+
+
+def simulator_env(sim_port: int) -> dict[str, str]:
+    """The settings that point the service's Kite clients at a simulator on `sim_port`."""
+    sim = f"127.0.0.1:{sim_port}"
+    return {"KITE_API_ROOT": f"http://{sim}", "KITE_TICKER_ROOT": f"ws://{sim}", "KITE_LOGIN_ROOT": f"http://{sim}"}
+
+
+def service_processes(name: str, env: dict[str, str], workdir: Path, sim_port: int,
+                      webs: dict[str, int]) -> list[Process]:
+    """The whole service for a test of its own, started: a simulator on `sim_port`, the
+    Procfile's two Celery workers and beat, and a web replica per `webs` entry (async mode ->
+    port; "" keeps `env`'s mode), the replicas last. `name` prefixes the processes' names."""
+    argvs = celery_argvs(name)
+    return [
+        Process(f"{name}-sim", [sys.executable, "-m", "ticker.sim", "--port", str(sim_port), "--seed", "7",
+                                "--tick-rate", "4"], env, workdir),
+        Process(f"{name}-worker", argvs["worker"], env, workdir),
+        Process(f"{name}-jobs", argvs["jobs"], env, workdir),
+        Process(f"{name}-beat", [str(VENV_BIN / "celery"), "-A", "tasks", "beat", "-s", str(workdir / "beat"),
+                                 "-l", "INFO"], env, workdir),
+        *(Process(f"{name}-web-{mode}" if mode else f"{name}-web", [sys.executable, "wsgi.py"],
+                  {**env, "PORT": str(port), **({"ASYNC_MODE": mode} if mode else {})}, workdir)
+          for mode, port in webs.items()),
+    ]
