@@ -82,6 +82,7 @@ class TickListener:
         self.requested: set[int] = set()
         self.unneeded_since: dict[int, float] = {}
         self.dirty = True  # set when demand changes; the loop then syncs its channels
+        self._next_sync = 0.0  # when the loop next syncs its channels whether or not dirty (monotonic)
         self.buckets = {channel.encode(): bucket for bucket, channel in enumerate(keys.TICK_CHANNELS)}
         self.notices = {keys.REGISTRY_RELOADED.encode()}
         self.batches = 0
@@ -178,13 +179,10 @@ class TickListener:
     def _listen(self, pubsub) -> None:
         self.liveness.reset()
         pubsub.subscribe(self.wake_channel, keys.REGISTRY_RELOADED)
-        next_sync = 0.0
+        self._next_sync = 0.0
         while True:
             now = time.monotonic()
-            if self.dirty or now >= next_sync:
-                self.dirty = False
-                next_sync = now + 1.0
-                self._sync(pubsub, now)
+            self._sync_if_due(pubsub, now)
             pending = self.flush()
             message = self._read(pubsub, RETRY_FLUSH_SECS if pending else POLL_SECS)
             if message is not None:
@@ -273,6 +271,13 @@ class TickListener:
             self.on_notice(channel, json.loads(data))
         except Exception:  # noqa: BLE001  (a bad notice must not stop the ticks)
             log.exception("could not apply notice on %s", channel)
+
+    def _sync_if_due(self, pubsub, now: float) -> None:
+        """`_sync` at once when a subscribe marked the listener dirty, else once a second."""
+        if self.dirty or now >= self._next_sync:
+            self.dirty = False
+            self._next_sync = now + 1.0
+            self._sync(pubsub, now)
 
     def _sync(self, pubsub, now: float) -> None:
         _sync_buckets(pubsub, now, self.needed_buckets(), self.requested, self.live, self.unneeded_since,

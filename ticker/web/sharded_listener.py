@@ -139,13 +139,10 @@ class ShardedTickListener(TickListener):
     def _listen(self, pubsub) -> None:
         self.liveness.reset()
         pubsub.subscribe(self.wake_channel, keys.REGISTRY_RELOADED)
-        next_sync = next_check = 0.0
+        self._next_sync = next_check = 0.0
         while True:
             now = time.monotonic()
-            if self.dirty or now >= next_sync:
-                self.dirty = False
-                next_sync = now + 1.0
-                self._sync(pubsub, now)
+            self._sync_if_due(pubsub, now)
             pending = self.flush()
             ready = self._readable(pubsub, RETRY_FLUSH_SECS if pending else POLL_SECS)
             self.flushes.clear()
