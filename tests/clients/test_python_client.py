@@ -280,6 +280,7 @@ def test_live_candles_come_with_todays_history_and_outlive_a_mode_change_and_a_r
         kws.subscribe_candles([token], ["hour"])  # no such interval: refused, the ticks go on
         wait_for(lambda: any(e[0] == "bad_request" for e in client.events["on_error"]), 5, "the refusal")
         time.sleep(1)  # the subscribe without candles that follows the refusal is acknowledged
+        assert [e[0] for e in client.events["on_error"]].count("bad_request") == 1  # told once, as kiteconnect
         seen, ticks = len(candles), len(client.ticks)
         time.sleep(2.5)
         assert len(candles) == seen and len(client.ticks) > ticks

@@ -387,10 +387,8 @@ class KiteTicker:
             return
         with self._lock:
             self._refusals = 0
-        if error:
-            if event == "subscribe":
-                self._subscriptions.refused(payload)
-            self._call("on_error", error.get("code"), error.get("message"))
+        if error and event == "subscribe":  # `on_error` comes from the `error` event the service sends with it
+            self._subscriptions.refused(payload)
         with self._lock:
             self._in_flight = False
         self._pump()
